@@ -1,0 +1,1 @@
+"""Flatfile backend: the whole service on one machine with no database."""

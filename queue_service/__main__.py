@@ -1,0 +1,5 @@
+"""``python -m queue_service`` runs the CLI."""
+
+from queue_service.cli import main
+
+main()

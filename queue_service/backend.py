@@ -1,0 +1,376 @@
+"""The Backend interface: records, dispatch and events, bundled in one facade.
+
+Three capabilities, each an ABC, so a backend can be assembled from parts (litestar keeps stores and
+channels apart the same way):
+
+* :class:`RecordStore` — projects, missions, tasks, dependencies, notes, the event log, sync bases,
+  API tokens, snapshots. Every change bumps the object's ``version`` and writes an event in the same
+  transaction.
+* :class:`Dispatcher` — claim with a fenced lease, heartbeat, complete, fail, release, retry, and the
+  orchestrator's periodic ``sweep``.
+* :class:`EventStream` — live events after commit (pub/sub), for SSE, sync and waiting claimers.
+
+:class:`Backend` owns the three and their lifecycle (``open``/``close``/``ping``). The contract tests
+in ``tests/contract`` check the sentences in these docstrings against every backend.
+
+Shared rules for every method taking ``project``/``key``: an unknown project raises
+``ProjectNotFound``, an unknown task ``TaskNotFound``. A method that raises leaves stored data
+unchanged (all-or-nothing). Driver errors never escape: they become ``BackendError``/
+``BackendUnavailable``.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+from queue_service import exceptions
+from queue_service.models import (
+    ApiToken,
+    Claim,
+    Event,
+    Lease,
+    Mission,
+    MissionCreate,
+    Note,
+    Project,
+    ProjectCreate,
+    ProjectSnapshot,
+    ProjectUpdate,
+    QueueStats,
+    SweepReport,
+    Task,
+    TaskCreate,
+    TaskFilter,
+    TaskPage,
+    TaskUpdate,
+)
+
+__all__ = [
+    "Backend",
+    "DispatchConfig",
+    "Dispatcher",
+    "EventStream",
+    "RecordStore",
+    "backend_from_url",
+]
+
+
+@dataclass(frozen=True)
+class DispatchConfig:
+    """Timing and limits for dispatch; tests shrink these to keep the suite fast."""
+
+    #: default lease length for a claim, seconds
+    lease_seconds: float = 30.0
+    #: how often agents are expected to heartbeat (the reclaim target is 2× this)
+    heartbeat_seconds: float = 10.0
+    #: first retry delay; doubles each attempt
+    backoff_base_seconds: float = 1.0
+    #: longest retry delay
+    backoff_max_seconds: float = 300.0
+    #: ±fraction of random spread on each retry delay
+    backoff_jitter: float = 0.1
+    #: a project/role whose ready depth exceeds this rejects new tasks (QueueFull)
+    max_queue_depth: int = 10_000
+    #: orchestrator sweep period, seconds
+    sweep_seconds: float = 1.0
+    #: default max_attempts for tasks created without one
+    default_max_attempts: int = 3
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class RecordStore(abc.ABC):
+    """Durable records: the source of truth."""
+
+    # -- projects ---------------------------------------------------------------------------
+    @abc.abstractmethod
+    async def create_project(self, data: ProjectCreate) -> Project:
+        """Create a project and its default mission (id ``default``).
+
+        Raises AlreadyExists if the slug is taken.
+        """
+
+    @abc.abstractmethod
+    async def get_project(self, slug: str) -> Project:
+        """Return the project. Raises ProjectNotFound."""
+
+    @abc.abstractmethod
+    async def list_projects(self) -> list[Project]:
+        """All projects, ordered by slug."""
+
+    @abc.abstractmethod
+    async def update_project(self, slug: str, patch: ProjectUpdate) -> Project:
+        """Apply the fields set in *patch*; bumps the project's version."""
+
+    # -- missions ---------------------------------------------------------------------------
+    @abc.abstractmethod
+    async def create_mission(self, project: str, data: MissionCreate) -> Mission:
+        """Create a mission. Raises AlreadyExists if the id is taken in the project."""
+
+    @abc.abstractmethod
+    async def get_mission(self, project: str, mission: str) -> Mission:
+        """Return the mission. Raises MissionNotFound."""
+
+    @abc.abstractmethod
+    async def list_missions(self, project: str) -> list[Mission]:
+        """The project's missions, ``default`` first, then by creation order."""
+
+    @abc.abstractmethod
+    async def update_mission(self, project: str, mission: str, data: MissionCreate) -> Mission:
+        """Replace name/status/milestones/tasks_file of a mission (id unchanged); bumps version."""
+
+    # -- tasks ------------------------------------------------------------------------------
+    @abc.abstractmethod
+    async def create_tasks(self, project: str, items: Sequence[TaskCreate]) -> list[Task]:
+        """Create tasks in one transaction: all are created or none.
+
+        Keys: a given ``key`` is kept as is (AlreadyExists if taken); others get the project's next
+        ``PREFIX-N``, numbers allocated without gaps or duplicates even under concurrent calls (a
+        number whose key is already taken by an imported task is skipped). ``depends_on`` may name
+        existing keys or ``#i`` (the *i*-th item of this batch). Raises UnknownDependency for a key
+        not in the project, DependencyCycle for a cycle, MissionNotFound for an unknown mission,
+        QueueFull when a role's ready depth is over ``max_queue_depth``. A task with an
+        ``idempotency_key`` already used in the project returns the existing task instead.
+        Ready tasks are queued for dispatch after commit; the ``created`` events are written.
+        """
+
+    @abc.abstractmethod
+    async def get_task(self, project: str, key: str) -> Task:
+        """Return the task. Raises TaskNotFound."""
+
+    @abc.abstractmethod
+    async def get_tasks(self, project: str, keys: Sequence[str]) -> list[Task]:
+        """The tasks among *keys* that exist, in the order asked; cost grows with len(keys) only."""
+
+    @abc.abstractmethod
+    async def list_tasks(
+        self, project: str, filters: TaskFilter | None = None, limit: int = 100, cursor: str | None = None
+    ) -> TaskPage:
+        """Tasks matching every filter, in creation order (``seq``), at most *limit* per page.
+
+        ``cursor`` is the opaque ``next_cursor`` of the previous page; a malformed one raises
+        ValidationError. ``ready=True`` keeps only tasks that satisfy the readiness rule now.
+        """
+
+    @abc.abstractmethod
+    async def update_task(
+        self, project: str, key: str, patch: TaskUpdate, expected_version: int | None = None, actor: str = "api"
+    ) -> Task:
+        """Apply the fields set in *patch*; bump version; write an ``updated`` event.
+
+        Raises VersionConflict if *expected_version* is given and differs from the stored one;
+        InvalidTransition for a status change ``domain.check_transition`` refuses; UnknownDependency
+        and DependencyCycle for bad ``depends_on``. Setting status away from in-progress ends any
+        lease (its token stops working). Status changes have the same consequences as through
+        dispatch: done promotes dependents, failed/cancelled blocks them, a return to not-started
+        unblocks dependents blocked because of this task. A patch that changes nothing returns the
+        task unchanged (no version bump, no event).
+        """
+
+    @abc.abstractmethod
+    async def cancel_task(self, project: str, key: str, reason: str | None = None, actor: str = "api") -> Task:
+        """Move the task to cancelled (from any status but done/cancelled); ends any lease; blocks
+        dependents. Cancelling a cancelled task returns it unchanged. Raises InvalidTransition
+        for a done task."""
+
+    @abc.abstractmethod
+    async def add_note(
+        self, project: str, key: str, author: str, text: str, token: str | None = None
+    ) -> Note:
+        """Append a note. With *token*, the caller must hold the task's live lease (LeaseError)."""
+
+    @abc.abstractmethod
+    async def list_notes(self, project: str, key: str) -> list[Note]:
+        """The task's notes, oldest first."""
+
+    @abc.abstractmethod
+    async def blockers(self, project: str, key: str) -> list[Task]:
+        """The task's dependencies that are not done (what blocks it), in dependency order."""
+
+    @abc.abstractmethod
+    async def dependents(self, project: str, key: str) -> list[Task]:
+        """The tasks that depend directly on *key* (what it unblocks), by seq."""
+
+    @abc.abstractmethod
+    async def dead_letter(self, project: str, limit: int = 100) -> list[Task]:
+        """Failed tasks (the dead-letter set), most recently updated first."""
+
+    @abc.abstractmethod
+    async def stats(self, project: str) -> QueueStats:
+        """Counts per status, ready tasks per role, in-flight leases, dead-letter size."""
+
+    # -- events -----------------------------------------------------------------------------
+    @abc.abstractmethod
+    async def list_events(self, project: str, after_id: int = 0, limit: int = 1000) -> list[Event]:
+        """Events of the project with ``id > after_id``, oldest first, at most *limit*."""
+
+    # -- sync bases -------------------------------------------------------------------------
+    @abc.abstractmethod
+    async def get_sync_state(self, project: str, path: str) -> dict[str, Any] | None:
+        """The last synced base stored for a workspace file, or None."""
+
+    @abc.abstractmethod
+    async def put_sync_state(self, project: str, path: str, state: dict[str, Any]) -> None:
+        """Store (replace) the synced base for a workspace file."""
+
+    # -- API tokens -------------------------------------------------------------------------
+    @abc.abstractmethod
+    async def add_api_token(self, token: ApiToken) -> None:
+        """Store a token record (hash only). Raises AlreadyExists for a duplicate id."""
+
+    @abc.abstractmethod
+    async def find_api_token(self, token_hash: str) -> ApiToken | None:
+        """The token whose hash matches, or None."""
+
+    @abc.abstractmethod
+    async def count_api_tokens(self) -> int:
+        """How many tokens exist (0 means auth is off)."""
+
+    # -- snapshots --------------------------------------------------------------------------
+    @abc.abstractmethod
+    async def export_project(self, project: str) -> ProjectSnapshot:
+        """Everything the project holds, with keys, versions, notes and events as stored."""
+
+    @abc.abstractmethod
+    async def import_project(self, snapshot: ProjectSnapshot) -> Project:
+        """Recreate a project exactly as exported (keys, versions, seq, notes, events).
+
+        Raises AlreadyExists if the slug exists. Live leases are not carried over: in-progress
+        tasks with a lease come back as in-progress without a lease holder, and the sweeper
+        leaves them to a human (documented in docs/plans/flatfile.md).
+        """
+
+
+class Dispatcher(abc.ABC):
+    """Real-time assignment: fenced leases over the record store."""
+
+    @abc.abstractmethod
+    async def claim(
+        self,
+        project: str,
+        agent: str,
+        roles: Sequence[str] | None = None,
+        wait: float = 0.0,
+        lease_seconds: float | None = None,
+    ) -> Claim | None:
+        """Claim the highest-priority ready task of *roles* (all roles when None).
+
+        Exactly one claimer wins a task however many race. The task moves to in-progress with
+        ``assignee``/``lease_holder`` = *agent*, ``attempts`` unchanged, a fresh random token and
+        ``lease_expires_at = now + lease``. Waits up to *wait* seconds for a task to become ready
+        (no busy polling); returns None if none did. Tasks of other roles are never returned.
+        """
+
+    @abc.abstractmethod
+    async def heartbeat(self, project: str, key: str, token: str, lease_seconds: float | None = None) -> Lease:
+        """Extend the lease to now + lease. Raises LeaseError for a wrong or expired token."""
+
+    @abc.abstractmethod
+    async def complete(self, project: str, key: str, token: str, result: Any = None) -> Task:
+        """Mark done with *result*; promote dependents whose deps are now all done.
+
+        Raises LeaseError (and changes nothing) for a wrong or expired token.
+        """
+
+    @abc.abstractmethod
+    async def fail(self, project: str, key: str, token: str, error: str, retryable: bool = True) -> Task:
+        """Record a failed attempt (``attempts`` + 1, ``last_error``).
+
+        Retryable and attempts < max_attempts: back to not-started with ``not_before`` = now +
+        backoff. Otherwise: failed (dead-letter), and dependents are blocked. Raises LeaseError for
+        a wrong or expired token.
+        """
+
+    @abc.abstractmethod
+    async def release(self, project: str, key: str, token: str) -> Task:
+        """Give the task back (not-started, ready again at once) without counting an attempt.
+        Raises LeaseError for a wrong or expired token."""
+
+    @abc.abstractmethod
+    async def retry(self, project: str, key: str, actor: str = "api") -> Task:
+        """Move a failed (or blocked/cancelled) task back to not-started with attempts reset and
+        ``not_before`` cleared; dependents blocked because of it return to not-started. Raises
+        InvalidTransition for other statuses."""
+
+    @abc.abstractmethod
+    async def sweep(self) -> SweepReport:
+        """One orchestrator pass: expire leases past ``lease_expires_at`` (counts an attempt, then
+        retry/backoff or dead-letter as for a retryable failure), queue tasks whose backoff is due,
+        and reconcile derived dispatch state (e.g. Valkey lists) with the records. Idempotent: safe
+        to run from several processes at once."""
+
+    @abc.abstractmethod
+    async def queue_depths(self, project: str) -> dict[str, int]:
+        """Ready depth per role as the dispatcher sees it (Valkey list lengths, or ready counts)."""
+
+
+class EventStream(abc.ABC):
+    """Live events, delivered after commit."""
+
+    @abc.abstractmethod
+    def subscribe(self, project: str) -> AsyncIterator[Event]:
+        """Yield the project's events as they are committed, from subscription time on.
+
+        Delivery is best effort (a slow consumer may miss events); consumers that need every event
+        resume from ``RecordStore.list_events`` with the last id they saw.
+        """
+
+
+class Backend(abc.ABC):
+    """A complete backend: ``records``, ``dispatch`` and ``events`` plus lifecycle."""
+
+    records: RecordStore
+    dispatch: Dispatcher
+    events: EventStream
+    config: DispatchConfig
+    #: short name for logs and /readyz ("memory", "postgres+valkey", "flatfile")
+    name: str = "backend"
+
+    async def open(self) -> None:  # noqa: B027 - optional hook
+        """Connect/prepare. Idempotent."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections and files. Idempotent."""
+
+    @abc.abstractmethod
+    async def ping(self) -> None:
+        """Raise BackendUnavailable (with the reason) if the backend cannot serve requests."""
+
+    async def __aenter__(self) -> Backend:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+def backend_from_url(url: str, *, valkey_url: str | None = None, config: DispatchConfig | None = None) -> Backend:
+    """Build the backend a URL names, importing it lazily.
+
+    ``postgresql+asyncpg://…`` (needs *valkey_url*) → PostgresValkeyBackend; ``file://<dir>`` →
+    FlatfileBackend; ``memory://`` → InMemoryBackend.
+    """
+    config = config or DispatchConfig()
+    scheme = urlsplit(url).scheme
+    if scheme.startswith("postgres"):
+        if not valkey_url:
+            raise exceptions.ConfigurationError(
+                "a Postgres backend needs a Valkey URL: set QUEUE_VALKEY_URL (or MOSAIC_VALKEY_URL)"
+            )
+        from queue_service.postgres.backend import PostgresValkeyBackend
+
+        return PostgresValkeyBackend(url, valkey_url, config=config)
+    if scheme == "file":
+        from flatfile.backend import FlatfileBackend
+
+        return FlatfileBackend.from_url(url, config=config)
+    if scheme == "memory":
+        from queue_service.testing import InMemoryBackend
+
+        return InMemoryBackend(config=config)
+    raise exceptions.ConfigurationError(
+        f"unsupported backend URL {url!r}: use postgresql+asyncpg://…, file://<dir> or memory://"
+    )

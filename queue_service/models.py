@@ -1,0 +1,617 @@
+"""Domain models (pydantic v2): projects, missions, tasks, notes, events, and their input schemas.
+
+Domain objects are immutable (``frozen=True``) and changed with ``model_copy(update=...)``. Input
+models (``*Create``, ``*Update``) validate everything that comes from outside; a bad value raises
+:class:`queue_service.exceptions.ValidationError` (via :func:`validated`) naming the offending value.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated, Any, TypeVar
+
+import pydantic
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
+
+from queue_service import exceptions
+
+__all__ = [
+    "CANONICAL_STATUS_WORDS",
+    "DEFAULT_MISSION",
+    "DEFAULT_ROLE",
+    "STATUS_ALIASES",
+    "ApiToken",
+    "Claim",
+    "Event",
+    "Lease",
+    "Milestone",
+    "Mission",
+    "MissionCreate",
+    "MissionStatus",
+    "Note",
+    "Priority",
+    "Project",
+    "ProjectCreate",
+    "ProjectSnapshot",
+    "ProjectUpdate",
+    "QueueStats",
+    "SweepReport",
+    "Task",
+    "TaskCreate",
+    "TaskFilter",
+    "TaskPage",
+    "TaskStatus",
+    "TaskUpdate",
+    "TokenRole",
+    "parse_status",
+    "utcnow",
+    "validate_key",
+    "validate_slug",
+    "validated",
+]
+
+DEFAULT_MISSION = "default"
+DEFAULT_ROLE = "default"
+
+SLUG_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+PREFIX_RE = re.compile(r"^[A-Z][A-Z0-9]{0,15}$")
+#: Task keys: letters/digits groups joined by dashes (``WEB-12``, ``CR-01-02``, ``GW-001``).
+KEY_RE = re.compile(r"^[A-Za-z0-9]+(?:[-_.][A-Za-z0-9]+)*$")
+ROLE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,127}$")
+LABEL_RE = re.compile(r"^[^\s,|]{1,64}$")
+MAX_KEY_LEN = 64
+
+M = TypeVar("M", bound="BaseModel")
+
+
+def utcnow() -> datetime:
+    """The current time, timezone-aware UTC (every timestamp in the service is)."""
+    return datetime.now(UTC)
+
+
+class TaskStatus(StrEnum):
+    """Task status; the values are the canonical TASKS.md words."""
+
+    #: waiting; ready when every dependency is done and ``not_before`` passed
+    NOT_STARTED = "not-started"
+    #: claimed (live lease) or marked as being worked on by a human
+    IN_PROGRESS = "in-progress"
+    #: the agent finished; a reviewer accepts (done) or rejects (not-started)
+    NEEDS_QA = "needs-qa"
+    #: finished; unblocks dependents
+    DONE = "done"
+    #: held by a human, or a dependency failed / was cancelled
+    BLOCKED = "blocked"
+    #: retries exhausted or a permanent error: the dead-letter set
+    FAILED = "failed"
+    #: withdrawn
+    CANCELLED = "cancelled"
+
+
+CANONICAL_STATUS_WORDS = tuple(s.value for s in TaskStatus)
+
+#: Input spellings accepted for each status (compared case-insensitively, ``_``/space ≡ ``-``).
+STATUS_ALIASES: dict[str, TaskStatus] = {
+    "not-started": TaskStatus.NOT_STARTED,
+    "todo": TaskStatus.NOT_STARTED,
+    "to-do": TaskStatus.NOT_STARTED,
+    "open": TaskStatus.NOT_STARTED,
+    "pending": TaskStatus.NOT_STARTED,
+    "new": TaskStatus.NOT_STARTED,
+    "queued": TaskStatus.NOT_STARTED,
+    "ready": TaskStatus.NOT_STARTED,
+    "[ ]": TaskStatus.NOT_STARTED,
+    "in-progress": TaskStatus.IN_PROGRESS,
+    "wip": TaskStatus.IN_PROGRESS,
+    "running": TaskStatus.IN_PROGRESS,
+    "active": TaskStatus.IN_PROGRESS,
+    "doing": TaskStatus.IN_PROGRESS,
+    "started": TaskStatus.IN_PROGRESS,
+    "claimed": TaskStatus.IN_PROGRESS,
+    "needs-qa": TaskStatus.NEEDS_QA,
+    "qa": TaskStatus.NEEDS_QA,
+    "review": TaskStatus.NEEDS_QA,
+    "in-review": TaskStatus.NEEDS_QA,
+    "needs-review": TaskStatus.NEEDS_QA,
+    "done": TaskStatus.DONE,
+    "x": TaskStatus.DONE,
+    "[x]": TaskStatus.DONE,
+    "complete": TaskStatus.DONE,
+    "completed": TaskStatus.DONE,
+    "finished": TaskStatus.DONE,
+    "closed": TaskStatus.DONE,
+    "blocked": TaskStatus.BLOCKED,
+    "on-hold": TaskStatus.BLOCKED,
+    "hold": TaskStatus.BLOCKED,
+    "waiting": TaskStatus.BLOCKED,
+    "failed": TaskStatus.FAILED,
+    "fail": TaskStatus.FAILED,
+    "error": TaskStatus.FAILED,
+    "dead": TaskStatus.FAILED,
+    "dead-letter": TaskStatus.FAILED,
+    "cancelled": TaskStatus.CANCELLED,
+    "canceled": TaskStatus.CANCELLED,
+    "wontfix": TaskStatus.CANCELLED,
+    "won't-do": TaskStatus.CANCELLED,
+    "dropped": TaskStatus.CANCELLED,
+}
+
+
+def parse_status(value: object) -> TaskStatus:
+    """Normalise a status word or alias (``todo``, ``wip``, ``x``, ``NOT_STARTED``…) to a status.
+
+    Raises:
+        InvalidStatus: naming the word and listing the canonical ones.
+    """
+    if isinstance(value, TaskStatus):
+        return value
+    if not isinstance(value, str):
+        raise exceptions.InvalidStatus(f"status must be a string, got {value!r}", value=repr(value))
+    word = re.sub(r"[\s_]+", "-", value.strip().lower())
+    try:
+        return STATUS_ALIASES[word]
+    except KeyError:
+        raise exceptions.InvalidStatus(
+            f"unknown status {value!r}; use one of {', '.join(CANONICAL_STATUS_WORDS)}",
+            value=value,
+        ) from None
+
+
+class Priority(StrEnum):
+    """Dispatch priority; P0 is served first."""
+
+    P0 = "P0"
+    P1 = "P1"
+    P2 = "P2"
+    P3 = "P3"
+
+
+def _parse_priority(value: object) -> object:
+    if isinstance(value, str):
+        v = value.strip().upper()
+        if v in {"0", "1", "2", "3"}:
+            return f"P{v}"
+        return v
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 3:
+        return f"P{value}"
+    return value
+
+
+class MissionStatus(StrEnum):
+    """Mission and milestone status (coord parity)."""
+
+    PENDING = "pending"
+    ACTIVE = "active"
+    COMPLETED = "completed"
+
+
+class TokenRole(StrEnum):
+    """What an API bearer token may do."""
+
+    #: read anything in its project
+    VIEWER = "viewer"
+    #: read, plus claim/heartbeat/complete/fail/release/note in its project
+    AGENT = "agent"
+    #: everything
+    ADMIN = "admin"
+
+
+def validate_slug(value: str) -> str:
+    """Check a project or mission slug (``^[a-z0-9][a-z0-9-]{0,62}$``)."""
+    if not isinstance(value, str) or not SLUG_RE.match(value):
+        raise exceptions.ValidationError(
+            f"invalid slug {value!r}: use 1-63 lowercase letters, digits and dashes, "
+            "starting with a letter or digit",
+            value=value,
+        )
+    return value
+
+
+def validate_key(value: str) -> str:
+    """Check a task key (``WEB-12``, ``CR-01-02``): letters/digits groups joined by dashes."""
+    if not isinstance(value, str) or len(value) > MAX_KEY_LEN or not KEY_RE.match(value):
+        raise exceptions.ValidationError(
+            f"invalid task key {value!r}: use letters and digits joined by dashes, "
+            f"at most {MAX_KEY_LEN} characters (e.g. WEB-12)",
+            value=value,
+        )
+    return value
+
+
+def _check_prefix(value: str) -> str:
+    if not PREFIX_RE.match(value):
+        raise ValueError(f"invalid key prefix {value!r}: use 1-16 uppercase letters/digits, starting with a letter")
+    return value
+
+
+def _check_slug(value: str) -> str:
+    if not SLUG_RE.match(value):
+        raise ValueError(
+            f"invalid slug {value!r}: use 1-63 lowercase letters, digits and dashes, starting with a letter or digit"
+        )
+    return value
+
+
+def _check_key(value: str) -> str:
+    if len(value) > MAX_KEY_LEN or not KEY_RE.match(value):
+        raise ValueError(f"invalid task key {value!r}: use letters and digits joined by dashes (e.g. WEB-12)")
+    return value
+
+
+def _check_role(value: str) -> str:
+    if not ROLE_RE.match(value):
+        raise ValueError(f"invalid role {value!r}: use letters, digits and . _ : / -, at most 128 characters")
+    return value
+
+
+def _check_label(value: str) -> str:
+    if not LABEL_RE.match(value):
+        raise ValueError(f"invalid label {value!r}: no spaces, commas or pipes, at most 64 characters")
+    return value
+
+
+def _check_dep_ref(value: str) -> str:
+    if re.fullmatch(r"#\d+", value):
+        return value
+    return _check_key(value)
+
+
+def _strip_nonempty(value: str) -> str:
+    value = value.strip()
+    if not value:
+        raise ValueError("must not be empty")
+    return value
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value
+
+
+Slug = Annotated[str, AfterValidator(_check_slug)]
+KeyPrefix = Annotated[str, BeforeValidator(lambda v: v.strip().upper() if isinstance(v, str) else v), AfterValidator(_check_prefix)]
+TaskKey = Annotated[str, AfterValidator(_check_key)]
+DepRef = Annotated[str, BeforeValidator(lambda v: v.strip() if isinstance(v, str) else v), AfterValidator(_check_dep_ref)]
+Role = Annotated[str, AfterValidator(_check_role)]
+Label = Annotated[str, AfterValidator(_check_label)]
+Title = Annotated[str, AfterValidator(_strip_nonempty), Field(max_length=500)]
+StatusField = Annotated[TaskStatus, BeforeValidator(parse_status)]
+PriorityField = Annotated[Priority, BeforeValidator(_parse_priority)]
+AwareDatetime = Annotated[datetime, AfterValidator(_aware)]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class _Input(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)
+
+
+def validated(model: type[M], data: Any) -> M:
+    """Validate *data* into *model*, raising our ValidationError (not pydantic's) on bad input."""
+    if isinstance(data, model):
+        return data
+    try:
+        return model.model_validate(data)
+    except pydantic.ValidationError as exc:
+        raise validation_error_from(exc) from None
+
+
+def validation_error_from(exc: pydantic.ValidationError) -> exceptions.ValidationError:
+    """Turn a pydantic error into ours, with one line per problem naming the field and value."""
+    problems = []
+    for err in exc.errors(include_url=False):
+        loc = ".".join(str(p) for p in err["loc"]) or "input"
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        if isinstance(err.get("ctx", {}).get("error"), exceptions.QueueServiceError):
+            inner = err["ctx"]["error"]
+            return type(inner)(f"{loc}: {inner.message}", **inner.details)
+        problems.append({"field": loc, "message": msg, "input": _safe_repr(err.get("input"))})
+    text = "; ".join(f"{p['field']}: {p['message']}" for p in problems)
+    return exceptions.ValidationError(text, problems=problems)
+
+
+def _safe_repr(value: object) -> object:
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    text = repr(value)
+    return text if len(text) < 200 else text[:197] + "..."
+
+
+# ---------------------------------------------------------------------------------------------
+# Projects and missions
+
+
+class Project(_Frozen):
+    """A project: the unit of isolation for keys, queues, workspace and auth."""
+
+    slug: Slug
+    name: str
+    key_prefix: str
+    workspace: str | None = None
+    created_at: datetime
+    updated_at: datetime
+    version: int = 1
+
+
+class ProjectCreate(_Input):
+    """Input for creating a project."""
+
+    slug: Slug
+    name: str | None = Field(default=None, max_length=200)
+    key_prefix: KeyPrefix | None = None
+    workspace: str | None = Field(default=None, max_length=4096)
+
+    def resolved_prefix(self) -> str:
+        """The key prefix, defaulting to the slug's letters upper-cased (``web-app`` → ``WEBAPP``)."""
+        if self.key_prefix:
+            return self.key_prefix
+        letters = re.sub(r"[^A-Za-z0-9]", "", self.slug).upper()
+        if not letters or not letters[0].isalpha():
+            letters = "T" + letters
+        return letters[:16]
+
+
+class ProjectUpdate(_Input):
+    """Patch for a project; only the fields given change."""
+
+    name: str | None = Field(default=None, max_length=200)
+    workspace: str | None = Field(default=None, max_length=4096)
+
+
+class Milestone(_Frozen):
+    """An ordered step of a mission (a section of TASKS.md)."""
+
+    id: str = Field(min_length=1, max_length=64)
+    name: str = Field(min_length=1, max_length=200)
+    status: MissionStatus = MissionStatus.PENDING
+
+
+class Mission(_Frozen):
+    """A mission: a plan inside a project with ordered milestones and its own TASKS.md."""
+
+    project: str
+    id: Slug
+    name: str
+    status: MissionStatus = MissionStatus.ACTIVE
+    milestones: tuple[Milestone, ...] = ()
+    tasks_file: str = "TASKS.md"
+    created_at: datetime
+    updated_at: datetime
+    version: int = 1
+
+
+class MissionCreate(_Input):
+    """Input for creating a mission."""
+
+    id: Slug
+    name: str | None = Field(default=None, max_length=200)
+    status: MissionStatus = MissionStatus.ACTIVE
+    milestones: list[Milestone] = Field(default_factory=list)
+    tasks_file: str | None = Field(default=None, max_length=1024)
+
+    @pydantic.field_validator("tasks_file")
+    @classmethod
+    def _relative_path(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if value.startswith("/") or ".." in value.split("/") or not value.strip():
+            raise ValueError(f"tasks_file {value!r} must be a relative path inside the workspace")
+        return value
+
+    @pydantic.field_validator("milestones")
+    @classmethod
+    def _unique_milestones(cls, value: list[Milestone]) -> list[Milestone]:
+        ids = [m.id for m in value]
+        dupes = sorted({i for i in ids if ids.count(i) > 1})
+        if dupes:
+            raise ValueError(f"duplicate milestone ids: {', '.join(dupes)}")
+        return value
+
+
+# ---------------------------------------------------------------------------------------------
+# Tasks
+
+
+class Task(_Frozen):
+    """A unit of work. ``key`` is unique in its project; ``version`` grows by one on every change."""
+
+    project: str
+    key: str
+    seq: int = Field(description="creation order within the project; stable sort key for pagination")
+    title: str
+    description: str = ""
+    status: TaskStatus = TaskStatus.NOT_STARTED
+    role: str = DEFAULT_ROLE
+    priority: Priority = Priority.P2
+    assignee: str | None = None
+    mission: str = DEFAULT_MISSION
+    milestone: str | None = None
+    depends_on: tuple[str, ...] = ()
+    labels: tuple[str, ...] = ()
+    extra: dict[str, str] = Field(default_factory=dict)
+    attempts: int = 0
+    max_attempts: int = 3
+    not_before: datetime | None = None
+    idempotency_key: str | None = None
+    result: Any = None
+    last_error: str | None = None
+    blocked_reason: str | None = None
+    lease_holder: str | None = None
+    lease_expires_at: datetime | None = None
+    version: int = 1
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None = None
+    completed_at: datetime | None = None
+
+
+class TaskCreate(_Input):
+    """Input for creating a task.
+
+    ``depends_on`` holds task keys of the same project, or ``#i`` to name the *i*-th task of the same
+    batch. ``key`` is optional: without it the project's next ``PREFIX-N`` is allocated.
+    """
+
+    title: Title
+    key: TaskKey | None = None
+    description: str = Field(default="", max_length=100_000)
+    status: StatusField = TaskStatus.NOT_STARTED
+    role: Role = DEFAULT_ROLE
+    priority: PriorityField = Priority.P2
+    assignee: str | None = Field(default=None, max_length=200)
+    mission: Slug = DEFAULT_MISSION
+    milestone: str | None = Field(default=None, max_length=64)
+    depends_on: list[DepRef] = Field(default_factory=list, max_length=1000)
+    labels: list[Label] = Field(default_factory=list, max_length=100)
+    extra: dict[str, str] = Field(default_factory=dict)
+    max_attempts: int = Field(default=3, ge=1, le=1000)
+    not_before: AwareDatetime | None = None
+    idempotency_key: str | None = Field(default=None, max_length=200)
+
+    @pydantic.field_validator("depends_on", "labels")
+    @classmethod
+    def _dedupe(cls, value: list[str]) -> list[str]:
+        return list(dict.fromkeys(value))
+
+    @pydantic.field_validator("status")
+    @classmethod
+    def _creatable(cls, value: TaskStatus) -> TaskStatus:
+        return value
+
+
+class TaskUpdate(_Input):
+    """Patch for a task: only the fields present in the input change (``None`` clears a field)."""
+
+    title: Title | None = None
+    description: str | None = Field(default=None, max_length=100_000)
+    status: StatusField | None = None
+    role: Role | None = None
+    priority: PriorityField | None = None
+    assignee: str | None = Field(default=None, max_length=200)
+    mission: Slug | None = None
+    milestone: str | None = Field(default=None, max_length=64)
+    depends_on: list[TaskKey] | None = Field(default=None, max_length=1000)
+    labels: list[Label] | None = None
+    extra: dict[str, str] | None = None
+    max_attempts: int | None = Field(default=None, ge=1, le=1000)
+    not_before: AwareDatetime | None = None
+    blocked_reason: str | None = Field(default=None, max_length=2000)
+
+    @pydantic.field_validator("depends_on", "labels")
+    @classmethod
+    def _dedupe(cls, value: list[str] | None) -> list[str] | None:
+        return None if value is None else list(dict.fromkeys(value))
+
+    def changes(self) -> dict[str, Any]:
+        """The fields the caller set, with their values (unset fields are absent)."""
+        return {name: getattr(self, name) for name in self.model_fields_set}
+
+
+class TaskFilter(_Input):
+    """Filters for listing tasks; every given filter must match."""
+
+    status: list[StatusField] | None = None
+    role: str | None = None
+    assignee: str | None = None
+    mission: str | None = None
+    milestone: str | None = None
+    label: str | None = None
+    ready: bool | None = None
+
+
+class TaskPage(_Frozen):
+    """One page of tasks; pass ``next_cursor`` back to get the next page (None at the end)."""
+
+    items: tuple[Task, ...]
+    next_cursor: str | None = None
+
+
+class Note(_Frozen):
+    """An append-only note on a task."""
+
+    id: int
+    project: str
+    task: str
+    author: str
+    text: str
+    created_at: datetime
+
+
+class Event(_Frozen):
+    """A recorded change; ``id`` grows monotonically per backend (SSE ``Last-Event-ID``)."""
+
+    id: int
+    project: str
+    task: str | None = None
+    kind: str
+    status: TaskStatus | None = None
+    version: int | None = None
+    at: datetime
+    data: dict[str, Any] = Field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------------------------
+# Dispatch
+
+
+class Lease(_Frozen):
+    """Proof of a claim: present ``token`` to heartbeat, complete, fail or release."""
+
+    token: str
+    holder: str
+    expires_at: datetime
+
+
+class Claim(_Frozen):
+    """A claimed task and its lease."""
+
+    task: Task
+    lease: Lease
+
+
+class QueueStats(_Frozen):
+    """Counts per status, ready depth per role, and dead-letter size for one project."""
+
+    project: str
+    by_status: dict[str, int]
+    ready_by_role: dict[str, int]
+    queue_depth_by_role: dict[str, int] = Field(default_factory=dict)
+    in_flight: int = 0
+    dead_letter: int = 0
+    completed_last_minute: int = 0
+
+
+class SweepReport(_Frozen):
+    """What one orchestrator sweep did."""
+
+    expired_leases: tuple[str, ...] = ()
+    released_backoffs: int = 0
+    requeued: int = 0
+    dead_lettered: tuple[str, ...] = ()
+
+
+class ApiToken(_Frozen):
+    """A stored API token (only its hash is kept)."""
+
+    id: str
+    project: str | None
+    role: TokenRole
+    token_hash: str
+    name: str | None = None
+    created_at: datetime
+
+
+class ProjectSnapshot(_Frozen):
+    """Everything a project holds, for export/import between backends."""
+
+    project: Project
+    missions: tuple[Mission, ...]
+    tasks: tuple[Task, ...]
+    notes: tuple[Note, ...]
+    events: tuple[Event, ...]
+    next_seq: int

@@ -1,0 +1,251 @@
+"""QueueService: the one facade the API, CLI, client-less tools and workspace sync go through.
+
+It validates outside input into the domain models (raising our ValidationError naming the bad
+value), then delegates to the Backend. It never talks SQL, Valkey or files itself.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import AsyncIterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from queue_service import exceptions
+from queue_service.backend import Backend
+from queue_service.models import (
+    Claim,
+    Event,
+    Lease,
+    Mission,
+    MissionCreate,
+    Note,
+    Project,
+    ProjectCreate,
+    ProjectSnapshot,
+    ProjectUpdate,
+    QueueStats,
+    Task,
+    TaskCreate,
+    TaskFilter,
+    TaskPage,
+    TaskUpdate,
+    validate_key,
+    validate_slug,
+    validated,
+)
+
+__all__ = ["QueueService", "new_agent_id"]
+
+MAX_BATCH = 10_000
+MAX_PAGE = 1000
+
+
+def new_agent_id(name: str | None = None) -> str:
+    """An agent id unique per process start: ``[name@]host:pid:nonce``.
+
+    A restarted agent gets a new id, so it can never inherit (or be mistaken for) a dead
+    predecessor's claims.
+    """
+    base = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    return f"{name}@{base}" if name else base
+
+
+class QueueService:
+    """Every task operation, written only against :class:`~queue_service.backend.Backend`."""
+
+    def __init__(self, backend: Backend, *, workspace_root: Path | None = None) -> None:
+        self.backend = backend
+        self.workspace_root = workspace_root
+
+    # -- projects ---------------------------------------------------------------------------
+    async def create_project(self, data: ProjectCreate | Mapping[str, Any]) -> Project:
+        """Create a project (and its default mission).
+
+        With no ``workspace`` given and a workspace root configured, the workspace is
+        ``<root>/<slug>``.
+        """
+        create = validated(ProjectCreate, data)
+        if create.workspace is None and self.workspace_root is not None:
+            create = create.model_copy(update={"workspace": str(self.workspace_root / create.slug)})
+        return await self.backend.records.create_project(create)
+
+    async def get_project(self, slug: str) -> Project:
+        """Return a project by slug."""
+        return await self.backend.records.get_project(validate_slug(slug))
+
+    async def list_projects(self) -> list[Project]:
+        """All projects."""
+        return await self.backend.records.list_projects()
+
+    async def update_project(self, slug: str, data: ProjectUpdate | Mapping[str, Any]) -> Project:
+        """Patch a project (name, workspace)."""
+        return await self.backend.records.update_project(validate_slug(slug), validated(ProjectUpdate, data))
+
+    # -- missions ---------------------------------------------------------------------------
+    async def create_mission(self, project: str, data: MissionCreate | Mapping[str, Any]) -> Mission:
+        """Create a mission in a project."""
+        return await self.backend.records.create_mission(validate_slug(project), validated(MissionCreate, data))
+
+    async def get_mission(self, project: str, mission: str) -> Mission:
+        """Return a mission."""
+        return await self.backend.records.get_mission(validate_slug(project), validate_slug(mission))
+
+    async def list_missions(self, project: str) -> list[Mission]:
+        """A project's missions."""
+        return await self.backend.records.list_missions(validate_slug(project))
+
+    # -- tasks ------------------------------------------------------------------------------
+    async def create_task(self, project: str, data: TaskCreate | Mapping[str, Any]) -> Task:
+        """Create one task."""
+        (task,) = await self.create_tasks(project, [data])
+        return task
+
+    async def create_tasks(self, project: str, items: Sequence[TaskCreate | Mapping[str, Any]]) -> list[Task]:
+        """Create many tasks in one transaction (all or nothing); ``#i`` deps name batch items."""
+        if not items:
+            raise exceptions.ValidationError("a batch needs at least one task")
+        if len(items) > MAX_BATCH:
+            raise exceptions.ValidationError(f"a batch holds at most {MAX_BATCH} tasks, got {len(items)}")
+        creates = []
+        for i, item in enumerate(items):
+            try:
+                creates.append(validated(TaskCreate, item))
+            except exceptions.ValidationError as exc:
+                if len(items) == 1:
+                    raise
+                raise type(exc)(f"task #{i}: {exc.message}", index=i, **exc.details) from None
+        return await self.backend.records.create_tasks(validate_slug(project), creates)
+
+    async def get_task(self, project: str, key: str) -> Task:
+        """Return one task."""
+        return await self.backend.records.get_task(validate_slug(project), validate_key(key))
+
+    async def get_tasks(self, project: str, keys: Sequence[str]) -> list[Task]:
+        """The existing tasks among *keys* (results lookups), in the order asked."""
+        if len(keys) > MAX_PAGE:
+            raise exceptions.ValidationError(f"ask for at most {MAX_PAGE} keys at once, got {len(keys)}")
+        return await self.backend.records.get_tasks(validate_slug(project), [validate_key(k) for k in keys])
+
+    async def list_tasks(
+        self,
+        project: str,
+        filters: TaskFilter | Mapping[str, Any] | None = None,
+        limit: int = 100,
+        cursor: str | None = None,
+    ) -> TaskPage:
+        """List tasks with filters and cursor pagination."""
+        if not 1 <= limit <= MAX_PAGE:
+            raise exceptions.ValidationError(f"limit must be between 1 and {MAX_PAGE}, got {limit}")
+        f = validated(TaskFilter, filters or {})
+        return await self.backend.records.list_tasks(validate_slug(project), f, limit, cursor)
+
+    async def update_task(
+        self,
+        project: str,
+        key: str,
+        patch: TaskUpdate | Mapping[str, Any],
+        expected_version: int | None = None,
+        actor: str = "api",
+    ) -> Task:
+        """Patch a task; with *expected_version*, refuse (VersionConflict) if it changed since."""
+        return await self.backend.records.update_task(
+            validate_slug(project), validate_key(key), validated(TaskUpdate, patch), expected_version, actor
+        )
+
+    async def cancel_task(self, project: str, key: str, reason: str | None = None, actor: str = "api") -> Task:
+        """Cancel a task."""
+        return await self.backend.records.cancel_task(validate_slug(project), validate_key(key), reason, actor)
+
+    async def add_note(self, project: str, key: str, author: str, text: str, token: str | None = None) -> Note:
+        """Append a note to a task."""
+        if not text or not text.strip():
+            raise exceptions.ValidationError("note text must not be empty")
+        if not author or not author.strip():
+            raise exceptions.ValidationError("note author must not be empty")
+        return await self.backend.records.add_note(
+            validate_slug(project), validate_key(key), author.strip(), text, token
+        )
+
+    async def list_notes(self, project: str, key: str) -> list[Note]:
+        """A task's notes."""
+        return await self.backend.records.list_notes(validate_slug(project), validate_key(key))
+
+    async def blockers(self, project: str, key: str) -> list[Task]:
+        """What blocks this task (its deps not yet done)."""
+        return await self.backend.records.blockers(validate_slug(project), validate_key(key))
+
+    async def dependents(self, project: str, key: str) -> list[Task]:
+        """What this task unblocks (its direct dependents)."""
+        return await self.backend.records.dependents(validate_slug(project), validate_key(key))
+
+    async def list_events(self, project: str, after_id: int = 0, limit: int = 1000) -> list[Event]:
+        """Events since *after_id*."""
+        if after_id < 0:
+            raise exceptions.ValidationError(f"after_id must be >= 0, got {after_id}")
+        return await self.backend.records.list_events(validate_slug(project), after_id, min(limit, 10_000))
+
+    def subscribe(self, project: str) -> AsyncIterator[Event]:
+        """Live events of a project."""
+        return self.backend.events.subscribe(validate_slug(project))
+
+    async def stats(self, project: str) -> QueueStats:
+        """Counts and depths for a project."""
+        stats = await self.backend.records.stats(validate_slug(project))
+        depths = await self.backend.dispatch.queue_depths(project)
+        return stats.model_copy(update={"queue_depth_by_role": depths})
+
+    async def dead_letter(self, project: str, limit: int = 100) -> list[Task]:
+        """Failed tasks."""
+        return await self.backend.records.dead_letter(validate_slug(project), limit)
+
+    # -- dispatch ---------------------------------------------------------------------------
+    async def claim(
+        self,
+        project: str,
+        agent: str,
+        roles: Sequence[str] | None = None,
+        wait: float = 0.0,
+        lease_seconds: float | None = None,
+    ) -> Claim | None:
+        """Claim the next ready task (or None after *wait* seconds)."""
+        if not agent or not agent.strip() or len(agent) > 200:
+            raise exceptions.ValidationError(f"agent id must be 1-200 characters, got {agent!r}")
+        if wait < 0 or wait > 300:
+            raise exceptions.ValidationError(f"wait must be between 0 and 300 seconds, got {wait}")
+        if lease_seconds is not None and not 0 < lease_seconds <= 86_400:
+            raise exceptions.ValidationError(f"lease_seconds must be in (0, 86400], got {lease_seconds}")
+        return await self.backend.dispatch.claim(validate_slug(project), agent, roles or None, wait, lease_seconds)
+
+    async def heartbeat(self, project: str, key: str, token: str, lease_seconds: float | None = None) -> Lease:
+        """Extend a lease."""
+        if lease_seconds is not None and not 0 < lease_seconds <= 86_400:
+            raise exceptions.ValidationError(f"lease_seconds must be in (0, 86400], got {lease_seconds}")
+        return await self.backend.dispatch.heartbeat(validate_slug(project), validate_key(key), token, lease_seconds)
+
+    async def complete(self, project: str, key: str, token: str, result: Any = None) -> Task:
+        """Complete a claimed task."""
+        return await self.backend.dispatch.complete(validate_slug(project), validate_key(key), token, result)
+
+    async def fail(self, project: str, key: str, token: str, error: str, retryable: bool = True) -> Task:
+        """Fail a claimed task."""
+        return await self.backend.dispatch.fail(validate_slug(project), validate_key(key), token, error, retryable)
+
+    async def release(self, project: str, key: str, token: str) -> Task:
+        """Give a claimed task back."""
+        return await self.backend.dispatch.release(validate_slug(project), validate_key(key), token)
+
+    async def retry(self, project: str, key: str, actor: str = "api") -> Task:
+        """Revive a failed task."""
+        return await self.backend.dispatch.retry(validate_slug(project), validate_key(key), actor)
+
+    # -- snapshots --------------------------------------------------------------------------
+    async def export_project(self, project: str) -> ProjectSnapshot:
+        """Everything in a project, for moving it to another backend."""
+        return await self.backend.records.export_project(validate_slug(project))
+
+    async def import_project(self, snapshot: ProjectSnapshot) -> Project:
+        """Recreate an exported project."""
+        return await self.backend.records.import_project(snapshot)

@@ -1,0 +1,122 @@
+"""Service configuration (pydantic-settings), built once at start-up and passed in.
+
+Environment names use the ``QUEUE_`` prefix; the Mosaic spellings ``MOSAIC_STORAGE_TIER``,
+``MOSAIC_DATABASE_URL`` and ``MOSAIC_VALKEY_URL`` are accepted too (``QUEUE_*`` wins when both are
+set). There is deliberately no module-level instance: ``Settings()`` reads the environment at the
+moment it is built.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from queue_service import exceptions
+from queue_service.backend import DispatchConfig
+
+__all__ = ["Settings", "is_loopback"]
+
+
+class Settings(BaseSettings):
+    """Everything configurable, with the environment variable that sets it."""
+
+    model_config = SettingsConfigDict(env_prefix="QUEUE_", extra="ignore", populate_by_name=True)
+
+    #: explicit backend URL (``postgresql+asyncpg://…``, ``file://<dir>``, ``memory://``); wins over
+    #: the database URL / data dir below
+    backend_url: str | None = None
+    #: Postgres URL; selects the Postgres+Valkey backend (QUEUE_DATABASE_URL or MOSAIC_DATABASE_URL)
+    database_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("QUEUE_DATABASE_URL", "MOSAIC_DATABASE_URL")
+    )
+    #: Valkey/Redis URL (QUEUE_VALKEY_URL or MOSAIC_VALKEY_URL)
+    valkey_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("QUEUE_VALKEY_URL", "MOSAIC_VALKEY_URL")
+    )
+    #: ``local`` forces flatfile, ``team`` requires a database URL (MOSAIC_STORAGE_TIER)
+    storage_tier: Literal["local", "team"] | None = Field(
+        default=None, validation_alias=AliasChoices("QUEUE_STORAGE_TIER", "MOSAIC_STORAGE_TIER")
+    )
+    #: flatfile data directory (used when no database URL is set)
+    data_dir: Path = Path(".queue-data")
+    #: root under which projects without an explicit workspace get ``<root>/<slug>``
+    workspace: Path | None = None
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+
+    lease_seconds: float = Field(default=30.0, gt=0)
+    heartbeat_seconds: float = Field(default=10.0, gt=0)
+    backoff_base_seconds: float = Field(default=1.0, ge=0)
+    backoff_max_seconds: float = Field(default=300.0, ge=0)
+    max_queue_depth: int = Field(default=10_000, ge=1)
+    max_attempts: int = Field(default=3, ge=1)
+    sweep_seconds: float = Field(default=1.0, gt=0)
+    #: run the orchestrator monitor inside ``serve``
+    orchestrator: bool = True
+    #: run workspace sync inside ``serve`` for projects with a workspace
+    sync: bool = True
+    sync_rescan_seconds: float = Field(default=5.0, gt=0)
+    sync_debounce_seconds: float = Field(default=0.3, ge=0)
+
+    log_level: str = "INFO"
+
+    @model_validator(mode="after")
+    def _check(self) -> Settings:
+        if self.storage_tier == "team" and not (self.database_url or self.backend_url):
+            raise ValueError("MOSAIC_STORAGE_TIER=team needs QUEUE_DATABASE_URL (or MOSAIC_DATABASE_URL)")
+        if self.resolved_backend_url().startswith("postgres") and not self.valkey_url:
+            raise ValueError("the Postgres backend needs QUEUE_VALKEY_URL (or MOSAIC_VALKEY_URL)")
+        return self
+
+    def resolved_backend_url(self) -> str:
+        """The backend URL these settings select (flatfile in ``data_dir`` by default)."""
+        if self.backend_url:
+            return self.backend_url
+        if self.storage_tier != "local" and self.database_url:
+            url = self.database_url
+            if url.startswith("postgresql://") or url.startswith("postgres://"):
+                url = "postgresql+asyncpg://" + url.split("://", 1)[1]
+            return url
+        return f"file://{self.data_dir.expanduser().resolve()}"
+
+    def dispatch_config(self) -> DispatchConfig:
+        """The dispatch timings and limits."""
+        return DispatchConfig(
+            lease_seconds=self.lease_seconds,
+            heartbeat_seconds=self.heartbeat_seconds,
+            backoff_base_seconds=self.backoff_base_seconds,
+            backoff_max_seconds=self.backoff_max_seconds,
+            max_queue_depth=self.max_queue_depth,
+            sweep_seconds=self.sweep_seconds,
+            default_max_attempts=self.max_attempts,
+        )
+
+    @classmethod
+    def load(cls, **overrides: object) -> Settings:
+        """Build settings from the environment, turning validation errors into ConfigurationError."""
+        import pydantic
+
+        try:
+            return cls(**overrides)  # type: ignore[arg-type]
+        except pydantic.ValidationError as exc:
+            lines = []
+            for err in exc.errors(include_url=False):
+                loc = ".".join(str(p) for p in err["loc"])
+                name = f"QUEUE_{loc.upper()}" if loc else "configuration"
+                lines.append(f"{name}: {str(err['msg']).removeprefix('Value error, ')}")
+            raise exceptions.ConfigurationError("; ".join(lines)) from None
+
+
+def is_loopback(host: str) -> bool:
+    """True for addresses only this machine can reach (``127.0.0.0/8``, ``::1``, ``localhost``)."""
+    if host in {"localhost", "localhost.localdomain"}:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

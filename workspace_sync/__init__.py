@@ -1,0 +1,1 @@
+"""Workspace sync: TASKS.md <-> database."""
