@@ -177,9 +177,7 @@ class RecordStore(abc.ABC):
         for a done task."""
 
     @abc.abstractmethod
-    async def add_note(
-        self, project: str, key: str, author: str, text: str, token: str | None = None
-    ) -> Note:
+    async def add_note(self, project: str, key: str, author: str, text: str, token: str | None = None) -> Note:
         """Append a note. With *token*, the caller must hold the task's live lease (LeaseError)."""
 
     @abc.abstractmethod

@@ -116,9 +116,7 @@ def check_no_cycle(edges: Mapping[str, Iterable[str]]) -> None:
     """Raise DependencyCycle naming the cycle if *edges* has one."""
     cycle = find_cycle(edges)
     if cycle:
-        raise exceptions.DependencyCycle(
-            f"dependency cycle: {' -> '.join(cycle)}", cycle=cycle
-        )
+        raise exceptions.DependencyCycle(f"dependency cycle: {' -> '.join(cycle)}", cycle=cycle)
 
 
 def resolve_batch_deps(deps: Iterable[str], batch_keys: list[str], index: int) -> list[str]:

@@ -202,8 +202,7 @@ def validate_slug(value: str) -> str:
     """Check a project or mission slug (``^[a-z0-9][a-z0-9-]{0,62}$``)."""
     if not isinstance(value, str) or not SLUG_RE.match(value):
         raise exceptions.ValidationError(
-            f"invalid slug {value!r}: use 1-63 lowercase letters, digits and dashes, "
-            "starting with a letter or digit",
+            f"invalid slug {value!r}: use 1-63 lowercase letters, digits and dashes, starting with a letter or digit",
             value=value,
         )
     return value
@@ -272,9 +271,13 @@ def _aware(value: datetime | None) -> datetime | None:
 
 
 Slug = Annotated[str, AfterValidator(_check_slug)]
-KeyPrefix = Annotated[str, BeforeValidator(lambda v: v.strip().upper() if isinstance(v, str) else v), AfterValidator(_check_prefix)]
+KeyPrefix = Annotated[
+    str, BeforeValidator(lambda v: v.strip().upper() if isinstance(v, str) else v), AfterValidator(_check_prefix)
+]
 TaskKey = Annotated[str, AfterValidator(_check_key)]
-DepRef = Annotated[str, BeforeValidator(lambda v: v.strip() if isinstance(v, str) else v), AfterValidator(_check_dep_ref)]
+DepRef = Annotated[
+    str, BeforeValidator(lambda v: v.strip() if isinstance(v, str) else v), AfterValidator(_check_dep_ref)
+]
 Role = Annotated[str, AfterValidator(_check_role)]
 Label = Annotated[str, AfterValidator(_check_label)]
 Title = Annotated[str, AfterValidator(_strip_nonempty), Field(max_length=500)]
@@ -308,8 +311,11 @@ def validation_error_from(exc: pydantic.ValidationError) -> exceptions.Validatio
         loc = ".".join(str(p) for p in err["loc"]) or "input"
         msg = str(err["msg"]).removeprefix("Value error, ")
         if isinstance(err.get("ctx", {}).get("error"), exceptions.QueueServiceError):
-            inner = err["ctx"]["error"]
-            return type(inner)(f"{loc}: {inner.message}", **inner.details)
+            inner: exceptions.QueueServiceError = err["ctx"]["error"]
+            cls: type[exceptions.ValidationError] = (
+                type(inner) if isinstance(inner, exceptions.ValidationError) else exceptions.ValidationError
+            )
+            return cls(f"{loc}: {inner.message}", **inner.details)
         problems.append({"field": loc, "message": msg, "input": _safe_repr(err.get("input"))})
     text = "; ".join(f"{p['field']}: {p['message']}" for p in problems)
     return exceptions.ValidationError(text, problems=problems)

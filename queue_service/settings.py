@@ -34,9 +34,7 @@ class Settings(BaseSettings):
         default=None, validation_alias=AliasChoices("QUEUE_DATABASE_URL", "MOSAIC_DATABASE_URL")
     )
     #: Valkey/Redis URL (QUEUE_VALKEY_URL or MOSAIC_VALKEY_URL)
-    valkey_url: str | None = Field(
-        default=None, validation_alias=AliasChoices("QUEUE_VALKEY_URL", "MOSAIC_VALKEY_URL")
-    )
+    valkey_url: str | None = Field(default=None, validation_alias=AliasChoices("QUEUE_VALKEY_URL", "MOSAIC_VALKEY_URL"))
     #: ``local`` forces flatfile, ``team`` requires a database URL (MOSAIC_STORAGE_TIER)
     storage_tier: Literal["local", "team"] | None = Field(
         default=None, validation_alias=AliasChoices("QUEUE_STORAGE_TIER", "MOSAIC_STORAGE_TIER")

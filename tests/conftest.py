@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 
 import pytest
 
@@ -11,9 +10,8 @@ pytest_plugins = ["tests.fixtures.services", "tests.fixtures.backends"]
 
 
 @pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """Tests never see the developer's QUEUE_*/MOSAIC_* settings (procrastinate does the same)."""
     for name in list(os.environ):
         if name.startswith(("QUEUE_", "MOSAIC_")) and name != "QUEUE_TEST_VALKEY_URL":
             monkeypatch.delenv(name, raising=False)
-    yield
