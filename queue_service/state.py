@@ -476,12 +476,26 @@ class ProjectState:
                 )
                 self._transition(changes, dep, blocked, "blocked", now, cause=new.key)
             elif (
-                new.status is S.NOT_STARTED
+                old.status in domain.TERMINAL_FAILURE
+                and new.status not in domain.TERMINAL_FAILURE
                 and dep.status is S.BLOCKED
-                and dep.blocked_reason == domain.dependency_block_reason(new.key, old.status)
+                and dep.blocked_reason in {domain.dependency_block_reason(new.key, s) for s in domain.TERMINAL_FAILURE}
             ):
-                unblocked = dep.model_copy(update={"status": S.NOT_STARTED, "blocked_reason": None})
-                self._transition(changes, dep, unblocked, "unblocked", now, cause=new.key)
+                # still held by another failed dependency: keep it blocked, naming that one instead
+                other = next(
+                    (
+                        o
+                        for d in dep.depends_on
+                        if d != new.key and (o := view.task(d)) is not None and o.status in domain.TERMINAL_FAILURE
+                    ),
+                    None,
+                )
+                if other is not None:
+                    reason = domain.dependency_block_reason(other.key, other.status)
+                    self._transition(changes, dep, dep.model_copy(update={"blocked_reason": reason}), "blocked", now)
+                else:
+                    unblocked = dep.model_copy(update={"status": S.NOT_STARTED, "blocked_reason": None})
+                    self._transition(changes, dep, unblocked, "unblocked", now, cause=new.key)
 
     def plan_update_task(
         self, key: str, patch: TaskUpdate, expected_version: int | None, actor: str, now: datetime

@@ -1,0 +1,1 @@
+"""Alembic migrations for the Postgres schema (``queue_service/postgres/tables.py``)."""

@@ -1,0 +1,302 @@
+"""The Postgres schema (SQLAlchemy 2 declarative): the system of record.
+
+Names here are a contract shared by the record store (``records.py``), the dispatcher
+(``dispatch.py``) and the alembic migrations: change one only together with a migration.
+
+Readiness in SQL: ``status = 'not-started' AND pending_deps = 0 AND (not_before IS NULL OR
+not_before <= now())``. ``pending_deps`` is the number of the task's dependencies that are not
+``done``; it is kept exact by :mod:`queue_service.postgres.transitions` in the transaction of every
+status change, so the ready query never joins the dependency table.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, cast
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    DateTime,
+    ForeignKey,
+    ForeignKeyConstraint,
+    Index,
+    Integer,
+    MetaData,
+    PrimaryKeyConstraint,
+    Table,
+    Text,
+    UniqueConstraint,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+__all__ = [
+    "ApiTokenRow",
+    "Base",
+    "EventRow",
+    "MilestoneRow",
+    "MissionRow",
+    "NoteRow",
+    "ProjectRow",
+    "SyncStateRow",
+    "TaskDependencyRow",
+    "TaskRow",
+    "api_tokens",
+    "events",
+    "metadata",
+    "milestones",
+    "missions",
+    "notes",
+    "projects",
+    "sync_state",
+    "task_dependencies",
+    "tasks",
+]
+
+#: Deterministic constraint names, so migrations can refer to them and autogenerate stays quiet.
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_N_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+_STATUS_WORDS = "'not-started','in-progress','needs-qa','done','blocked','failed','cancelled'"
+_TZ = DateTime(timezone=True)
+
+
+class Base(DeclarativeBase):
+    """Declarative base; ``Base.metadata`` is what alembic migrates."""
+
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class ProjectRow(Base):
+    """A project. ``next_seq`` is the next ``PREFIX-N`` number; ``last_task_seq`` the last task's seq."""
+
+    __tablename__ = "projects"
+
+    slug: Mapped[str] = mapped_column(Text, primary_key=True)
+    name: Mapped[str] = mapped_column(Text)
+    key_prefix: Mapped[str] = mapped_column(Text)
+    workspace: Mapped[str | None] = mapped_column(Text)
+    #: next number handed out as ``PREFIX-N``; bumped under the row lock, so no gaps or duplicates
+    next_seq: Mapped[int] = mapped_column(BigInteger, server_default=text("1"))
+    #: creation-order counter for ``tasks.seq`` (every task, imported keys included)
+    last_task_seq: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    created_at: Mapped[datetime] = mapped_column(_TZ, server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(_TZ, server_default=func.now())
+    version: Mapped[int] = mapped_column(BigInteger, server_default=text("1"))
+
+
+class MissionRow(Base):
+    """A mission of a project; ``position`` orders them (``default`` is 0)."""
+
+    __tablename__ = "missions"
+    __table_args__ = (
+        PrimaryKeyConstraint("project", "id"),
+        CheckConstraint("status IN ('pending','active','completed')", name="status"),
+    )
+
+    project: Mapped[str] = mapped_column(Text, ForeignKey("projects.slug", ondelete="CASCADE"))
+    id: Mapped[str] = mapped_column(Text)
+    name: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(Text, server_default=text("'active'"))
+    tasks_file: Mapped[str] = mapped_column(Text, server_default=text("'TASKS.md'"))
+    position: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    created_at: Mapped[datetime] = mapped_column(_TZ, server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(_TZ, server_default=func.now())
+    version: Mapped[int] = mapped_column(BigInteger, server_default=text("1"))
+
+
+class MilestoneRow(Base):
+    """An ordered milestone of a mission."""
+
+    __tablename__ = "milestones"
+    __table_args__ = (
+        PrimaryKeyConstraint("project", "mission", "id"),
+        ForeignKeyConstraint(["project", "mission"], ["missions.project", "missions.id"], ondelete="CASCADE"),
+        CheckConstraint("status IN ('pending','active','completed')", name="status"),
+    )
+
+    project: Mapped[str] = mapped_column(Text)
+    mission: Mapped[str] = mapped_column(Text)
+    id: Mapped[str] = mapped_column(Text)
+    name: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(Text, server_default=text("'pending'"))
+    position: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+
+
+class TaskRow(Base):
+    """A task. ``pending_deps`` counts dependencies that are not done (see module docstring)."""
+
+    __tablename__ = "tasks"
+    __table_args__ = (
+        UniqueConstraint("project", "key"),
+        UniqueConstraint("project", "seq"),
+        ForeignKeyConstraint(["project", "mission"], ["missions.project", "missions.id"]),
+        CheckConstraint(f"status IN ({_STATUS_WORDS})", name="status"),
+        CheckConstraint("priority IN ('P0','P1','P2','P3')", name="priority"),
+        CheckConstraint("pending_deps >= 0", name="pending_deps"),
+        # One task per idempotency key and project; NULL keys are not constrained.
+        Index(
+            "uq_tasks_project_idempotency_key",
+            "project",
+            "idempotency_key",
+            unique=True,
+            postgresql_where=text("idempotency_key IS NOT NULL"),
+        ),
+        # The ready query: per project/role, best priority first, then creation order.
+        Index(
+            "ix_tasks_ready",
+            "project",
+            "role",
+            "priority",
+            "seq",
+            postgresql_where=text("status = 'not-started' AND pending_deps = 0"),
+        ),
+        # The sweeper: leases that ran out.
+        Index(
+            "ix_tasks_lease_expiry",
+            "lease_expires_at",
+            postgresql_where=text("status = 'in-progress'"),
+        ),
+        # The sweeper: backoffs that came due.
+        Index(
+            "ix_tasks_not_before",
+            "not_before",
+            postgresql_where=text("status = 'not-started' AND not_before IS NOT NULL"),
+        ),
+        # Status counts and filtered lists.
+        Index("ix_tasks_project_status", "project", "status"),
+        # The dead-letter list, most recently updated first.
+        Index(
+            "ix_tasks_dead_letter",
+            "project",
+            "updated_at",
+            postgresql_where=text("status = 'failed'"),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    project: Mapped[str] = mapped_column(Text, ForeignKey("projects.slug", ondelete="CASCADE"))
+    key: Mapped[str] = mapped_column(Text)
+    seq: Mapped[int] = mapped_column(BigInteger)
+    title: Mapped[str] = mapped_column(Text)
+    description: Mapped[str] = mapped_column(Text, server_default=text("''"))
+    status: Mapped[str] = mapped_column(Text, server_default=text("'not-started'"))
+    role: Mapped[str] = mapped_column(Text, server_default=text("'default'"))
+    priority: Mapped[str] = mapped_column(Text, server_default=text("'P2'"))
+    assignee: Mapped[str | None] = mapped_column(Text)
+    mission: Mapped[str] = mapped_column(Text, server_default=text("'default'"))
+    milestone: Mapped[str | None] = mapped_column(Text)
+    labels: Mapped[list[str]] = mapped_column(ARRAY(Text), server_default=text("'{}'"))
+    extra: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default=text("'{}'"))
+    attempts: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    max_attempts: Mapped[int] = mapped_column(Integer, server_default=text("3"))
+    not_before: Mapped[datetime | None] = mapped_column(_TZ)
+    idempotency_key: Mapped[str | None] = mapped_column(Text)
+    #: the completion result; SQL NULL means "no result" (JSON null is not distinguished)
+    result: Mapped[Any] = mapped_column(JSONB(none_as_null=True), nullable=True)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    blocked_reason: Mapped[str | None] = mapped_column(Text)
+    lease_holder: Mapped[str | None] = mapped_column(Text)
+    lease_token: Mapped[str | None] = mapped_column(Text)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(_TZ)
+    pending_deps: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    version: Mapped[int] = mapped_column(BigInteger, server_default=text("1"))
+    created_at: Mapped[datetime] = mapped_column(_TZ, server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(_TZ, server_default=func.now())
+    started_at: Mapped[datetime | None] = mapped_column(_TZ)
+    completed_at: Mapped[datetime | None] = mapped_column(_TZ)
+
+
+class TaskDependencyRow(Base):
+    """Edge ``task_id`` depends on ``depends_on_id``; ``position`` keeps the declared order."""
+
+    __tablename__ = "task_dependencies"
+    __table_args__ = (
+        PrimaryKeyConstraint("task_id", "depends_on_id"),
+        # Dependents of a task (promotion / blocking fan-out).
+        Index("ix_task_dependencies_depends_on_id", "depends_on_id"),
+    )
+
+    task_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("tasks.id", ondelete="CASCADE"))
+    depends_on_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("tasks.id", ondelete="CASCADE"))
+    position: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+
+
+class NoteRow(Base):
+    """An append-only note on a task."""
+
+    __tablename__ = "notes"
+    __table_args__ = (Index("ix_notes_task_id", "task_id", "id"),)
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    task_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("tasks.id", ondelete="CASCADE"))
+    author: Mapped[str] = mapped_column(Text)
+    text: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(_TZ, server_default=func.now())
+
+
+class EventRow(Base):
+    """A recorded change, written in the transaction of the change; ``id`` is the SSE event id."""
+
+    __tablename__ = "events"
+    __table_args__ = (Index("ix_events_project_id", "project", "id"),)
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    project: Mapped[str] = mapped_column(Text, ForeignKey("projects.slug", ondelete="CASCADE"))
+    task_key: Mapped[str | None] = mapped_column(Text)
+    kind: Mapped[str] = mapped_column(Text)
+    status: Mapped[str | None] = mapped_column(Text)
+    version: Mapped[int | None] = mapped_column(BigInteger)
+    at: Mapped[datetime] = mapped_column(_TZ, server_default=func.now())
+    data: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default=text("'{}'"))
+
+
+class SyncStateRow(Base):
+    """The last synced base of one workspace file (TASKS.md three-way merge)."""
+
+    __tablename__ = "sync_state"
+    __table_args__ = (PrimaryKeyConstraint("project", "path"),)
+
+    project: Mapped[str] = mapped_column(Text, ForeignKey("projects.slug", ondelete="CASCADE"))
+    path: Mapped[str] = mapped_column(Text)
+    state: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    updated_at: Mapped[datetime] = mapped_column(_TZ, server_default=func.now())
+
+
+class ApiTokenRow(Base):
+    """A bearer token record; only the hash is stored. ``project`` NULL means every project."""
+
+    __tablename__ = "api_tokens"
+    __table_args__ = (
+        UniqueConstraint("token_hash"),
+        CheckConstraint("role IN ('viewer','agent','admin')", name="role"),
+    )
+
+    id: Mapped[str] = mapped_column(Text, primary_key=True)
+    project: Mapped[str | None] = mapped_column(Text)
+    role: Mapped[str] = mapped_column(Text)
+    token_hash: Mapped[str] = mapped_column(Text)
+    name: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(_TZ, server_default=func.now())
+
+
+metadata = Base.metadata
+
+#: Core ``Table`` objects, for set-based statements (``insert(tasks).values([...])``).
+projects: Table = cast(Table, ProjectRow.__table__)
+missions: Table = cast(Table, MissionRow.__table__)
+milestones: Table = cast(Table, MilestoneRow.__table__)
+tasks: Table = cast(Table, TaskRow.__table__)
+task_dependencies: Table = cast(Table, TaskDependencyRow.__table__)
+notes: Table = cast(Table, NoteRow.__table__)
+events: Table = cast(Table, EventRow.__table__)
+sync_state: Table = cast(Table, SyncStateRow.__table__)
+api_tokens: Table = cast(Table, ApiTokenRow.__table__)
