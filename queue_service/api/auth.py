@@ -1,0 +1,82 @@
+"""Bearer-token authentication for the API, with small caches so auth costs no storage round trip
+on most requests.
+
+* Whether auth is on (any token stored) is re-read at most every ``recheck_seconds`` while it is off;
+  once a token exists, auth stays on for the life of the process (there is no token revocation API,
+  so this can only err on the safe side).
+* A verified token is remembered for ``cache_seconds``.
+"""
+
+from __future__ import annotations
+
+import time
+
+from queue_service import exceptions
+from queue_service.auth import Principal, hash_token
+from queue_service.backend import RecordStore
+
+__all__ = ["Authenticator"]
+
+_MAX_TOKEN_LEN = 512
+
+
+class Authenticator:
+    """Turns an ``Authorization: Bearer`` credential into a :class:`Principal`."""
+
+    def __init__(
+        self,
+        records: RecordStore,
+        *,
+        recheck_seconds: float = 1.0,
+        cache_seconds: float = 30.0,
+        cache_size: int = 1024,
+    ) -> None:
+        self._records = records
+        self._recheck = recheck_seconds
+        self._ttl = cache_seconds
+        self._cache_size = cache_size
+        self._enabled = False
+        self._checked_at = float("-inf")
+        self._cache: dict[str, tuple[float, Principal]] = {}
+
+    def reset(self) -> None:
+        """Forget what is cached (tests, or after creating the first token in-process)."""
+        self._enabled = False
+        self._checked_at = float("-inf")
+        self._cache.clear()
+
+    async def enabled(self) -> bool:
+        """True when at least one token is stored."""
+        if self._enabled:
+            return True
+        now = time.monotonic()
+        if now - self._checked_at >= self._recheck:
+            self._enabled = await self._records.count_api_tokens() > 0
+            self._checked_at = now
+        return self._enabled
+
+    async def authenticate(self, credential: str | None) -> Principal:
+        """The caller for *credential* (the bearer token, or None if absent).
+
+        Raises:
+            AuthError: auth is on and the token is missing or unknown.
+        """
+        if not await self.enabled():
+            return Principal.open()
+        if not credential:
+            raise exceptions.AuthError("this service requires a bearer token: send 'Authorization: Bearer qs_…'")
+        if len(credential) > _MAX_TOKEN_LEN:
+            raise exceptions.AuthError("invalid bearer token")
+        digest = hash_token(credential)
+        now = time.monotonic()
+        hit = self._cache.get(digest)
+        if hit is not None and now - hit[0] < self._ttl:
+            return hit[1]
+        record = await self._records.find_api_token(digest)
+        if record is None:
+            raise exceptions.AuthError("invalid bearer token")
+        principal = Principal.from_token(record)
+        if len(self._cache) >= self._cache_size:
+            self._cache.clear()
+        self._cache[digest] = (now, principal)
+        return principal

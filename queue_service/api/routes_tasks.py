@@ -1,0 +1,206 @@
+"""Tasks: create (one or a batch), list, read, patch with If-Match, notes, cancel, retry, results,
+stats and the dead-letter list."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query, Response, status
+
+from queue_service import exceptions
+from queue_service.api.deps import AdminDep, KeyPath, ProjectPath, ReadDep, ServiceDep, StrictJSONRoute, WorkDep
+from queue_service.api.schemas import (
+    CancelRequest,
+    ErrorBody,
+    NoteCreate,
+    NoteList,
+    ResultsRequest,
+    ResultsResponse,
+    TaskBatch,
+    TaskList,
+    TaskResult,
+)
+from queue_service.models import Note, QueueStats, Task, TaskCreate, TaskPage, TaskUpdate
+
+__all__ = ["etag", "parse_if_match", "router"]
+
+_ERRORS: dict[int | str, dict[str, object]] = {
+    code: {"model": ErrorBody} for code in (400, 401, 403, 404, 409, 412, 422, 429)
+}
+
+router = APIRouter(prefix="/v1/projects/{project}", tags=["tasks"], responses=_ERRORS, route_class=StrictJSONRoute)
+
+_Text = Annotated[str | None, Query(max_length=200)]
+
+
+def etag(task: Task) -> str:
+    """The ETag of a task: its version, quoted."""
+    return f'"{task.version}"'
+
+
+def parse_if_match(value: str | None) -> int | None:
+    """The version an ``If-Match`` header names (``"3"``, ``3``, ``W/"3"``), None for absent or ``*``.
+
+    Raises:
+        ValidationError: for anything else (several tags are not supported).
+    """
+    if value is None:
+        return None
+    text = value.strip()
+    if text == "*":
+        return None
+    text = text.removeprefix("W/").strip('"')
+    if not text.isascii() or not text.isdigit() or len(text) > 18:
+        raise exceptions.ValidationError(
+            f'If-Match must be one task version such as "3" (from the ETag), got {value[:40]!r}',
+            header="If-Match",
+        )
+    return int(text)
+
+
+@router.post("/tasks", response_model=Task, status_code=status.HTTP_201_CREATED)
+async def create_task(
+    project: ProjectPath, body: TaskCreate, response: Response, service: ServiceDep, _: AdminDep
+) -> Task:
+    """Create one task (an existing ``idempotency_key`` returns the task created before)."""
+    task = await service.create_task(project, body)
+    response.headers["ETag"] = etag(task)
+    return task
+
+
+@router.post("/tasks/batch", response_model=TaskList, status_code=status.HTTP_201_CREATED)
+async def create_tasks(project: ProjectPath, body: TaskBatch, service: ServiceDep, _: AdminDep) -> TaskList:
+    """Create many tasks, all or nothing; ``depends_on: ["#0"]`` names the first task of the batch."""
+    return TaskList(items=tuple(await service.create_tasks(project, body.tasks)))
+
+
+@router.get("/tasks", response_model=TaskPage)
+async def list_tasks(
+    project: ProjectPath,
+    service: ServiceDep,
+    _: ReadDep,
+    status: Annotated[
+        list[str] | None, Query(max_length=20, description="status words; repeat or comma-separate")
+    ] = None,
+    role: _Text = None,
+    assignee: _Text = None,
+    mission: _Text = None,
+    milestone: _Text = None,
+    label: _Text = None,
+    ready: Annotated[bool | None, Query(description="only tasks that could be claimed now")] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    cursor: Annotated[str | None, Query(max_length=1000, description="next_cursor of the previous page")] = None,
+) -> TaskPage:
+    """Tasks matching every filter, in creation order, one page at a time."""
+    filters: dict[str, object] = {
+        name: value
+        for name, value in {
+            "role": role,
+            "assignee": assignee,
+            "mission": mission,
+            "milestone": milestone,
+            "label": label,
+            "ready": ready,
+        }.items()
+        if value is not None
+    }
+    if status:
+        words = [word.strip() for item in status for word in item.split(",") if word.strip()]
+        if words:
+            filters["status"] = words
+    return await service.list_tasks(project, filters, limit=limit, cursor=cursor)
+
+
+@router.get("/tasks/{key}", response_model=Task)
+async def get_task(project: ProjectPath, key: KeyPath, response: Response, service: ServiceDep, _: ReadDep) -> Task:
+    """One task; the ``ETag`` header holds its version for a later ``If-Match``."""
+    task = await service.get_task(project, key)
+    response.headers["ETag"] = etag(task)
+    return task
+
+
+@router.patch("/tasks/{key}", response_model=Task)
+async def update_task(
+    project: ProjectPath,
+    key: KeyPath,
+    body: TaskUpdate,
+    response: Response,
+    service: ServiceDep,
+    principal: AdminDep,
+    if_match: Annotated[str | None, Header(alias="If-Match", max_length=100)] = None,
+) -> Task:
+    """Change the fields given; with ``If-Match: "<version>"`` a stale version answers 412."""
+    task = await service.update_task(
+        project, key, body, expected_version=parse_if_match(if_match), actor=principal.actor
+    )
+    response.headers["ETag"] = etag(task)
+    return task
+
+
+@router.post("/tasks/{key}/notes", response_model=Note, status_code=status.HTTP_201_CREATED)
+async def add_note(
+    project: ProjectPath, key: KeyPath, body: NoteCreate, service: ServiceDep, principal: WorkDep
+) -> Note:
+    """Append a note (with ``token``, only the lease holder may)."""
+    return await service.add_note(project, key, body.author or principal.actor, body.text, body.token)
+
+
+@router.get("/tasks/{key}/notes", response_model=NoteList)
+async def list_notes(project: ProjectPath, key: KeyPath, service: ServiceDep, _: ReadDep) -> NoteList:
+    """A task's notes, oldest first."""
+    return NoteList(items=tuple(await service.list_notes(project, key)))
+
+
+@router.post("/tasks/{key}/cancel", response_model=Task)
+async def cancel_task(
+    project: ProjectPath,
+    key: KeyPath,
+    service: ServiceDep,
+    principal: AdminDep,
+    body: CancelRequest | None = None,
+) -> Task:
+    """Withdraw a task; dependents become blocked."""
+    return await service.cancel_task(project, key, body.reason if body else None, actor=principal.actor)
+
+
+@router.post("/tasks/{key}/retry", response_model=Task)
+async def retry_task(project: ProjectPath, key: KeyPath, service: ServiceDep, principal: AdminDep) -> Task:
+    """Bring a failed, blocked or cancelled task back to not-started with its attempts reset."""
+    return await service.retry(project, key, actor=principal.actor)
+
+
+@router.get("/tasks/{key}/blockers", response_model=TaskList)
+async def blockers(project: ProjectPath, key: KeyPath, service: ServiceDep, _: ReadDep) -> TaskList:
+    """The task's dependencies that are not done yet."""
+    return TaskList(items=tuple(await service.blockers(project, key)))
+
+
+@router.get("/tasks/{key}/dependents", response_model=TaskList)
+async def dependents(project: ProjectPath, key: KeyPath, service: ServiceDep, _: ReadDep) -> TaskList:
+    """The tasks that depend directly on this one."""
+    return TaskList(items=tuple(await service.dependents(project, key)))
+
+
+@router.post("/results", response_model=ResultsResponse)
+async def results(project: ProjectPath, body: ResultsRequest, service: ServiceDep, _: ReadDep) -> ResultsResponse:
+    """Status and result of the tasks asked for (the cost grows with the keys, not the project)."""
+    keys = list(dict.fromkeys(body.keys))
+    found = {t.key: t for t in await service.get_tasks(project, keys)}
+    return ResultsResponse(
+        items=tuple(TaskResult.of(found[k]) for k in keys if k in found),
+        missing=tuple(k for k in keys if k not in found),
+    )
+
+
+@router.get("/stats", response_model=QueueStats)
+async def stats(project: ProjectPath, service: ServiceDep, _: ReadDep) -> QueueStats:
+    """Counts per status, queue depth per role, in-flight leases, dead-letter size."""
+    return await service.stats(project)
+
+
+@router.get("/dead-letter", response_model=TaskList)
+async def dead_letter(
+    project: ProjectPath, service: ServiceDep, _: ReadDep, limit: Annotated[int, Query(ge=1, le=1000)] = 100
+) -> TaskList:
+    """Failed tasks (retries exhausted or permanent errors), most recent first."""
+    return TaskList(items=tuple(await service.dead_letter(project, limit)))

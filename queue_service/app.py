@@ -1,0 +1,133 @@
+"""The FastAPI application: ``create_app(settings)``.
+
+The lifespan opens the backend, refuses to start open to the network (bound to a non-loopback host
+with no API token stored), starts the orchestrator monitor when configured, and closes everything
+on shutdown. Nothing is module-global: every app has its own backend, service, auth cache and
+metrics registry.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI
+
+from queue_service import __version__, exceptions
+from queue_service.api import (
+    errors,
+    routes_coord,
+    routes_dispatch,
+    routes_events,
+    routes_health,
+    routes_projects,
+    routes_sync,
+    routes_tasks,
+)
+from queue_service.api.auth import Authenticator
+from queue_service.api.deps import AppState
+from queue_service.api.metrics import Metrics
+from queue_service.backend import Backend, backend_from_url
+from queue_service.orchestrator import Orchestrator
+from queue_service.service import QueueService
+from queue_service.settings import Settings, is_loopback
+from workspace_sync.manager import WorkspaceSyncManager
+
+__all__ = ["check_exposure", "create_app"]
+
+logger = logging.getLogger("queue_service.app")
+
+
+def _make_orchestrator(backend: Backend, interval: float) -> Orchestrator:
+    """The orchestrator monitor (a seam for tests)."""
+    return Orchestrator(backend, interval)
+
+
+async def check_exposure(settings: Settings, backend: Backend) -> None:
+    """Refuse to serve without auth on an address other machines can reach.
+
+    Raises:
+        ConfigurationError: bound to a non-loopback host and no API token is stored.
+    """
+    if is_loopback(settings.host):
+        return
+    if await backend.records.count_api_tokens() == 0:
+        raise exceptions.ConfigurationError(
+            f"refusing to start: bound to {settings.host}, which other machines can reach, and no API token "
+            "exists. Create one first (queue-service token create --role admin) or bind to 127.0.0.1."
+        )
+
+
+def create_app(settings: Settings, backend: Backend | None = None) -> FastAPI:
+    """Build the app.
+
+    Args:
+        settings: the configuration (``Settings()`` reads the environment).
+        backend: use this backend instead of the one ``settings`` name. The app opens it (``open`` is
+            idempotent) but does not close it: whoever made it owns it.
+    """
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        owned = backend is None
+        be = backend or backend_from_url(
+            settings.resolved_backend_url(), valkey_url=settings.valkey_url, config=settings.dispatch_config()
+        )
+        orchestrator: Orchestrator | None = None
+        workspace_sync: WorkspaceSyncManager | None = None
+        try:
+            await be.open()
+            await check_exposure(settings, be)
+            service = QueueService(be, workspace_root=settings.workspace)
+            app.state.qs = AppState(
+                settings=settings,
+                backend=be,
+                service=service,
+                authenticator=Authenticator(be.records),
+                metrics=Metrics(),
+            )
+            if settings.orchestrator:
+                orchestrator = _make_orchestrator(be, settings.sweep_seconds)
+                orchestrator.start()
+            if settings.sync:
+                # TASKS.md <-> database for every project with a workspace (workspace_sync.manager)
+                workspace_sync = WorkspaceSyncManager(service, settings)
+                await workspace_sync.start()
+                app.state.workspace_sync = workspace_sync
+            logger.info("queue-service ready on backend %s", be.name)
+            yield
+        finally:
+            if workspace_sync is not None:
+                try:
+                    await workspace_sync.stop()
+                except Exception:
+                    logger.exception("stopping workspace sync failed")
+                app.state.workspace_sync = None
+            if orchestrator is not None:
+                try:
+                    await orchestrator.stop()
+                except Exception:
+                    logger.exception("stopping the orchestrator failed")
+            if owned:
+                await be.close()
+            app.state.qs = None
+
+    app = FastAPI(
+        title="queue-service",
+        version=__version__,
+        description="Task orchestration for teams of AI agents. Errors are `{error: {code, message, details}}`.",
+        lifespan=lifespan,
+    )
+    errors.install_error_handlers(app)
+    for module in (
+        routes_health,
+        routes_projects,
+        routes_tasks,
+        routes_dispatch,
+        routes_events,
+        routes_coord,
+        routes_sync,
+    ):
+        app.include_router(module.router)
+    return app

@@ -1,0 +1,427 @@
+"""The worker helper of the typed client: claim tasks, keep their leases alive, finish them.
+
+``Client.worker(...)`` / ``AsyncClient.worker(...)`` build these. Each claimed task is a job; while
+a job is open a heartbeat **thread** extends its lease, so a task whose work is CPU-bound (or blocks
+the event loop) still keeps its lease. Leaving the job:
+
+* normally → complete, with ``job.result`` as the result;
+* with an exception → fail; retryable unless it is a :class:`PermanentError`; the exception is
+  logged and swallowed so the worker goes on with the next task;
+* with ``KeyboardInterrupt``/``SystemExit``/cancellation → release (the task is ready again at
+  once, no attempt counted), and the interruption propagates.
+
+If the lease is lost meanwhile (expired and claimed by someone else), finishing is refused by the
+service; the job records ``outcome = "lost"`` instead of raising.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import threading
+import traceback
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, Sequence
+from datetime import datetime
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Literal
+
+from queue_service import exceptions
+from queue_service.models import Claim, Lease, Task, utcnow
+
+if TYPE_CHECKING:
+    from queue_service.client import AsyncClient, Client
+
+__all__ = ["AsyncJob", "AsyncWorker", "Job", "Outcome", "PermanentError", "Worker"]
+
+logger = logging.getLogger("queue_service.worker")
+
+Outcome = Literal["completed", "failed", "released", "lost"]
+
+_ERROR_TAIL = 4000
+_MIN_INTERVAL = 0.05
+_IDLE_BACKOFF_MAX = 5.0
+
+
+class PermanentError(Exception):
+    """Raise this (or a subclass) from a task to fail it at once, without retries."""
+
+
+def _describe(exc: BaseException) -> str:
+    text = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+    tb = "".join(traceback.format_tb(exc.__traceback__)[-3:])
+    full = f"{text}\n{tb}" if tb else text
+    return full[-_ERROR_TAIL:]
+
+
+def _interval(lease: Lease, heartbeat_seconds: float | None) -> float:
+    if heartbeat_seconds is not None:
+        return max(_MIN_INTERVAL, heartbeat_seconds)
+    remaining = (lease.expires_at - utcnow()).total_seconds()
+    return max(_MIN_INTERVAL, remaining / 3)
+
+
+class _Heartbeat:
+    """A daemon thread calling *beat* every *interval* seconds until stopped or the lease is lost."""
+
+    def __init__(self, beat: Callable[[], Lease], interval: float, expires_at: datetime, name: str) -> None:
+        self._beat = beat
+        self.interval = interval
+        self.expires_at = expires_at
+        self.beats = 0
+        self.lost = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"heartbeat-{name}", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(timeout=30)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                lease = self._beat()
+            except exceptions.LeaseError:
+                logger.warning("lease lost: %s", self._thread.name)
+                self.lost.set()
+                return
+            except Exception as exc:
+                # transient (service restarting, network): keep trying until the lease runs out
+                if utcnow() >= self.expires_at:
+                    logger.warning("heartbeat failed past the lease expiry (%s): giving up", exc)
+                    self.lost.set()
+                    return
+                logger.warning("heartbeat failed, will retry: %s", exc)
+                continue
+            self.beats += 1
+            self.expires_at = lease.expires_at
+
+
+class _JobBase:
+    def __init__(self, project: str, claim: Claim, interval: float, lease_seconds: float | None) -> None:
+        self.project = project
+        #: lease length each heartbeat asks for (None: the service's default)
+        self.lease_seconds = lease_seconds
+        self.task: Task = claim.task
+        self.lease: Lease = claim.lease
+        #: set this inside the job; it becomes the task's result on completion
+        self.result: Any = None
+        #: how the job ended (None while it runs)
+        self.outcome: Outcome | None = None
+        #: the task as the service returned it after finishing (None if the lease was lost)
+        self.final: Task | None = None
+        self._interval = interval
+        self._heartbeat: _Heartbeat | None = None
+
+    @property
+    def key(self) -> str:
+        """The task key."""
+        return self.task.key
+
+    @property
+    def token(self) -> str:
+        """The lease token."""
+        return self.lease.token
+
+    @property
+    def heartbeats(self) -> int:
+        """How many heartbeats succeeded so far."""
+        return self._heartbeat.beats if self._heartbeat else 0
+
+    @property
+    def lease_lost(self) -> bool:
+        """True once the service refused a heartbeat: another agent may now hold the task."""
+        return bool(self._heartbeat and self._heartbeat.lost.is_set())
+
+    def _start_heartbeat(self, beat: Callable[[], Lease]) -> None:
+        self._heartbeat = _Heartbeat(beat, self._interval, self.lease.expires_at, self.task.key)
+        self._heartbeat.start()
+
+    def _stop_heartbeat(self) -> None:
+        if self._heartbeat is not None:
+            self._heartbeat.stop()
+
+    @staticmethod
+    def _is_interrupt(exc: BaseException) -> bool:
+        return isinstance(exc, KeyboardInterrupt | SystemExit | GeneratorExit | asyncio.CancelledError)
+
+
+class Job(_JobBase):
+    """A claimed task, used as ``with job: ...`` (see the module docstring for what exit does)."""
+
+    def __init__(
+        self, client: Client, project: str, claim: Claim, interval: float, lease_seconds: float | None = None
+    ) -> None:
+        super().__init__(project, claim, interval, lease_seconds)
+        self._client = client
+
+    def __enter__(self) -> Job:
+        self._start_heartbeat(
+            lambda: self._client.heartbeat(self.project, self.key, self.token, lease_seconds=self.lease_seconds)
+        )
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> bool:
+        self._stop_heartbeat()
+        if self.outcome is not None:
+            return False
+        if exc is None:
+            self.complete(self.result)
+            return False
+        if self._is_interrupt(exc):
+            self.release()
+            return False
+        if not isinstance(exc, Exception):
+            self.release()
+            return False
+        logger.warning("task %s failed: %s", self.key, exc, exc_info=exc)
+        self.fail(_describe(exc), retryable=not isinstance(exc, PermanentError))
+        return True
+
+    def _finish(self, outcome: Outcome, call: Callable[[], Task]) -> Task | None:
+        self._stop_heartbeat()
+        try:
+            self.final = call()
+        except exceptions.LeaseError as exc:
+            logger.warning("task %s: lease lost before it could be %s: %s", self.key, outcome, exc)
+            self.outcome = "lost"
+            return None
+        self.outcome = outcome
+        return self.final
+
+    def complete(self, result: Any = None) -> Task | None:
+        """Mark the task done now (None if the lease was lost)."""
+        return self._finish("completed", lambda: self._client.complete(self.project, self.key, self.token, result))
+
+    def fail(self, error: str, *, retryable: bool = True) -> Task | None:
+        """Report a failed attempt now (None if the lease was lost)."""
+        return self._finish(
+            "failed", lambda: self._client.fail(self.project, self.key, self.token, error, retryable=retryable)
+        )
+
+    def release(self) -> Task | None:
+        """Give the task back now (None if the lease was lost)."""
+        return self._finish("released", lambda: self._client.release(self.project, self.key, self.token))
+
+    def note(self, text: str) -> None:
+        """Add a note as the lease holder."""
+        self._client.add_note(self.project, self.key, text, author=self.lease.holder, token=self.token)
+
+
+class AsyncJob(_JobBase):
+    """A claimed task, used as ``async with job: ...``; heartbeats still run in a thread."""
+
+    def __init__(
+        self,
+        client: AsyncClient,
+        project: str,
+        claim: Claim,
+        interval: float,
+        beat: Callable[[], Lease],
+        lease_seconds: float | None = None,
+    ) -> None:
+        super().__init__(project, claim, interval, lease_seconds)
+        self._client = client
+        self._beat = beat
+
+    async def __aenter__(self) -> AsyncJob:
+        self._start_heartbeat(self._beat)
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> bool:
+        await asyncio.to_thread(self._stop_heartbeat)
+        if self.outcome is not None:
+            return False
+        if exc is None:
+            await self.complete(self.result)
+            return False
+        if self._is_interrupt(exc) or not isinstance(exc, Exception):
+            await self.release()
+            return False
+        logger.warning("task %s failed: %s", self.key, exc, exc_info=exc)
+        await self.fail(_describe(exc), retryable=not isinstance(exc, PermanentError))
+        return True
+
+    async def _finish(self, outcome: Outcome, call: Callable[[], Awaitable[Task]]) -> Task | None:
+        await asyncio.to_thread(self._stop_heartbeat)
+        try:
+            self.final = await call()
+        except exceptions.LeaseError as exc:
+            logger.warning("task %s: lease lost before it could be %s: %s", self.key, outcome, exc)
+            self.outcome = "lost"
+            return None
+        self.outcome = outcome
+        return self.final
+
+    async def complete(self, result: Any = None) -> Task | None:
+        """Mark the task done now (None if the lease was lost)."""
+        return await self._finish(
+            "completed", lambda: self._client.complete(self.project, self.key, self.token, result)
+        )
+
+    async def fail(self, error: str, *, retryable: bool = True) -> Task | None:
+        """Report a failed attempt now (None if the lease was lost)."""
+        return await self._finish(
+            "failed", lambda: self._client.fail(self.project, self.key, self.token, error, retryable=retryable)
+        )
+
+    async def release(self) -> Task | None:
+        """Give the task back now (None if the lease was lost)."""
+        return await self._finish("released", lambda: self._client.release(self.project, self.key, self.token))
+
+    async def note(self, text: str) -> None:
+        """Add a note as the lease holder."""
+        await self._client.add_note(self.project, self.key, text, author=self.lease.holder, token=self.token)
+
+
+class _WorkerBase:
+    def __init__(
+        self,
+        project: str,
+        agent: str,
+        roles: Sequence[str] | None,
+        *,
+        lease_seconds: float | None,
+        heartbeat_seconds: float | None,
+        wait_seconds: float,
+        stop_when_idle: bool,
+    ) -> None:
+        self.project = project
+        self.agent = agent
+        self.roles = list(roles) if roles else None
+        self.lease_seconds = lease_seconds
+        self.heartbeat_seconds = heartbeat_seconds
+        self.wait_seconds = wait_seconds
+        self.stop_when_idle = stop_when_idle
+        #: tasks handed out so far
+        self.processed = 0
+        self._stopping = threading.Event()
+
+    def stop(self) -> None:
+        """Stop after the current task (thread-safe)."""
+        self._stopping.set()
+
+    @property
+    def stopping(self) -> bool:
+        """True once :meth:`stop` was called."""
+        return self._stopping.is_set()
+
+
+class Worker(_WorkerBase):
+    """Claims tasks one at a time for *agent*; iterate for jobs, or :meth:`run` a function."""
+
+    def __init__(self, client: Client, project: str, agent: str, roles: Sequence[str] | None, **options: Any) -> None:
+        super().__init__(project, agent, roles, **options)
+        self._client = client
+
+    def __iter__(self) -> Iterator[Job]:
+        backoff = 0.0
+        while not self.stopping:
+            try:
+                claim = self._client.claim(
+                    self.project,
+                    self.agent,
+                    roles=self.roles,
+                    wait_seconds=self.wait_seconds,
+                    lease_seconds=self.lease_seconds,
+                )
+            except exceptions.BackendUnavailable as exc:
+                backoff = min(_IDLE_BACKOFF_MAX, backoff * 2 or 0.1)
+                logger.warning("claim failed (%s); retrying in %.1fs", exc, backoff)
+                self._stopping.wait(backoff)
+                continue
+            backoff = 0.0
+            if claim is None:
+                if self.stop_when_idle:
+                    return
+                continue
+            self.processed += 1
+            interval = _interval(claim.lease, self.heartbeat_seconds)
+            yield Job(self._client, self.project, claim, interval, self.lease_seconds)
+
+    def run(self, fn: Callable[[Task], Any], *, max_tasks: int | None = None) -> int:
+        """Call ``fn(task)`` for each claimed task; its return value is the result.
+
+        Returns:
+            How many tasks were handled (whatever their outcome).
+        """
+        handled = 0
+        for job in self:
+            with job:
+                job.result = fn(job.task)
+            handled += 1
+            if max_tasks is not None and handled >= max_tasks:
+                break
+        return handled
+
+
+class AsyncWorker(_WorkerBase):
+    """The asyncio worker; ``fn`` may be a coroutine function or a plain one (run in a thread)."""
+
+    def __init__(
+        self,
+        client: AsyncClient,
+        project: str,
+        agent: str,
+        roles: Sequence[str] | None,
+        beat_factory: Callable[[str, str, str, float | None, asyncio.AbstractEventLoop], Callable[[], Lease]],
+        **options: Any,
+    ) -> None:
+        super().__init__(project, agent, roles, **options)
+        self._client = client
+        self._beat_factory = beat_factory
+
+    async def __aiter__(self) -> AsyncGenerator[AsyncJob, None]:
+        loop = asyncio.get_running_loop()
+        backoff = 0.0
+        while not self.stopping:
+            try:
+                claim = await self._client.claim(
+                    self.project,
+                    self.agent,
+                    roles=self.roles,
+                    wait_seconds=self.wait_seconds,
+                    lease_seconds=self.lease_seconds,
+                )
+            except exceptions.BackendUnavailable as exc:
+                backoff = min(_IDLE_BACKOFF_MAX, backoff * 2 or 0.1)
+                logger.warning("claim failed (%s); retrying in %.1fs", exc, backoff)
+                await asyncio.sleep(backoff)
+                continue
+            backoff = 0.0
+            if claim is None:
+                if self.stop_when_idle:
+                    return
+                continue
+            self.processed += 1
+            beat = self._beat_factory(self.project, claim.task.key, claim.lease.token, self.lease_seconds, loop)
+            interval = _interval(claim.lease, self.heartbeat_seconds)
+            yield AsyncJob(self._client, self.project, claim, interval, beat, self.lease_seconds)
+
+    async def run(self, fn: Callable[[Task], Any], *, max_tasks: int | None = None) -> int:
+        """Call ``fn(task)`` (awaited if it is a coroutine function) for each claimed task.
+
+        Returns:
+            How many tasks were handled (whatever their outcome).
+        """
+        handled = 0
+        async with contextlib.aclosing(self.__aiter__()) as jobs:
+            async for job in jobs:
+                async with job:
+                    if inspect.iscoroutinefunction(fn):
+                        job.result = await fn(job.task)
+                    else:
+                        job.result = await asyncio.to_thread(fn, job.task)
+                handled += 1
+                if max_tasks is not None and handled >= max_tasks:
+                    break
+        return handled
