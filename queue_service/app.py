@@ -28,7 +28,7 @@ from queue_service.api import (
 from queue_service.api.auth import Authenticator
 from queue_service.api.deps import AppState
 from queue_service.api.metrics import Metrics
-from queue_service.backend import Backend, backend_from_url
+from queue_service.backend import Backend
 from queue_service.orchestrator import Orchestrator
 from queue_service.service import QueueService
 from queue_service.settings import Settings, is_loopback
@@ -71,9 +71,7 @@ def create_app(settings: Settings, backend: Backend | None = None) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         owned = backend is None
-        be = backend or backend_from_url(
-            settings.resolved_backend_url(), valkey_url=settings.valkey_url, config=settings.dispatch_config()
-        )
+        be = backend or settings.build_backend()
         orchestrator: Orchestrator | None = None
         workspace_sync: WorkspaceSyncManager | None = None
         try:

@@ -345,11 +345,17 @@ class Backend(abc.ABC):
         await self.close()
 
 
-def backend_from_url(url: str, *, valkey_url: str | None = None, config: DispatchConfig | None = None) -> Backend:
+def backend_from_url(
+    url: str,
+    *,
+    valkey_url: str | None = None,
+    config: DispatchConfig | None = None,
+    key_prefix: str | None = None,
+) -> Backend:
     """Build the backend a URL names, importing it lazily.
 
-    ``postgresql+asyncpg://…`` (needs *valkey_url*) → PostgresValkeyBackend; ``file://<dir>`` →
-    FlatfileBackend; ``memory://`` → InMemoryBackend.
+    ``postgresql+asyncpg://…`` (needs *valkey_url*; *key_prefix* defaults to ``mosaic:queue``) →
+    PostgresValkeyBackend; ``file://<dir>`` → FlatfileBackend; ``memory://`` → InMemoryBackend.
     """
     config = config or DispatchConfig()
     scheme = urlsplit(url).scheme
@@ -360,6 +366,8 @@ def backend_from_url(url: str, *, valkey_url: str | None = None, config: Dispatc
             )
         from queue_service.postgres.backend import PostgresValkeyBackend
 
+        if key_prefix:
+            return PostgresValkeyBackend(url, valkey_url, config=config, key_prefix=key_prefix)
         return PostgresValkeyBackend(url, valkey_url, config=config)
     if scheme == "file":
         from flatfile.backend import FlatfileBackend

@@ -290,8 +290,33 @@ class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+def find_nul(value: object, path: str) -> str | None:
+    if isinstance(value, str):
+        return path if "\x00" in value else None
+    if isinstance(value, dict):
+        for k, v in value.items():
+            found = find_nul(k, path) or find_nul(v, f"{path}.{k}")
+            if found:
+                return found
+    if isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            found = find_nul(v, f"{path}[{i}]")
+            if found:
+                return found
+    return None
+
+
 class _Input(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)
+
+    @pydantic.model_validator(mode="after")
+    def _no_nul_characters(self) -> Any:
+        # Postgres text cannot hold NUL; refuse it here so every backend answers the same way.
+        for name in type(self).model_fields:
+            found = find_nul(getattr(self, name), name)
+            if found:
+                raise ValueError(f"{found}: NUL characters are not allowed")
+        return self
 
 
 def validated(model: type[M], data: Any) -> M:

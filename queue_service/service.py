@@ -32,6 +32,7 @@ from queue_service.models import (
     TaskFilter,
     TaskPage,
     TaskUpdate,
+    find_nul,
     validate_key,
     validate_slug,
     validated,
@@ -41,6 +42,13 @@ __all__ = ["QueueService", "new_agent_id"]
 
 MAX_BATCH = 10_000
 MAX_PAGE = 1000
+
+
+def _check_text(name: str, value: str) -> str:
+    """Refuse NUL characters, which Postgres text cannot store (same answer on every backend)."""
+    if "\x00" in value:
+        raise exceptions.ValidationError(f"{name}: NUL characters are not allowed", field=name)
+    return value
 
 
 def new_agent_id(name: str | None = None) -> str:
@@ -96,6 +104,20 @@ class QueueService:
     async def list_missions(self, project: str) -> list[Mission]:
         """A project's missions."""
         return await self.backend.records.list_missions(validate_slug(project))
+
+    async def update_mission(self, project: str, mission: str, data: MissionCreate | Mapping[str, Any]) -> Mission:
+        """Replace a mission's name/status/milestones/tasks_file (workspace sync adds milestones)."""
+        slug, mid = validate_slug(project), validate_slug(mission)
+        return await self.backend.records.update_mission(slug, mid, validated(MissionCreate, data))
+
+    # -- workspace sync bases -----------------------------------------------------------------
+    async def get_sync_state(self, project: str, path: str) -> dict[str, Any] | None:
+        """The stored sync state (base, errors) of a workspace file, or None."""
+        return await self.backend.records.get_sync_state(validate_slug(project), path)
+
+    async def put_sync_state(self, project: str, path: str, state: dict[str, Any]) -> None:
+        """Store (replace) the sync state of a workspace file."""
+        await self.backend.records.put_sync_state(validate_slug(project), path, state)
 
     # -- tasks ------------------------------------------------------------------------------
     async def create_task(self, project: str, data: TaskCreate | Mapping[str, Any]) -> Task:
@@ -157,6 +179,8 @@ class QueueService:
 
     async def cancel_task(self, project: str, key: str, reason: str | None = None, actor: str = "api") -> Task:
         """Cancel a task."""
+        if reason is not None:
+            _check_text("reason", reason)
         return await self.backend.records.cancel_task(validate_slug(project), validate_key(key), reason, actor)
 
     async def add_note(self, project: str, key: str, author: str, text: str, token: str | None = None) -> Note:
@@ -165,6 +189,8 @@ class QueueService:
             raise exceptions.ValidationError("note text must not be empty")
         if not author or not author.strip():
             raise exceptions.ValidationError("note author must not be empty")
+        _check_text("text", text)
+        _check_text("author", author)
         return await self.backend.records.add_note(
             validate_slug(project), validate_key(key), author.strip(), text, token
         )
@@ -213,6 +239,7 @@ class QueueService:
         """Claim the next ready task (or None after *wait* seconds)."""
         if not agent or not agent.strip() or len(agent) > 200:
             raise exceptions.ValidationError(f"agent id must be 1-200 characters, got {agent!r}")
+        _check_text("agent", agent)
         if wait < 0 or wait > 300:
             raise exceptions.ValidationError(f"wait must be between 0 and 300 seconds, got {wait}")
         if lease_seconds is not None and not 0 < lease_seconds <= 86_400:
@@ -227,10 +254,14 @@ class QueueService:
 
     async def complete(self, project: str, key: str, token: str, result: Any = None) -> Task:
         """Complete a claimed task."""
+        found = find_nul(result, "result")
+        if found:
+            raise exceptions.ValidationError(f"{found}: NUL characters are not allowed", field=found)
         return await self.backend.dispatch.complete(validate_slug(project), validate_key(key), token, result)
 
     async def fail(self, project: str, key: str, token: str, error: str, retryable: bool = True) -> Task:
         """Fail a claimed task."""
+        _check_text("error", error)
         return await self.backend.dispatch.fail(validate_slug(project), validate_key(key), token, error, retryable)
 
     async def release(self, project: str, key: str, token: str) -> Task:

@@ -16,7 +16,7 @@ from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from queue_service import exceptions
-from queue_service.backend import DispatchConfig
+from queue_service.backend import Backend, DispatchConfig, backend_from_url
 
 __all__ = ["Settings", "is_loopback"]
 
@@ -35,6 +35,9 @@ class Settings(BaseSettings):
     )
     #: Valkey/Redis URL (QUEUE_VALKEY_URL or MOSAIC_VALKEY_URL)
     valkey_url: str | None = Field(default=None, validation_alias=AliasChoices("QUEUE_VALKEY_URL", "MOSAIC_VALKEY_URL"))
+    #: Valkey key space (every key and channel lives under it); change it only to share one Valkey
+    #: between independent deployments
+    valkey_prefix: str = Field(default="mosaic:queue", pattern=r"^[A-Za-z0-9:_.-]{1,100}$")
     #: ``local`` forces flatfile, ``team`` requires a database URL (MOSAIC_STORAGE_TIER)
     storage_tier: Literal["local", "team"] | None = Field(
         default=None, validation_alias=AliasChoices("QUEUE_STORAGE_TIER", "MOSAIC_STORAGE_TIER")
@@ -92,6 +95,15 @@ class Settings(BaseSettings):
             max_queue_depth=self.max_queue_depth,
             sweep_seconds=self.sweep_seconds,
             default_max_attempts=self.max_attempts,
+        )
+
+    def build_backend(self) -> Backend:
+        """The backend these settings select (not yet opened)."""
+        return backend_from_url(
+            self.resolved_backend_url(),
+            valkey_url=self.valkey_url,
+            config=self.dispatch_config(),
+            key_prefix=self.valkey_prefix,
         )
 
     @classmethod
