@@ -1,0 +1,106 @@
+"""Operator commands: ``serve``, ``migrate``, ``token``.
+
+These always act on the configured storage (``QUEUE_DATABASE_URL``/``QUEUE_DATA_DIR``…), never
+through ``QUEUE_URL``: they are how a server is started, prepared and given credentials.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated
+
+import typer
+
+from queue_service import exceptions
+from queue_service.cli._core import JsonOpt, emit, state_of, stdout
+from queue_service.models import ApiToken, TokenRole
+from queue_service.settings import Settings
+
+__all__ = ["register", "token_app"]
+
+token_app = typer.Typer(
+    help="API bearer tokens (stored hashed in the configured backend; shown once).", no_args_is_help=True
+)
+
+
+def serve(
+    ctx: typer.Context,
+    host: Annotated[str | None, typer.Option(help="Bind address (env QUEUE_HOST; default 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (env QUEUE_PORT; default 8000).")] = None,
+) -> None:
+    """Run the REST API (and the orchestrator) on the configured backend."""
+    import uvicorn
+
+    from queue_service.app import create_app
+
+    overrides: dict[str, object] = {}
+    if host is not None:
+        overrides["host"] = host
+    if port is not None:
+        overrides["port"] = port
+    settings = Settings.load(**overrides) if overrides else state_of(ctx).settings()
+    app = create_app(settings)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level.lower())
+
+
+def migrate(
+    ctx: typer.Context,
+    revision: Annotated[str, typer.Option(help="Alembic revision to upgrade to.")] = "head",
+) -> None:
+    """Bring the Postgres schema up to date (alembic upgrade). Flatfile mode needs no migration."""
+    settings = state_of(ctx).settings()
+    url = settings.resolved_backend_url()
+    if not url.startswith("postgres"):
+        kind = "flatfile" if url.startswith("file:") else url.split(":", 1)[0]
+        stdout.print(f"Nothing to migrate: the {kind} backend ({url}) keeps no database schema.", markup=False)
+        return
+    from queue_service.postgres import migrate as pg_migrate
+
+    async def go() -> str | None:
+        await pg_migrate.upgrade(url, revision)
+        return await pg_migrate.current(url)
+
+    current = asyncio.run(go())
+    stdout.print(f"Database schema is at revision {current}.", markup=False)
+
+
+@token_app.command("create")
+def token_create(
+    ctx: typer.Context,
+    role: Annotated[TokenRole, typer.Option(help="viewer (read), agent (claim/complete/…), admin (everything).")],
+    project: Annotated[str | None, typer.Option("--project", "-p", help="The project it is scoped to.")] = None,
+    all_projects: Annotated[
+        bool, typer.Option("--all-projects", help="A global token, valid in every project (and for /metrics).")
+    ] = False,
+    name: Annotated[str | None, typer.Option(help="A label to recognise it by (shown as the actor).")] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Create a bearer token. It is printed once and only its hash is stored."""
+    from queue_service import auth
+    if (project is None) == (not all_projects):
+        raise exceptions.ValidationError("give --project SLUG, or --all-projects for a global token (not both)")
+    settings = state_of(ctx).settings()
+
+    async def store() -> tuple[str, ApiToken]:
+        backend = settings.build_backend()
+        async with backend:
+            return await auth.create_token(backend.records, project, role, name)
+
+    secret, record = asyncio.run(store())
+    shown = {**record.model_dump(mode="json", exclude={"token_hash"}), "token": secret}
+
+    def human() -> None:
+        scope = f"project {project}" if project else "all projects"
+        stdout.print(
+            f"Created {role.value} token {record.id} for {scope}. Store it now; it is not shown again:", markup=False
+        )
+        stdout.print(secret, markup=False, soft_wrap=True)
+
+    emit(ctx, json_out, shown, human)
+
+
+def register(app: typer.Typer) -> None:
+    """Add these commands to the root app."""
+    app.command("serve", rich_help_panel="Operate")(serve)
+    app.command("migrate", rich_help_panel="Operate")(migrate)
+    app.add_typer(token_app, name="token", rich_help_panel="Operate")

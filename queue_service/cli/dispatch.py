@@ -1,0 +1,265 @@
+"""Agent-facing commands: claim, heartbeat, complete, fail, release; and stats, events."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from queue_service import exceptions
+from queue_service.cli._core import (
+    Connection,
+    JsonOpt,
+    ProjectOpt,
+    call,
+    dash,
+    emit,
+    is_json,
+    split_csv,
+    stdout,
+    when,
+    write_json,
+)
+from queue_service.models import Claim, Event, Lease, QueueStats, Task
+from queue_service.service import new_agent_id
+
+__all__ = ["register"]
+
+TokenOpt = Annotated[
+    str,
+    typer.Option(
+        "--token", "-t", envvar="QUEUE_LEASE_TOKEN", help="The lease token from claim (env QUEUE_LEASE_TOKEN)."
+    ),
+]
+KeyArg = Annotated[str, typer.Argument(help="Task key, e.g. WEB-12.")]
+LeaseOpt = Annotated[float | None, typer.Option("--lease", help="Lease length in seconds (default: the service's).")]
+
+
+def claim(
+    ctx: typer.Context,
+    project: ProjectOpt,
+    role: Annotated[
+        list[str] | None, typer.Option("--role", "-r", help="Only these roles (repeat, or comma-separate).")
+    ] = None,
+    agent: Annotated[
+        str | None, typer.Option(envvar="QUEUE_AGENT", help="Agent id (env QUEUE_AGENT; default a fresh unique id).")
+    ] = None,
+    wait: Annotated[float, typer.Option(help="Seconds to wait for a task to become ready (0-300).")] = 0.0,
+    lease: LeaseOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Claim the next ready task. Prints the task and its lease token (JSON: {task, lease} or null)."""
+    agent_id = agent or new_agent_id("cli")
+
+    async def body(conn: Connection) -> Claim | None:
+        return await conn.ops.claim(project, agent_id, split_csv(role) or None, wait, lease)
+
+    got = call(ctx, body)
+
+    def human() -> None:
+        if got is None:
+            stdout.print("No task is ready.")
+            return
+        t = got.task
+        stdout.print(f"Claimed [bold]{t.key}[/] {t.title}", highlight=False)
+        stdout.print(f"  agent: {got.lease.holder}")
+        stdout.print(f"  lease until: {when(got.lease.expires_at)}")
+        stdout.print(f"  token: {got.lease.token}")
+
+    emit(ctx, json_out, got, human)
+
+
+def heartbeat(
+    ctx: typer.Context,
+    key: KeyArg,
+    project: ProjectOpt,
+    token: TokenOpt,
+    lease: LeaseOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Extend a lease (JSON: the new lease)."""
+
+    async def body(conn: Connection) -> Lease:
+        return await conn.ops.heartbeat(project, key, token, lease)
+
+    new = call(ctx, body)
+    emit(ctx, json_out, new, lambda: stdout.print(f"Lease on [bold]{key}[/] extended until {when(new.expires_at)}"))
+
+
+def _parse_result(result: str | None) -> Any:
+    if result is None:
+        return None
+    text = sys.stdin.read() if result == "-" else result
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        # Plain text is a fine result too; JSON is kept structured.
+        return text
+
+
+def complete(
+    ctx: typer.Context,
+    key: KeyArg,
+    project: ProjectOpt,
+    token: TokenOpt,
+    result: Annotated[
+        str | None, typer.Option(help="Result: JSON, or plain text kept as a string ('-' reads stdin).")
+    ] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Mark a claimed task done."""
+    value = _parse_result(result)
+
+    async def body(conn: Connection) -> Task:
+        return await conn.ops.complete(project, key, token, value)
+
+    task = call(ctx, body)
+    emit(ctx, json_out, task, lambda: stdout.print(f"Completed [bold]{task.key}[/]"))
+
+
+def fail(
+    ctx: typer.Context,
+    key: KeyArg,
+    project: ProjectOpt,
+    token: TokenOpt,
+    error: Annotated[str, typer.Option("--error", "-e", help="What went wrong ('-' reads stdin).")],
+    permanent: Annotated[
+        bool, typer.Option("--permanent", help="Do not retry: dead-letter at once (default: retry with backoff).")
+    ] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Report a failed attempt: retried with backoff until max attempts, then dead-lettered."""
+    message = sys.stdin.read() if error == "-" else error
+
+    async def body(conn: Connection) -> Task:
+        return await conn.ops.fail(project, key, token, message, not permanent)
+
+    task = call(ctx, body)
+
+    def human() -> None:
+        if task.status.value == "failed":
+            stdout.print(f"[red]{task.key} failed[/] after {task.attempts} attempt(s): dead-lettered")
+        else:
+            stdout.print(
+                f"{task.key} will be retried (attempt {task.attempts}/{task.max_attempts}, "
+                f"not before {when(task.not_before)})"
+            )
+
+    emit(ctx, json_out, task, human)
+
+
+def release(
+    ctx: typer.Context,
+    key: KeyArg,
+    project: ProjectOpt,
+    token: TokenOpt,
+    json_out: JsonOpt = False,
+) -> None:
+    """Give a claimed task back without counting an attempt."""
+
+    async def body(conn: Connection) -> Task:
+        return await conn.ops.release(project, key, token)
+
+    task = call(ctx, body)
+    emit(ctx, json_out, task, lambda: stdout.print(f"Released [bold]{task.key}[/]"))
+
+
+def stats(ctx: typer.Context, project: ProjectOpt, json_out: JsonOpt = False) -> None:
+    """Counts per status, ready depth per role, in-flight leases, dead-letter size."""
+
+    async def body(conn: Connection) -> QueueStats:
+        return await conn.ops.stats(project)
+
+    s = call(ctx, body)
+
+    def human() -> None:
+        counts = Table(title=f"{s.project}: tasks by status", header_style="bold")
+        counts.add_column("status")
+        counts.add_column("tasks", justify="right")
+        for status, n in s.by_status.items():
+            counts.add_row(status, str(n))
+        stdout.print(counts)
+        roles = sorted(set(s.ready_by_role) | set(s.queue_depth_by_role))
+        if roles:
+            depth = Table(title="ready per role", header_style="bold")
+            depth.add_column("role")
+            depth.add_column("ready", justify="right")
+            depth.add_column("queued", justify="right")
+            for r in roles:
+                depth.add_row(r, str(s.ready_by_role.get(r, 0)), dash(s.queue_depth_by_role.get(r)))
+            stdout.print(depth)
+        stdout.print(
+            f"in flight: {s.in_flight}   dead-letter: {s.dead_letter}   "
+            f"completed in the last minute: {s.completed_last_minute}"
+        )
+
+    emit(ctx, json_out, s, human)
+
+
+def _print_event(e: Event, as_json: bool) -> None:
+    if as_json:
+        write_json(e)
+        return
+    subject = e.task or "—"
+    status = e.status.value if e.status else ""
+    version = f"v{e.version}" if e.version is not None else ""
+    stdout.print(f"{e.id:>6}  {when(e.at)}  {e.kind:<12} {subject:<12} {status:<12} {version}", markup=False)
+
+
+def events(
+    ctx: typer.Context,
+    project: ProjectOpt,
+    after: Annotated[int, typer.Option(help="Only events after this id (resume point).")] = 0,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new events until Ctrl-C.")] = False,
+    limit: Annotated[int | None, typer.Option(help="Stop after this many events.")] = None,
+    poll: Annotated[float, typer.Option(help="With --follow: seconds between checks for new events.")] = 0.5,
+    json_out: JsonOpt = False,
+) -> None:
+    """Print the project's event log (JSON: one event per line), optionally following new events."""
+    as_json = is_json(ctx, json_out)
+    if limit is not None and limit < 1:
+        raise exceptions.ValidationError(f"--limit must be at least 1, got {limit}")
+    if poll <= 0:
+        raise exceptions.ValidationError(f"--poll must be positive, got {poll}")
+
+    async def body(conn: Connection) -> None:
+        # Polling the durable log (not the live pub/sub) is what makes --follow lossless and work the
+        # same on every backend and through the REST client, across processes.
+        last, printed = after, 0
+        while True:
+            want = 1000 if limit is None else min(1000, limit - printed)
+            batch = await conn.ops.list_events(project, last, want)
+            for e in batch:
+                _print_event(e, as_json)
+                last, printed = e.id, printed + 1
+            if limit is not None and printed >= limit:
+                return
+            if len(batch) == want:
+                continue  # more are waiting right now
+            if not follow:
+                return
+            await asyncio.sleep(poll)
+
+    try:
+        call(ctx, body)
+    except KeyboardInterrupt:
+        # Ctrl-C is how --follow ends: not an error.
+        raise typer.Exit(0) from None
+
+
+def register(app: typer.Typer) -> None:
+    """Add these commands to the root app."""
+    for name, fn in (
+        ("claim", claim),
+        ("heartbeat", heartbeat),
+        ("complete", complete),
+        ("fail", fail),
+        ("release", release),
+    ):
+        app.command(name, rich_help_panel="Agents")(fn)
+    app.command("stats", rich_help_panel="Observe")(stats)
+    app.command("events", rich_help_panel="Observe")(events)
