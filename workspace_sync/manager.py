@@ -1,0 +1,376 @@
+"""Running the sync continuously: every project with a workspace, every mission's TASKS.md.
+
+:class:`WorkspaceSyncManager` is what ``serve`` starts (and ``queue-service sync PROJECT --watch``):
+
+* a *supervisor* that, every ``settings.sync_rescan_seconds``, lists the projects with a workspace
+  and their missions, starts a worker per TASKS.md (stopping those whose project/mission/path went
+  away), watches their directories, and asks every worker for a rescan cycle;
+* a watchdog observer on the parent directories (:mod:`workspace_sync.watcher`); a file event asks
+  the file's worker for a cycle after ``settings.sync_debounce_seconds`` of quiet, unless the file's
+  content hash is the one we wrote last (our own write);
+* a subscription per project to the service's live events; a task change asks for a cycle at once
+  (events caused by our own writes are recognised by task version and skipped).
+
+Each worker runs its cycles one after the other, so a burst of triggers costs one cycle. A failing
+cycle (workspace missing, backend down) is logged once per distinct message, kept in the sync
+status, and retried at the next trigger or rescan: never a crash loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from pathlib import Path
+from typing import Any
+
+from queue_service import exceptions
+from queue_service.models import Project
+from queue_service.service import QueueService
+from queue_service.settings import Settings
+from workspace_sync.engine import FileSync, SyncReport, mission_path, public_status
+from workspace_sync.watcher import DirectoryWatcher
+
+__all__ = ["WorkspaceSyncManager", "sync_status"]
+
+logger = logging.getLogger("workspace_sync")
+
+#: longest a stream of file events can postpone a cycle, as a multiple of the debounce
+_MAX_DEBOUNCE_FACTOR = 6
+#: coalescing window for database events (several events of one transaction arrive together)
+_DB_COALESCE = 0.02
+
+
+async def sync_status(service: QueueService, project: str) -> dict[str, Any]:
+    """The sync status of a project from the stored sync states (no running manager needed).
+
+    Returns:
+        ``{"project", "workspace", "files": [...]}``; each file has its path, whether it exists, when
+        it was last synced, the current ``errors`` (line, column, key, message), recent ``conflicts``
+        and any ``problem`` (for example a missing workspace).
+    """
+    proj = await service.get_project(project)
+    files: list[dict[str, Any]] = []
+    if proj.workspace:
+        for mission in await service.list_missions(project):
+            path = mission_path(proj.workspace, mission)
+            state = await service.get_sync_state(project, str(path)) or {}
+            files.append(public_status(mission.id, path, state))
+    return {"project": proj.slug, "workspace": proj.workspace, "files": files}
+
+
+class _Worker:
+    """Runs the cycles of one file, one at a time, when triggered."""
+
+    def __init__(self, sync: FileSync, debounce: float) -> None:
+        self.sync = sync
+        self.debounce = debounce
+        self.reasons: set[str] = set()
+        self.wake = asyncio.Event()
+        self.idle = asyncio.Event()
+        self.idle.set()
+        self.task: asyncio.Task[None] | None = None
+        self.last_problem: str | None = None
+        self.cycles = 0
+
+    def trigger(self, reason: str) -> None:
+        self.reasons.add(reason)
+        self.idle.clear()
+        self.wake.set()
+
+    def start(self) -> None:
+        self.task = asyncio.create_task(self._run(), name=f"workspace-sync {self.sync.path}")
+
+    async def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.task
+            self.task = None
+
+    async def _quiet(self) -> None:
+        """Wait until the triggers stop for the debounce time (file edits) or a short moment (DB events)."""
+        loop = asyncio.get_running_loop()
+        limit = loop.time() + max(self.debounce * _MAX_DEBOUNCE_FACTOR, 1.0)
+        while True:
+            self.wake.clear()
+            if "rescan" in self.reasons and "file" not in self.reasons:
+                return
+            delay = self.debounce if "file" in self.reasons else _DB_COALESCE
+            delay = min(delay, max(0.0, limit - loop.time()))
+            if delay <= 0:
+                return
+            try:
+                await asyncio.wait_for(self.wake.wait(), delay)
+            except TimeoutError:
+                return
+
+    async def _run(self) -> None:
+        while True:
+            if not self.wake.is_set() and not self.reasons:
+                self.idle.set()
+            await self.wake.wait()
+            await self._quiet()
+            reasons, self.reasons = self.reasons, set()
+            if not reasons:
+                continue
+            if reasons == {"file"} and self.sync.last_hash is not None:
+                current = await asyncio.to_thread(self.sync.file_hash)
+                if current == self.sync.last_hash:
+                    continue  # our own write (or a touch that changed nothing)
+            await self._cycle()
+
+    async def _cycle(self) -> None:
+        self.cycles += 1
+        try:
+            report: SyncReport = await self.sync.sync()
+            problem = report.problem
+        except asyncio.CancelledError:
+            raise
+        except exceptions.QueueServiceError as exc:
+            problem = f"{type(exc).__name__}: {exc.message}"
+        except Exception as exc:  # a bug must not kill the worker: log it, retry at the next trigger
+            logger.exception("workspace sync of %s failed", self.sync.path)
+            problem = f"unexpected {type(exc).__name__}: {exc}"
+        if problem != self.last_problem:
+            if problem:
+                logger.warning("workspace sync of %s: %s", self.sync.path, problem)
+            elif self.last_problem:
+                logger.info("workspace sync of %s recovered", self.sync.path)
+            self.last_problem = problem
+
+
+class WorkspaceSyncManager:
+    """Syncs every project that has a workspace (or only *projects*), until stopped.
+
+    Args:
+        service: the QueueService facade.
+        settings: ``sync_rescan_seconds``, ``sync_debounce_seconds`` and the workspace root are read.
+        projects: sync only these project slugs (``queue-service sync PROJECT --watch``).
+        polling: force watchdog's polling observer (default: inotify, polling only as a fallback).
+        strict_coord: render fresh files with exactly coord's nine columns.
+    """
+
+    def __init__(
+        self,
+        service: QueueService,
+        settings: Settings,
+        *,
+        projects: list[str] | None = None,
+        polling: bool = False,
+        strict_coord: bool = False,
+    ) -> None:
+        self.service = service
+        self.settings = settings
+        self.projects = projects
+        self.polling = polling
+        self.strict_coord = strict_coord
+        self._workers: dict[tuple[str, str], _Worker] = {}
+        self._by_path: dict[str, _Worker] = {}
+        self._subscriptions: dict[str, asyncio.Task[None]] = {}
+        self._watcher: DirectoryWatcher | None = None
+        self._supervisor: asyncio.Task[None] | None = None
+        self._rediscover = asyncio.Event()
+        self._discovered = asyncio.Event()
+        self._problems: dict[str, str] = {}
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Start watching and syncing; returns once the first discovery ran (cycles continue in the background)."""
+        if self._supervisor is not None:
+            return
+        loop = asyncio.get_running_loop()
+        self._watcher = DirectoryWatcher(loop, self._on_file_event, polling=self.polling)
+        self._supervisor = asyncio.create_task(self._supervise(), name="workspace-sync supervisor")
+        waiter = asyncio.create_task(self._discovered.wait())
+        await asyncio.wait({waiter, self._supervisor}, return_when=asyncio.FIRST_COMPLETED)
+        waiter.cancel()
+
+    async def stop(self) -> None:
+        """Stop every worker, subscription and the watcher (a running cycle is cancelled between writes)."""
+        tasks = [t for t in (self._supervisor, *self._subscriptions.values()) if t is not None]
+        self._supervisor = None
+        self._subscriptions.clear()
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        for worker in list(self._workers.values()):
+            await worker.stop()
+        self._workers.clear()
+        self._by_path.clear()
+        if self._watcher is not None:
+            await asyncio.to_thread(self._watcher.stop)
+            self._watcher = None
+
+    async def __aenter__(self) -> WorkspaceSyncManager:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    # -- introspection (tests, status) ------------------------------------------------------------
+    def file_syncs(self) -> list[FileSync]:
+        """The FileSync of every file currently synced."""
+        return [w.sync for w in self._workers.values()]
+
+    def file_sync(self, project: str, mission: str = "default") -> FileSync | None:
+        """The FileSync of one mission's file, if it is synced."""
+        worker = self._workers.get((project, mission))
+        return None if worker is None else worker.sync
+
+    @property
+    def polling_fallback(self) -> str | None:
+        """Why the watcher fell back to polling (None when it did not)."""
+        return None if self._watcher is None else self._watcher.fallback_reason
+
+    async def wait_idle(self, timeout: float = 30.0) -> None:
+        """Wait until no worker has a pending or running cycle (tests and benchmarks)."""
+        async with asyncio.timeout(timeout):
+            while True:
+                workers = list(self._workers.values())
+                await asyncio.gather(*(w.idle.wait() for w in workers))
+                if all(w.idle.is_set() for w in self._workers.values()):
+                    return
+
+    async def rescan(self) -> None:
+        """Rediscover projects now and ask every worker for a cycle."""
+        await self._discover()
+        for worker in self._workers.values():
+            worker.trigger("rescan")
+
+    async def status(self, project: str) -> dict[str, Any]:
+        """:func:`sync_status` plus what only the running manager knows (watch mode, worker problems)."""
+        out = await sync_status(self.service, project)
+        out["watch"] = "polling" if self.polling or self.polling_fallback else "inotify"
+        if self.polling_fallback:
+            out["watch_fallback"] = self.polling_fallback
+        for entry in out["files"]:
+            worker = self._workers.get((project, entry["mission"]))
+            if worker is not None and worker.last_problem and not entry.get("problem"):
+                entry["problem"] = worker.last_problem
+        return out
+
+    # -- internals ---------------------------------------------------------------------------------
+    async def _supervise(self) -> None:
+        interval = self.settings.sync_rescan_seconds
+        while True:
+            try:
+                await self._discover()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self._log_problem("*", f"cannot list projects: {exc}")
+            finally:
+                self._discovered.set()
+            for worker in self._workers.values():
+                worker.trigger("rescan")
+            self._rediscover.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._rediscover.wait(), interval)
+
+    def _log_problem(self, key: str, message: str | None) -> None:
+        if message is None:
+            self._problems.pop(key, None)
+            return
+        if self._problems.get(key) != message:
+            self._problems[key] = message
+            logger.warning("workspace sync: %s", message)
+
+    async def _projects(self) -> list[Project]:
+        if self.projects is None:
+            return [p for p in await self.service.list_projects() if p.workspace]
+        found = []
+        for slug in self.projects:
+            project = await self.service.get_project(slug)
+            if not project.workspace:
+                self._log_problem(slug, f"project {slug} has no workspace (set one with PATCH or --workspace)")
+                continue
+            found.append(project)
+        return found
+
+    async def _discover(self) -> None:
+        wanted: dict[tuple[str, str], Path] = {}
+        for project in await self._projects():
+            assert project.workspace is not None
+            self._ensure_workspace(project, project.workspace)
+            try:
+                missions = await self.service.list_missions(project.slug)
+            except exceptions.NotFound:
+                continue
+            for mission in missions:
+                wanted[(project.slug, mission.id)] = mission_path(project.workspace, mission)
+        for key, worker in list(self._workers.items()):
+            if wanted.get(key) != worker.sync.path:
+                await worker.stop()
+                del self._workers[key]
+                self._by_path.pop(str(worker.sync.path), None)
+        for key, path in wanted.items():
+            if key not in self._workers:
+                sync = FileSync(self.service, key[0], key[1], path, strict_coord=self.strict_coord)
+                worker = _Worker(sync, self.settings.sync_debounce_seconds)
+                self._workers[key] = worker
+                self._by_path[str(path)] = worker
+                worker.start()
+                worker.trigger("rescan")
+            self._watch(path.parent)
+        for slug in {k[0] for k in wanted}:
+            task = self._subscriptions.get(slug)
+            if task is None or task.done():
+                self._subscriptions[slug] = asyncio.create_task(
+                    self._follow(slug), name=f"workspace-sync events {slug}"
+                )
+        for slug in set(self._subscriptions) - {k[0] for k in wanted}:
+            self._subscriptions.pop(slug).cancel()
+
+    def _ensure_workspace(self, project: Project, where: str) -> None:
+        """Create ``$QUEUE_WORKSPACE/<slug>``; any other missing workspace is the user's to create."""
+        workspace = Path(where).expanduser()
+        root = self.settings.workspace
+        if workspace.is_dir() or root is None:
+            return
+        try:
+            if workspace.absolute().parent == root.expanduser().absolute():
+                workspace.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            self._log_problem(project.slug, f"cannot create workspace {workspace}: {exc}")
+
+    def _watch(self, directory: Path) -> None:
+        if self._watcher is None:
+            return
+        try:
+            self._watcher.watch(directory)
+            self._log_problem(str(directory), None)
+        except (OSError, RuntimeError) as exc:
+            # missing or unreadable: the cycle reports it in the status; watch again at the next rescan
+            self._log_problem(str(directory), f"cannot watch {directory}: {exc}")
+
+    def _on_file_event(self, path: str) -> None:
+        worker = self._by_path.get(path)
+        if worker is not None:
+            worker.trigger("file")
+
+    async def _follow(self, slug: str) -> None:
+        """Trigger the project's workers on every task change not caused by the sync itself."""
+        delay = 0.5
+        while True:
+            try:
+                async for event in self.service.subscribe(slug):
+                    delay = 0.5
+                    if event.kind in ("project_updated", "mission_created", "mission_updated"):
+                        self._rediscover.set()
+                    for (project, _mission), worker in list(self._workers.items()):
+                        if project != slug:
+                            continue
+                        if event.task is not None and (event.task, event.version or 0) in worker.sync.own_versions:
+                            continue
+                        worker.trigger("db")
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                # the rescan keeps files in sync meanwhile; events only make it faster
+                self._log_problem(f"events:{slug}", f"event subscription for {slug} failed: {exc}; retrying")
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 30.0)

@@ -1,0 +1,174 @@
+"""Watching workspace directories with watchdog, thread-safely feeding the asyncio side.
+
+The *parent directory* of each TASKS.md is watched, not the file: editors save by writing a temp
+file and renaming it over the original, which replaces the inode a file watch would follow. Events
+for swap/backup/temp/lock names are dropped here; the engine debounces the rest per file.
+
+When the inotify observer cannot start (``ENOSPC``: out of watches, ``EMFILE``/``ENFILE``: out of
+inotify instances or file descriptors) the watcher falls back to watchdog's ``PollingObserver``
+with one warning.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import os
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.observers import Observer
+from watchdog.observers.polling import PollingObserver
+
+from workspace_sync.writer import is_ignored_name
+
+__all__ = ["DirectoryWatcher", "LIMIT_ERRNOS"]
+
+logger = logging.getLogger("workspace_sync.watcher")
+
+#: errno values that mean "inotify is out of resources": fall back to polling.
+LIMIT_ERRNOS = frozenset({errno.ENOSPC, errno.EMFILE, errno.ENFILE})
+_RELEVANT = frozenset({"created", "modified", "moved", "closed", "deleted"})
+
+
+class _Handler(FileSystemEventHandler):
+    def __init__(self, deliver: Callable[[str], None]) -> None:
+        self._deliver = deliver
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        if event.is_directory or event.event_type not in _RELEVANT:
+            return
+        for raw in (event.src_path, getattr(event, "dest_path", "")):
+            if not raw:
+                continue
+            path = os.fsdecode(raw)
+            if not is_ignored_name(os.path.basename(path)):
+                self._deliver(path)
+
+
+class DirectoryWatcher:
+    """Watches directories and calls ``on_change(path)`` on the event loop for every relevant file event.
+
+    Args:
+        loop: the event loop ``on_change`` runs on.
+        on_change: called with the normalised absolute path of the changed file.
+        polling: use the polling observer from the start (tests, network file systems).
+        poll_interval: seconds between polls of the polling observer.
+    """
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        on_change: Callable[[str], None],
+        *,
+        polling: bool = False,
+        poll_interval: float = 0.5,
+    ) -> None:
+        self._loop = loop
+        self._on_change = on_change
+        self.polling = polling
+        self._poll_interval = poll_interval
+        self._observer: Any = None
+        self._watches: dict[str, Any] = {}
+        self._mutex = threading.Lock()
+        self._handler = _Handler(self._deliver)
+        #: why the watcher fell back to polling (None while on inotify)
+        self.fallback_reason: str | None = None
+
+    def _deliver(self, path: str) -> None:
+        try:
+            self._loop.call_soon_threadsafe(self._on_change, os.path.normpath(path))
+        except RuntimeError:
+            pass  # the loop is closed: we are shutting down
+
+    def _new_observer(self) -> Any:
+        if self.polling:
+            return PollingObserver(timeout=self._poll_interval)
+        return Observer()
+
+    def start(self) -> None:
+        """Start the observer thread (falls back to polling when inotify is out of resources)."""
+        with self._mutex:
+            if self._observer is not None:
+                return
+            self._observer = self._new_observer()
+            try:
+                self._observer.start()
+            except OSError as exc:
+                if exc.errno not in LIMIT_ERRNOS or self.polling:
+                    raise
+                self._fall_back(exc)
+
+    def _fall_back(self, exc: OSError) -> None:
+        """Replace the inotify observer by a polling one (mutex held)."""
+        self.fallback_reason = f"{errno.errorcode.get(exc.errno or 0, exc.errno)}: {exc.strerror or exc}"
+        logger.warning(
+            "inotify limit reached (%s); workspace sync falls back to polling every %.1fs. Raise "
+            "fs.inotify.max_user_watches / max_user_instances to get instant updates.",
+            self.fallback_reason,
+            self._poll_interval,
+        )
+        old = self._observer
+        if old is not None:
+            try:
+                old.stop()
+            except Exception:  # pragma: no cover - best effort on a broken observer
+                logger.debug("stopping the failed observer", exc_info=True)
+        self.polling = True
+        self._observer = self._new_observer()
+        self._observer.start()
+        dirs = list(self._watches)
+        self._watches.clear()
+        for directory in dirs:
+            self._watches[directory] = self._observer.schedule(self._handler, directory, recursive=False)
+
+    def watch(self, directory: Path) -> None:
+        """Watch *directory* (non-recursively); idempotent.
+
+        Raises:
+            OSError: the directory cannot be watched (missing, unreadable).
+        """
+        key = os.path.normpath(str(directory))
+        if self._observer is None:
+            self.start()  # lazily: an app with no workspace never starts an observer thread
+        with self._mutex:
+            if key in self._watches:
+                return
+            if self._observer is None:
+                raise RuntimeError("the watcher was stopped")
+            try:
+                self._watches[key] = self._observer.schedule(self._handler, key, recursive=False)
+            except OSError as exc:
+                if exc.errno not in LIMIT_ERRNOS or self.polling:
+                    raise
+                self._watches[key] = None
+                self._fall_back(exc)
+
+    def unwatch(self, directory: Path) -> None:
+        """Stop watching *directory* (no-op if not watched)."""
+        key = os.path.normpath(str(directory))
+        with self._mutex:
+            watch = self._watches.pop(key, None)
+            if watch is not None and self._observer is not None:
+                try:
+                    self._observer.unschedule(watch)
+                except (KeyError, OSError):
+                    pass
+
+    def watched(self) -> list[str]:
+        """The watched directories."""
+        with self._mutex:
+            return sorted(self._watches)
+
+    def stop(self) -> None:
+        """Stop the observer thread and wait for it."""
+        with self._mutex:
+            observer, self._observer = self._observer, None
+            self._watches.clear()
+        if observer is not None:
+            observer.stop()
+            observer.join(timeout=5)
