@@ -1,0 +1,788 @@
+"""PostgresValkeyDispatcher: fenced leases decided in Postgres, signalled through Valkey (DESIGN §3).
+
+The split of responsibilities:
+
+* **Postgres decides.** A claim is a conditional ``UPDATE`` (still not-started, ``pending_deps = 0``,
+  ``not_before`` passed): exactly one racer matches. Heartbeat/complete/fail/release match on
+  ``lease_token = :token AND status = 'in-progress' AND lease_expires_at > now``, so a zombie whose
+  lease expired or was reclaimed changes nothing.
+* **Valkey signals.** Ready lists tell claimers *which* key to try (BLPOP wakes them instantly, no
+  polling); the lock key mirrors the lease for observers; pub/sub carries events after commit. All of
+  it is derived state: a lost entry is found again by :meth:`PostgresValkeyDispatcher.sweep`'s
+  reconcile, a stale entry is dropped by the claimer whose ``UPDATE`` matched nothing.
+
+Valkey is only written *after* the Postgres transaction committed, and a Valkey failure at that point
+is logged, not raised: the durable change stands and the next sweep repairs the derived state.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import secrets
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Text, bindparam, func, insert, literal, select, true, update
+from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from queue_service import domain, exceptions
+from queue_service.backend import DispatchConfig, Dispatcher
+from queue_service.models import Claim, Event, Lease, SweepReport, Task, TaskStatus, utcnow
+from queue_service.postgres import tables as t
+from queue_service.postgres import transitions
+from queue_service.postgres.errors import wrap_errors
+from queue_service.postgres.records import task_columns, task_from_row
+from queue_service.postgres.transitions import Effects, ReadyTask
+from queue_service.postgres.valkey import BrokerBatch, ReadyItem, ValkeyBroker
+
+__all__ = [
+    "EVENT_CLAIMED",
+    "EVENT_COMPLETED",
+    "EVENT_FAILED",
+    "EVENT_LEASE_EXPIRED",
+    "EVENT_RELEASED",
+    "EVENT_RETRIED",
+    "PostgresValkeyDispatcher",
+    "event_payload",
+]
+
+logger = logging.getLogger(__name__)
+
+S = TaskStatus
+EVENT_CLAIMED = "claimed"
+EVENT_COMPLETED = "completed"
+EVENT_FAILED = "failed"
+EVENT_RELEASED = "released"
+EVENT_RETRIED = "retried"
+EVENT_LEASE_EXPIRED = "lease_expired"
+
+#: Statuses ``retry`` revives.
+_RETRYABLE_STATUSES = (S.FAILED.value, S.BLOCKED.value, S.CANCELLED.value)
+#: Most expired leases handled per sweep transaction (a long outage is worked off over several sweeps).
+_SWEEP_BATCH = 500
+
+_tasks = t.tasks
+_events = t.events
+_TASK_RETURNING = task_columns
+
+_READY_SQL = (_tasks.c.status == S.NOT_STARTED.value) & (_tasks.c.pending_deps == 0)
+
+
+# -- hot statements, built once ---------------------------------------------------------------
+# Building a Core statement costs milliseconds of Python per call; these are built at import with
+# bind parameters (``p_*``, distinct from column names) and only executed afterwards.
+_P_PROJECT = bindparam("p_project", type_=Text)
+_P_KEY = bindparam("p_key", type_=Text)
+_P_TOKEN = bindparam("p_token", type_=Text)
+_P_NOW = bindparam("p_now", type_=_tasks.c.updated_at.type)
+_P_EXPIRES = bindparam("p_expires", type_=_tasks.c.lease_expires_at.type)
+_P_AGENT = bindparam("p_agent", type_=Text)
+_P_ROLES = bindparam("p_roles", type_=ARRAY(Text))
+
+_LEASE_MATCH = (
+    (_tasks.c.project == _P_PROJECT)
+    & (_tasks.c.key == _P_KEY)
+    & (_tasks.c.lease_token == _P_TOKEN)
+    & (_tasks.c.status == S.IN_PROGRESS.value)
+    & (_tasks.c.lease_expires_at > _P_NOW)
+)
+_END_LEASE: dict[str, Any] = {"lease_holder": None, "lease_token": None, "lease_expires_at": None}
+
+
+def _build_claim(with_roles: bool) -> Any:
+    cond = (
+        (_tasks.c.project == _P_PROJECT)
+        & (_tasks.c.key == _P_KEY)
+        & _READY_SQL
+        & (_tasks.c.not_before.is_(None) | (_tasks.c.not_before <= _P_NOW))
+    )
+    if with_roles:
+        cond = cond & (_tasks.c.role == func.any(_P_ROLES))
+    claimed = (
+        update(_tasks)
+        .where(cond)
+        .values(
+            status=S.IN_PROGRESS.value,
+            assignee=_P_AGENT,
+            lease_holder=_P_AGENT,
+            lease_token=_P_TOKEN,
+            lease_expires_at=_P_EXPIRES,
+            # the first start, as every backend records it (a retry keeps the original)
+            started_at=func.coalesce(_tasks.c.started_at, _P_NOW),
+            updated_at=_P_NOW,
+            version=_tasks.c.version + 1,
+        )
+        .returning(*_TASK_RETURNING)
+        .cte("claimed")
+    )
+    # The event row is written by the same statement: one round trip, and autocommit makes the
+    # statement its own transaction (no BEGIN/COMMIT trips). Both rows or neither.
+    logged = (
+        insert(_events)
+        .from_select(
+            ["project", "task_key", "kind", "status", "version", "at", "data"],
+            select(
+                claimed.c.project,
+                claimed.c.key,
+                literal(EVENT_CLAIMED, Text),
+                claimed.c.status,
+                claimed.c.version,
+                _P_NOW,
+                bindparam("p_data", type_=_events.c.data.type),
+            ),
+        )
+        .returning(_events.c.id)
+        .cte("claim_event")
+    )
+    return select(claimed, logged.c.id.label("event_id")).select_from(claimed.join(logged, true()))
+
+
+_CLAIM_ANY_ROLE = _build_claim(False)
+_CLAIM_ROLES = _build_claim(True)
+_HEARTBEAT = update(_tasks).where(_LEASE_MATCH).values(lease_expires_at=_P_EXPIRES).returning(_tasks.c.lease_holder)
+_COMPLETE = (
+    update(_tasks)
+    .where(_LEASE_MATCH)
+    .values(
+        status=S.DONE.value,
+        result=bindparam("p_result", type_=_tasks.c.result.type),
+        completed_at=_P_NOW,
+        updated_at=_P_NOW,
+        version=_tasks.c.version + 1,
+        **_END_LEASE,
+    )
+    .returning(*_TASK_RETURNING)
+)
+_RELEASE = (
+    update(_tasks)
+    .where(_LEASE_MATCH)
+    .values(status=S.NOT_STARTED.value, updated_at=_P_NOW, version=_tasks.c.version + 1, **_END_LEASE)
+    .returning(*_TASK_RETURNING)
+)
+_LOCK_FOR_FAILURE = select(_tasks.c.id, _tasks.c.attempts, _tasks.c.max_attempts).where(_LEASE_MATCH).with_for_update()
+
+
+def event_payload(event: Event) -> dict[str, Any]:
+    """The JSON published on the project's channel: ``{project, task, status, version, at}`` plus
+    ``id``, ``kind`` and ``data`` (enough to rebuild the :class:`Event`)."""
+    return {
+        "id": event.id,
+        "project": event.project,
+        "task": event.task,
+        "kind": event.kind,
+        "status": event.status.value if event.status is not None else None,
+        "version": event.version,
+        "at": event.at.isoformat(),
+        "data": event.data,
+    }
+
+
+def _ready_item(task: ReadyTask) -> ReadyItem:
+    return ReadyItem(project=task.project, key=task.key, role=task.role, priority=task.priority)
+
+
+class PostgresValkeyDispatcher(Dispatcher):
+    """Claims, leases, completion, retries and the orchestrator sweep over Postgres + Valkey.
+
+    Args:
+        engine: the async engine of the record database.
+        broker: an open :class:`ValkeyBroker`.
+        config: timings and limits.
+        node_id: this process's name in the orchestrator leader lock (random by default).
+        rng: random source for backoff jitter (tests may seed it).
+    """
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        broker: ValkeyBroker,
+        config: DispatchConfig,
+        *,
+        node_id: str | None = None,
+        rng: random.Random | None = None,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.engine = engine
+        # Single-statement operations (claim, heartbeat) run without BEGIN/COMMIT round trips.
+        self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
+        self.broker = broker
+        self.config = config
+        self.node_id = node_id or f"dispatcher-{uuid.uuid4().hex[:12]}"
+        self._rng = rng or random.Random()
+        self._now = clock
+        self._known_projects: set[str] = set()
+        #: last ready depth per project and role, refreshed by every sweep (for /metrics)
+        self.depth_gauges: dict[str, dict[str, int]] = {}
+        self._last_full_reconcile = 0.0
+        #: how often the leader re-checks every ready task against the lists, seconds
+        self.reconcile_seconds = float(config.extra.get("reconcile_seconds", max(30.0, 10 * config.sweep_seconds)))
+
+    # -- after commit ------------------------------------------------------------------------
+    async def apply_effects(self, effects: Effects, batch: BrokerBatch | None = None) -> None:
+        """Tell Valkey what a committed transaction did: queue ready tasks, schedule backoffs,
+        publish events (in that order, one round trip). Never raises: a Valkey failure here is
+        logged and repaired by the next sweep's reconcile, because the durable change already stands.
+
+        This is also the record store's ``on_commit`` callback.
+        """
+        batch = batch or BrokerBatch()
+        batch.ready.extend(_ready_item(r) for r in effects.ready)
+        batch.scheduled.extend((r.project, r.key, r.not_before) for r in effects.scheduled if r.not_before)
+        batch.events.extend((e.project, event_payload(e)) for e in effects.events)
+        try:
+            await self.broker.apply(batch)
+        except exceptions.BackendError as exc:
+            logger.warning("Valkey update after commit failed (the sweep will reconcile): %s", exc)
+
+    # -- helpers -----------------------------------------------------------------------------
+    async def require_project(self, conn: AsyncConnection | None, project: str) -> None:
+        """Raise ProjectNotFound unless *project* exists (known projects are cached: never deleted)."""
+        if project in self._known_projects:
+            return
+        stmt = select(t.projects.c.slug).where(t.projects.c.slug == project)
+        if conn is None:
+            async with wrap_errors(), self.engine.connect() as c:
+                found = (await c.execute(stmt)).first()
+        else:
+            found = (await conn.execute(stmt)).first()
+        if found is None:
+            raise exceptions.ProjectNotFound(f"no project {project!r}", project=project)
+        self._known_projects.add(project)
+
+    async def _lease_refused(
+        self, conn: AsyncConnection, project: str, key: str, now: datetime
+    ) -> exceptions.QueueServiceError:
+        """Why a token-checked update matched nothing: unknown project/task, or a bad lease."""
+        await self.require_project(conn, project)
+        row = (
+            await conn.execute(
+                select(_tasks.c.status, _tasks.c.lease_expires_at).where(
+                    (_tasks.c.project == project) & (_tasks.c.key == key)
+                )
+            )
+        ).first()
+        if row is None:
+            return exceptions.TaskNotFound(f"no task {key!r} in project {project!r}", project=project, task=key)
+        if row.status == S.IN_PROGRESS.value and row.lease_expires_at is not None and row.lease_expires_at <= now:
+            return exceptions.LeaseError(f"lease on task {key} expired at {row.lease_expires_at.isoformat()}", task=key)
+        return exceptions.LeaseError(
+            f"lease token for task {key} is not valid (the task was reclaimed, finished or never claimed "
+            "with this token)",
+            task=key,
+            status=row.status,
+        )
+
+    def _backoff(self, attempts: int) -> timedelta:
+        c = self.config
+        return domain.backoff_delay(
+            attempts, c.backoff_base_seconds, c.backoff_max_seconds, c.backoff_jitter, self._rng
+        )
+
+    # -- claim -------------------------------------------------------------------------------
+    async def claim(
+        self,
+        project: str,
+        agent: str,
+        roles: Sequence[str] | None = None,
+        wait: float = 0.0,
+        lease_seconds: float | None = None,
+    ) -> Claim | None:
+        """See :meth:`Dispatcher.claim`: pop a key from Valkey, win it with a conditional UPDATE."""
+        await self.require_project(None, project)
+        role_list = list(dict.fromkeys(roles)) if roles else None
+        lease = float(lease_seconds if lease_seconds is not None else self.config.lease_seconds)
+        if lease <= 0:
+            raise exceptions.ValidationError(f"lease_seconds must be positive, got {lease}", value=lease)
+        deadline = time.monotonic() + max(0.0, wait)
+        while True:
+            popped = await self.broker.try_pop(project, role_list)
+            if popped is None:
+                # Nothing listed. Backoffs that came due are queued here too, so a waiting claimer
+                # does not depend on the orchestrator's period; and it sleeps in BLPOP only until
+                # the next backoff is due. Postgres is not touched while idle.
+                released, next_in = await self.release_due(project)
+                if released:
+                    continue
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return None
+                if next_in is not None:
+                    remaining = min(remaining, next_in + 0.001)
+                popped = await self.broker.pop(project, role_list, timeout=remaining, try_first=False)
+                if popped is None:
+                    continue
+            got = await self._claim_key(project, popped.key, agent, role_list, lease)
+            if got is not None:
+                return got
+            # A stale entry (claimed, changed or not ready since it was queued): dropped; try the next.
+
+    async def _claim_key(
+        self, project: str, key: str, agent: str, roles: list[str] | None, lease: float
+    ) -> Claim | None:
+        now = self._now()
+        token = secrets.token_urlsafe(24)
+        expires = now + timedelta(seconds=lease)
+        data = {"agent": agent}
+        stmt = _CLAIM_ANY_ROLE if roles is None else _CLAIM_ROLES
+        params: dict[str, Any] = {
+            "p_project": project,
+            "p_key": key,
+            "p_now": now,
+            "p_agent": agent,
+            "p_token": token,
+            "p_expires": expires,
+            "p_data": data,
+        }
+        if roles is not None:
+            params["p_roles"] = roles
+        restage: BrokerBatch | None = None
+        async with wrap_errors(), self._autocommit.connect() as conn:
+            row = (await conn.execute(stmt, params)).first()
+            if row is None:
+                restage = await self._restage(conn, project, key, roles, now)
+        if row is None:
+            if restage:
+                await self.apply_effects(Effects(), restage)
+            return None
+        event = Event(
+            id=row.event_id,
+            project=project,
+            task=key,
+            kind=EVENT_CLAIMED,
+            status=S.IN_PROGRESS,
+            version=row.version,
+            at=now,
+            data=data,
+        )
+        await self.apply_effects(Effects(events=[event]), BrokerBatch(locks=[(project, key, token, lease)]))
+        return Claim(task=task_from_row(row), lease=Lease(token=token, holder=agent, expires_at=expires))
+
+    async def _restage(
+        self, conn: AsyncConnection, project: str, key: str, roles: list[str] | None, now: datetime
+    ) -> BrokerBatch | None:
+        """A popped key did not claim. If the task still waits to be dispatched but sat in the wrong
+        place (its role changed, or its backoff is not over), put it where it belongs now."""
+        row = (
+            await conn.execute(
+                select(
+                    _tasks.c.status, _tasks.c.pending_deps, _tasks.c.not_before, _tasks.c.role, _tasks.c.priority
+                ).where((_tasks.c.project == project) & (_tasks.c.key == key))
+            )
+        ).first()
+        if row is None or row.status != S.NOT_STARTED.value or row.pending_deps != 0:
+            return None
+        if row.not_before is not None and row.not_before > now:
+            return BrokerBatch(scheduled=[(project, key, row.not_before)])
+        if roles is not None and row.role not in roles:
+            return BrokerBatch(ready=[ReadyItem(project, key, row.role, row.priority)])
+        return None
+
+    # -- lease operations --------------------------------------------------------------------
+    async def heartbeat(self, project: str, key: str, token: str, lease_seconds: float | None = None) -> Lease:
+        """See :meth:`Dispatcher.heartbeat`. Lease bookkeeping only: no version bump, no event."""
+        now = self._now()
+        lease = float(lease_seconds if lease_seconds is not None else self.config.lease_seconds)
+        expires = now + timedelta(seconds=lease)
+        params = {"p_project": project, "p_key": key, "p_token": token, "p_now": now, "p_expires": expires}
+        async with wrap_errors(), self._autocommit.connect() as conn:
+            row = (await conn.execute(_HEARTBEAT, params)).first()
+            if row is None:
+                raise await self._lease_refused(conn, project, key, now)
+        try:
+            await self.broker.extend_lock(project, key, token, lease)
+        except exceptions.BackendError as exc:
+            logger.warning("could not extend the Valkey lock of %s/%s: %s", project, key, exc)
+        return Lease(token=token, holder=row.lease_holder or "", expires_at=expires)
+
+    async def complete(self, project: str, key: str, token: str, result: Any = None) -> Task:
+        """See :meth:`Dispatcher.complete`; dependents are promoted in the same transaction."""
+        now = self._now()
+        params = {"p_project": project, "p_key": key, "p_token": token, "p_now": now, "p_result": result}
+        async with wrap_errors(), self.engine.begin() as conn:
+            row = (await conn.execute(_COMPLETE, params)).first()
+            if row is None:
+                raise await self._lease_refused(conn, project, key, now)
+            effects = await self._status_changed(conn, row, S.IN_PROGRESS, EVENT_COMPLETED, now, {})
+        await self.apply_effects(effects, BrokerBatch(unlocks=[(project, key, token)]))
+        return task_from_row(row)
+
+    async def fail(self, project: str, key: str, token: str, error: str, retryable: bool = True) -> Task:
+        """See :meth:`Dispatcher.fail`: backoff while attempts remain, else dead-letter."""
+        now = self._now()
+        async with wrap_errors(), self.engine.begin() as conn:
+            cur = (
+                await conn.execute(
+                    _LOCK_FOR_FAILURE, {"p_project": project, "p_key": key, "p_token": token, "p_now": now}
+                )
+            ).first()
+            if cur is None:
+                raise await self._lease_refused(conn, project, key, now)
+            row, effects = await self._record_failure(
+                conn, cur.id, cur.attempts, cur.max_attempts, error, retryable, EVENT_FAILED, now, {}
+            )
+        await self.apply_effects(effects, BrokerBatch(unlocks=[(project, key, token)]))
+        return task_from_row(row)
+
+    async def release(self, project: str, key: str, token: str) -> Task:
+        """See :meth:`Dispatcher.release`: not-started and queued again, no attempt counted."""
+        now = self._now()
+        params = {"p_project": project, "p_key": key, "p_token": token, "p_now": now}
+        async with wrap_errors(), self.engine.begin() as conn:
+            row = (await conn.execute(_RELEASE, params)).first()
+            if row is None:
+                raise await self._lease_refused(conn, project, key, now)
+            effects = await self._status_changed(conn, row, S.IN_PROGRESS, EVENT_RELEASED, now, {})
+        await self.apply_effects(effects, BrokerBatch(unlocks=[(project, key, token)]))
+        return task_from_row(row)
+
+    async def retry(self, project: str, key: str, actor: str = "api") -> Task:
+        """See :meth:`Dispatcher.retry`: failed/blocked/cancelled → not-started, attempts reset."""
+        now = self._now()
+        async with wrap_errors(), self.engine.begin() as conn:
+            await self.require_project(conn, project)
+            cur = (
+                await conn.execute(
+                    select(_tasks.c.id, _tasks.c.status)
+                    .where((_tasks.c.project == project) & (_tasks.c.key == key))
+                    .with_for_update()
+                )
+            ).first()
+            if cur is None:
+                raise exceptions.TaskNotFound(f"no task {key!r} in project {project!r}", project=project, task=key)
+            if cur.status not in _RETRYABLE_STATUSES:
+                raise exceptions.InvalidTransition(
+                    f"task {key} is {cur.status}; only failed, blocked or cancelled tasks can be retried",
+                    task=key,
+                    current=cur.status,
+                    target=S.NOT_STARTED.value,
+                )
+            row = (
+                await conn.execute(
+                    update(_tasks)
+                    .where(_tasks.c.id == cur.id)
+                    .values(
+                        status=S.NOT_STARTED.value,
+                        attempts=0,
+                        not_before=None,
+                        blocked_reason=None,
+                        updated_at=now,
+                        version=_tasks.c.version + 1,
+                        **_END_LEASE,
+                    )
+                    .returning(*_TASK_RETURNING)
+                )
+            ).one()
+            effects = await self._status_changed(
+                conn, row, TaskStatus(cur.status), EVENT_RETRIED, now, {"actor": actor}, actor=actor
+            )
+        await self.apply_effects(effects)
+        return task_from_row(row)
+
+    # -- shared transition tail --------------------------------------------------------------
+    async def _status_changed(
+        self,
+        conn: AsyncConnection,
+        row: Any,
+        old: TaskStatus,
+        kind: str,
+        now: datetime,
+        data: dict[str, Any],
+        actor: str = "dispatcher",
+    ) -> Effects:
+        """Write the task's own event, then the consequences for its dependents (their events follow
+        it), and file the task itself as ready/scheduled when it went back to not-started."""
+        new = TaskStatus(row.status)
+        event = await transitions.insert_event(
+            conn,
+            project=row.project,
+            task_key=row.key,
+            kind=kind,
+            at=now,
+            status=new.value,
+            version=row.version,
+            data=data,
+        )
+        effects = Effects(events=[event])
+        effects.merge(
+            await transitions.on_status_change(
+                conn, project=row.project, task_id=row.id, key=row.key, old=old, new=new, now=now, actor=actor
+            )
+        )
+        if new is S.NOT_STARTED and row.pending_deps == 0:
+            effects.add_candidate(ReadyTask(row.project, row.key, row.role, row.priority, row.seq, row.not_before), now)
+        return effects
+
+    async def _record_failure(
+        self,
+        conn: AsyncConnection,
+        task_id: int,
+        attempts: int,
+        max_attempts: int,
+        error: str,
+        retryable: bool,
+        kind: str,
+        now: datetime,
+        data: dict[str, Any],
+    ) -> tuple[Any, Effects]:
+        """Count an attempt on a leased task (row locked by the caller): backoff or dead-letter."""
+        attempts += 1
+        values: dict[str, Any] = {
+            "attempts": attempts,
+            "last_error": error,
+            "updated_at": now,
+            "version": _tasks.c.version + 1,
+            **_END_LEASE,
+        }
+        if retryable and attempts < max_attempts:
+            delay = self._backoff(attempts)
+            values.update(status=S.NOT_STARTED.value, not_before=now + delay)
+            data = {**data, "retry_in": delay.total_seconds(), "attempt": attempts}
+        else:
+            values.update(status=S.FAILED.value)
+            data = {**data, "dead_letter": True, "attempt": attempts}
+        row = (
+            await conn.execute(
+                update(_tasks).where(_tasks.c.id == task_id).values(**values).returning(*_TASK_RETURNING)
+            )
+        ).one()
+        effects = await self._status_changed(conn, row, S.IN_PROGRESS, kind, now, data)
+        return row, effects
+
+    # -- orchestrator ------------------------------------------------------------------------
+    async def sweep(self) -> SweepReport:
+        """See :meth:`Dispatcher.sweep`. Steps, each idempotent and safe from several replicas:
+
+        1. expire leases past ``lease_expires_at`` (``FOR UPDATE SKIP LOCKED``: each once);
+        2. queue scheduled tasks whose backoff is due;
+        3. reconcile: a missing epoch marker (Valkey flushed/restarted) triggers a full rebuild of
+           every project's lists, scheduled set and live locks; otherwise each project whose ready
+           count in Postgres exceeds its list depth is reconciled, and the leader re-checks
+           everything every ``reconcile_seconds``;
+        4. refresh the depth gauges.
+        """
+        now = self._now()
+        expired, dead = await self._expire_leases(now)
+        released = await self._release_due(now)
+        requeued = await self._reconcile(now)
+        return SweepReport(
+            expired_leases=tuple(expired),
+            released_backoffs=released,
+            requeued=requeued,
+            dead_lettered=tuple(dead),
+        )
+
+    async def _expire_leases(self, now: datetime) -> tuple[list[str], list[str]]:
+        expired: list[str] = []
+        dead: list[str] = []
+        stmt = (
+            select(
+                _tasks.c.id,
+                _tasks.c.project,
+                _tasks.c.key,
+                _tasks.c.attempts,
+                _tasks.c.max_attempts,
+                _tasks.c.lease_holder,
+                _tasks.c.lease_token,
+            )
+            .where(
+                (_tasks.c.status == S.IN_PROGRESS.value)
+                & _tasks.c.lease_expires_at.is_not(None)
+                & (_tasks.c.lease_expires_at <= now)
+            )
+            .order_by(_tasks.c.lease_expires_at)
+            .limit(_SWEEP_BATCH)
+            .with_for_update(skip_locked=True)
+        )
+        async with wrap_errors(), self.engine.begin() as conn:
+            rows = (await conn.execute(stmt)).all()
+            effects = Effects()
+            batch = BrokerBatch()
+            for r in rows:
+                row, eff = await self._record_failure(
+                    conn,
+                    r.id,
+                    r.attempts,
+                    r.max_attempts,
+                    f"lease of {r.lease_holder} expired",
+                    True,
+                    EVENT_LEASE_EXPIRED,
+                    now,
+                    {"agent": r.lease_holder},
+                )
+                effects.merge(eff)
+                name = f"{r.project}/{r.key}"
+                expired.append(name)
+                if row.status == S.FAILED.value:
+                    dead.append(name)
+                if r.lease_token:
+                    batch.unlocks.append((r.project, r.key, r.lease_token))
+        if rows:
+            logger.info("expired %d lease(s): %s", len(expired), ", ".join(expired[:20]))
+            await self.apply_effects(effects, batch)
+        return expired, dead
+
+    async def _release_due(self, now: datetime) -> int:
+        """Move every project's scheduled tasks whose ``not_before`` passed into their ready lists."""
+        released = 0
+        for project in await self._projects():
+            released += (await self.release_due(project, now))[0]
+        return released
+
+    async def release_due(self, project: str, now: datetime | None = None) -> tuple[int, float | None]:
+        """Queue the project's backed-off tasks that came due.
+
+        Returns how many were queued and the seconds until the next scheduled one (None if none).
+        Postgres has the last word: an entry whose task is no longer waiting is dropped, one whose
+        ``not_before`` moved later is rescheduled.
+        """
+        now = now or self._now()
+        keys, next_in = await self.broker.due(project, now)
+        if not keys:
+            return 0, next_in
+        async with wrap_errors(), self.engine.connect() as conn:
+            rows = (
+                await conn.execute(
+                    select(
+                        _tasks.c.key,
+                        _tasks.c.status,
+                        _tasks.c.pending_deps,
+                        _tasks.c.not_before,
+                        _tasks.c.role,
+                        _tasks.c.priority,
+                    ).where((_tasks.c.project == project) & _tasks.c.key.in_(keys))
+                )
+            ).all()
+        found = {r.key: r for r in rows}
+        batch = BrokerBatch()
+        for key in keys:
+            r = found.get(key)
+            if r is None or r.status != S.NOT_STARTED.value or r.pending_deps != 0:
+                continue
+            if r.not_before is not None and r.not_before > now:
+                batch.scheduled.append((project, key, r.not_before))
+                next_in = min(next_in or 1e9, (r.not_before - now).total_seconds())
+            else:
+                batch.ready.append(ReadyItem(project, key, r.role, r.priority))
+        await self.broker.apply(batch)
+        await self.broker.unschedule(project, keys, due_by=now)
+        return len(batch.ready), next_in
+
+    async def _projects(self) -> list[str]:
+        async with wrap_errors(), self.engine.connect() as conn:
+            return list((await conn.execute(select(t.projects.c.slug).order_by(t.projects.c.slug))).scalars())
+
+    async def _reconcile(self, now: datetime) -> int:
+        """Compare Valkey with Postgres, repair Valkey, refresh the gauges. Returns how many ready
+        tasks had to be queued again."""
+        projects = await self._projects()
+        rebuilt = False
+        n = 0
+        if await self.broker.epoch() is None:
+            marker = f"{self.node_id}:{uuid.uuid4().hex[:8]}"
+            # Only the replica that sets the marker rebuilds; the others carry on with cheap checks.
+            if await self.broker.mark_epoch(marker):
+                logger.warning("Valkey has no reconcile marker (flushed or restarted): rebuilding from Postgres")
+                try:
+                    for project in projects:
+                        n += await self.reconcile_project(project, now)
+                except BaseException:
+                    await self.broker.clear_epoch(marker)
+                    raise
+                self._last_full_reconcile = time.monotonic()
+                rebuilt = True
+        periodic = False
+        if not rebuilt and time.monotonic() - self._last_full_reconcile >= self.reconcile_seconds:
+            leader_ttl = max(3 * self.config.sweep_seconds, self.reconcile_seconds)
+            periodic = await self.broker.acquire_leader(self.node_id, leader_ttl)
+            if periodic:
+                self._last_full_reconcile = time.monotonic()
+        ready_counts = await self._ready_counts(now)
+        for project in projects:
+            depth = await self.broker.depth(project)
+            pg = ready_counts.get(project, {})
+            # Cheap check: fewer list entries than ready tasks means something is missing. (Stale
+            # extra entries can hide a missing one; the leader's periodic full pass catches those.)
+            missing = any(count > depth.get(role, 0) for role, count in pg.items())
+            if not rebuilt and (periodic or missing):
+                requeued = await self.reconcile_project(project, now)
+                if requeued:
+                    n += requeued
+                    depth = await self.broker.depth(project)
+            gauges = {role: depth.get(role, 0) for role in sorted(set(depth) | set(pg))}
+            self.depth_gauges[project] = gauges
+            try:
+                await self.broker.write_depth_gauge(project, gauges)
+            except exceptions.BackendError as exc:
+                logger.debug("depth gauge not written: %s", exc)
+        for gone in set(self.depth_gauges) - set(projects):
+            del self.depth_gauges[gone]
+        return n
+
+    async def _ready_counts(self, now: datetime) -> dict[str, dict[str, int]]:
+        """Ready tasks per project and role, as Postgres counts them."""
+        stmt = (
+            select(_tasks.c.project, _tasks.c.role, func.count())
+            .where(_READY_SQL & (_tasks.c.not_before.is_(None) | (_tasks.c.not_before <= now)))
+            .group_by(_tasks.c.project, _tasks.c.role)
+        )
+        out: dict[str, dict[str, int]] = defaultdict(dict)
+        async with wrap_errors(), self.engine.connect() as conn:
+            for project, role, count in await conn.execute(stmt):
+                out[project][role] = int(count)
+        return out
+
+    async def reconcile_project(self, project: str, now: datetime | None = None) -> int:
+        """Make Valkey agree with Postgres for one project: every ready task sits in its list, every
+        backed-off task in the scheduled set, every live lease has its lock (with the remaining TTL).
+
+        Idempotent; duplicates it might create are dropped by claimers. Returns how many ready tasks
+        had to be queued again.
+        """
+        now = now or self._now()
+        async with wrap_errors(), self.engine.connect() as conn:
+            waiting = (
+                await conn.execute(
+                    select(_tasks.c.key, _tasks.c.role, _tasks.c.priority, _tasks.c.not_before)
+                    .where((_tasks.c.project == project) & _READY_SQL)
+                    .order_by(_tasks.c.priority, _tasks.c.seq)
+                )
+            ).all()
+            leased = (
+                await conn.execute(
+                    select(_tasks.c.key, _tasks.c.lease_token, _tasks.c.lease_expires_at).where(
+                        (_tasks.c.project == project)
+                        & (_tasks.c.status == S.IN_PROGRESS.value)
+                        & _tasks.c.lease_token.is_not(None)
+                        & (_tasks.c.lease_expires_at > now)
+                    )
+                )
+            ).all()
+        listed = await self.broker.listed(project)
+        keys = self.broker.keys
+        missing = [
+            ReadyItem(project, r.key, r.role, r.priority)
+            for r in waiting
+            if (r.not_before is None or r.not_before <= now)
+            and keys.ready(project, r.role, r.priority) not in listed.get(r.key, ())
+        ]
+        scheduled = [(project, r.key, r.not_before) for r in waiting if r.not_before is not None and r.not_before > now]
+        requeued = await self.broker.requeue(missing)
+        await self.broker.schedule_many(scheduled)
+        for r in leased:
+            ttl = (r.lease_expires_at - now).total_seconds()
+            if ttl > 0:
+                await self.broker.restore_lock(project, r.key, r.lease_token, ttl)
+        if missing:
+            logger.info("reconcile %s: re-queued %d ready task(s)", project, len(missing))
+        return requeued
+
+    async def queue_depths(self, project: str) -> dict[str, int]:
+        """Ready-list length per role (roles with an empty list are left out)."""
+        await self.require_project(None, project)
+        return {role: n for role, n in (await self.broker.depth(project)).items() if n}

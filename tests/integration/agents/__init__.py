@@ -1,0 +1,1 @@
+"""Agent programs run as subprocesses by the reliability tests (``sys.executable -m …``)."""
