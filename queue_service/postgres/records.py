@@ -462,19 +462,7 @@ class PostgresRecordStore(RecordStore):
         """The project's missions, ``default`` first, then by creation order."""
         async with self._read(consistent=True) as conn:
             await self._require_project(conn, project)
-            rows = (
-                await conn.execute(
-                    select(t.missions)
-                    .where(t.missions.c.project == project)
-                    .order_by(t.missions.c.id != DEFAULT_MISSION, t.missions.c.created_at, t.missions.c.position)
-                )
-            ).all()
-            stones: dict[str, list[Milestone]] = {}
-            for m in await conn.execute(
-                select(t.milestones).where(t.milestones.c.project == project).order_by(t.milestones.c.position)
-            ):
-                stones.setdefault(m.mission, []).append(Milestone(id=m.id, name=m.name, status=MissionStatus(m.status)))
-            return [self._mission_from(r, stones.get(r.id, [])) for r in rows]
+            return await self.list_missions_on(conn, project)
 
     async def update_mission(self, project: str, mission: str, data: MissionCreate) -> Mission:
         """Replace name/status/milestones/tasks_file of a mission (id unchanged); bumps version."""
