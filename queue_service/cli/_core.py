@@ -4,6 +4,9 @@ Commands are written once against :class:`QueueOps`, a structural protocol that 
 :class:`~queue_service.service.QueueService` (local mode: the configured backend opened in this
 process) and :class:`~queue_service.client.AsyncClient` (remote mode: ``QUEUE_URL`` is set) satisfy.
 :func:`open_ops` picks one; :func:`call` runs a command body against it on a fresh event loop.
+
+Per-project commands are registered with ``cls=ProjectCommand``: their project is the first
+positional argument (``qs task show web WEB-1``), or ``-p/--project``, or ``QUEUE_PROJECT``.
 """
 
 from __future__ import annotations
@@ -16,12 +19,13 @@ import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Annotated, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Protocol, TypeVar
 
 import pydantic
 import typer
 from rich.console import Console
 from rich.table import Table
+from typer.core import TyperArgument, TyperCommand, TyperOption
 
 from queue_service import exceptions
 from queue_service.models import (
@@ -41,8 +45,14 @@ from queue_service.models import (
     TaskPage,
     TaskStatus,
     TaskUpdate,
+    validate_slug,
 )
 from queue_service.settings import Settings
+
+if TYPE_CHECKING:
+    # typer vendors click privately; these names are only needed to spell the overridden signatures.
+    from typer._click.core import Context as ClickContext
+    from typer._click.parser import _OptionParser
 
 __all__ = [
     "EXIT_DOMAIN",
@@ -52,7 +62,9 @@ __all__ = [
     "EXIT_USAGE",
     "CliState",
     "JsonOpt",
+    "ProjectCommand",
     "ProjectOpt",
+    "UsageCommand",
     "QueueOps",
     "call",
     "emit",
@@ -240,13 +252,152 @@ def fail_usage(message: str) -> typer.Exit:
 
 
 # ---------------------------------------------------------------------------------------------
+# the project of per-project commands
+
+_PROJECT_HELP = "Project slug (or give -p/--project, or set QUEUE_PROJECT)."
+
+
+def _project_argument() -> TyperArgument:
+    """A ``PROJECT`` positional built by typer itself (so help and parsing treat it like any argument).
+
+    It is not passed to the command function (``expose_value`` off): :class:`ProjectCommand` moves its
+    value into the ``project`` option before the parameters are processed.
+    """
+    probe = typer.Typer()
+
+    @probe.command()
+    def _probe(
+        project_arg: Annotated[
+            str | None, typer.Argument(metavar="PROJECT", help=_PROJECT_HELP, show_default=False)
+        ] = None,
+    ) -> None:
+        """Never run."""
+
+    param = typer.main.get_command(probe).params[0]
+    assert isinstance(param, TyperArgument)
+    param.expose_value = False
+    return param
+
+
+class UsageCommand(TyperCommand):
+    """A command whose usage line reads ``[OPTIONS] PROJECT KEY [TEXT]``: required positionals bare, optional
+    ones in brackets (typer's own style writes ``{key}``)."""
+
+    def _positionals(self) -> list[TyperArgument]:
+        return [p for p in self.params if isinstance(p, TyperArgument) and not p.hidden]
+
+    def collect_usage_pieces(self, ctx: ClickContext) -> list[str]:
+        """The options placeholder, then one piece per positional argument."""
+        pieces = [self.options_metavar] if self.options_metavar else []
+        for arg in self._positionals():
+            if arg.metavar is not None and arg.nargs != 1:
+                pieces.append(arg.metavar)  # spelled out already, e.g. "-- COMMAND [ARGS...]"
+                continue
+            name = (arg.metavar or arg.name or "").upper() + ("..." if arg.nargs != 1 else "")
+            pieces.append(name if arg.required or arg.metavar == "PROJECT" else f"[{name}]")
+        return pieces
+
+
+class ProjectCommand(UsageCommand):
+    """A per-project command: ``qs task show PROJECT KEY``, with ``-p/--project`` and ``QUEUE_PROJECT`` as alternatives.
+
+    The command function declares ``project: ProjectOpt`` and its other positionals as usual (KEY, TITLE…);
+    this class adds a leading ``PROJECT`` argument and decides, once for every command, where the project
+    comes from:
+
+    * ``-p/--project`` given: the positionals mean what the command declares (``qs task show -p web WEB-1``);
+    * otherwise the first positional is the project (``qs task show web WEB-1``), unless only
+      ``QUEUE_PROJECT`` is set and there is no positional to spare: then the environment names the project
+      (``QUEUE_PROJECT=web qs task show WEB-1``). An explicit argument beats the environment.
+
+    A missing project or an invalid slug is a one-line usage error (exit 2).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        options = [p for p in self.params if isinstance(p, TyperOption) and p.name == "project"]
+        if len(options) != 1:
+            raise TypeError(f"command {self.name!r}: a ProjectCommand declares `project: ProjectOpt`")
+        self._option = options[0]
+        # Always filled in by _place_project; not "required" so help does not claim the option is needed.
+        self._option.required = False
+        self._arguments = [p for p in self.params if isinstance(p, TyperArgument)]
+        for arg in self._arguments:
+            if arg.nargs != 1:
+                raise TypeError(f"command {self.name!r}: positionals of a ProjectCommand take one value each")
+            if arg.metavar is None and arg.name:
+                arg.metavar = arg.name.upper()  # KEY, TITLE… in usage lines and error messages
+        self._project_arg = _project_argument()
+        self.params.insert(0, self._project_arg)
+
+    def make_parser(self, ctx: ClickContext) -> _OptionParser:
+        """Click's parser, with the project put in place between parsing and processing the values."""
+        parser = super().make_parser(ctx)
+        parse = parser.parse_args
+
+        def parse_args(args: list[str]) -> tuple[dict[str, Any], list[str], list[Any]]:
+            opts, extra, order = parse(args)
+            help_option = self.get_help_option(ctx)
+            asking_help = help_option is not None and bool(opts.get(help_option.name or ""))
+            if not ctx.resilient_parsing and not asking_help:
+                extra = self._place_project(ctx, opts, extra)
+            return opts, extra, order
+
+        parser.parse_args = parse_args  # type: ignore[method-assign]
+        return parser
+
+    def _place_project(self, ctx: ClickContext, opts: dict[str, Any], extra: list[str]) -> list[str]:
+        """Decide the project; rewrite *opts* so every positional gets its meaning; return what is left over."""
+        slots = [self._project_arg, *self._arguments]
+        # The parser filled the slots in order and left any surplus in *extra*: together, every positional.
+        tokens = [v for v in (opts.pop(a.name or "", None) for a in slots) if v is not None] + list(extra)
+        option_name = self._option.name or "project"
+        explicit: str | None = opts.get(option_name)
+        from_env = self._option.resolve_envvar_value(ctx)
+        if explicit is not None:
+            project, source, rest = explicit, "'--project'", tokens
+            if len(rest) > len(self._arguments):
+                ctx.fail(
+                    f"unexpected extra argument {rest[len(self._arguments)]!r} "
+                    "(the project is already given with --project)"
+                )
+        elif from_env and len(tokens) <= len(self._arguments):
+            project, source, rest = from_env, "QUEUE_PROJECT", tokens
+        elif tokens:
+            project, source, rest = tokens[0], "'PROJECT'", tokens[1:]
+        else:
+            ctx.fail("Missing argument 'PROJECT': give it first, or use --project/-p, or set QUEUE_PROJECT")
+        try:
+            validate_slug(project)
+        except exceptions.ValidationError:
+            hint = ""
+            if source == "'PROJECT'":  # most likely the project was left out and a KEY or TITLE took its place
+                hint = f"; the project comes first: {ctx.command_path} {' '.join(self.collect_usage_pieces(ctx)[1:])}"
+            raise typer.BadParameter(
+                f"{project!r} is not a project slug (lowercase letters, digits and dashes){hint}",
+                ctx=ctx,
+                param_hint=source,
+            ) from None
+        opts[option_name] = project
+        for arg, value in zip(self._arguments, rest, strict=False):
+            opts[arg.name or ""] = value
+        return rest[len(self._arguments) :]
+
+
+# ---------------------------------------------------------------------------------------------
 # output
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
+#: The ``project`` parameter of every per-project command (registered with ``cls=ProjectCommand``, which
+#: also accepts the project as the first positional argument and always fills this in).
 ProjectOpt = Annotated[
     str,
     typer.Option(
-        "--project", "-p", envvar="QUEUE_PROJECT", help="Project slug (env QUEUE_PROJECT).", show_default=False
+        "--project",
+        "-p",
+        envvar="QUEUE_PROJECT",
+        help="Project slug, instead of the PROJECT argument (for scripts).",
+        show_default=False,
     ),
 ]
 

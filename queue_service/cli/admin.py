@@ -77,6 +77,7 @@ def token_create(
 ) -> None:
     """Create a bearer token. It is printed once and only its hash is stored."""
     from queue_service import auth
+
     if (project is None) == (not all_projects):
         raise exceptions.ValidationError("give --project SLUG, or --all-projects for a global token (not both)")
     settings = state_of(ctx).settings()

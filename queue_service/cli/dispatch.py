@@ -14,6 +14,7 @@ from queue_service import exceptions
 from queue_service.cli._core import (
     Connection,
     JsonOpt,
+    ProjectCommand,
     ProjectOpt,
     call,
     dash,
@@ -52,7 +53,10 @@ def claim(
     lease: LeaseOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Claim the next ready task. Prints the task and its lease token (JSON: {task, lease} or null)."""
+    """Claim the next ready task. Prints the task and its lease token (JSON: {task, lease} or null).
+
+    Example: qs claim web --agent me --role dev
+    """
     agent_id = agent or new_agent_id("cli")
 
     async def body(conn: Connection) -> Claim | None:
@@ -111,7 +115,10 @@ def complete(
     ] = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Mark a claimed task done."""
+    """Mark a claimed task done.
+
+    Example: qs complete web WEB-1 --token TOKEN --result '{"pr": 12}'
+    """
     value = _parse_result(result)
 
     async def body(conn: Connection) -> Task:
@@ -132,7 +139,10 @@ def fail(
     ] = False,
     json_out: JsonOpt = False,
 ) -> None:
-    """Report a failed attempt: retried with backoff until max attempts, then dead-lettered."""
+    """Report a failed attempt: retried with backoff until max attempts, then dead-lettered.
+
+    Example: qs fail web WEB-1 --token TOKEN --error "tests do not pass"
+    """
     message = sys.stdin.read() if error == "-" else error
 
     async def body(conn: Connection) -> Task:
@@ -219,7 +229,10 @@ def events(
     poll: Annotated[float, typer.Option(help="With --follow: seconds between checks for new events.")] = 0.5,
     json_out: JsonOpt = False,
 ) -> None:
-    """Print the project's event log (JSON: one event per line), optionally following new events."""
+    """Print the project's event log (JSON: one event per line), optionally following new events.
+
+    Example: qs events web --follow
+    """
     as_json = is_json(ctx, json_out)
     if limit is not None and limit < 1:
         raise exceptions.ValidationError(f"--limit must be at least 1, got {limit}")
@@ -260,6 +273,6 @@ def register(app: typer.Typer) -> None:
         ("fail", fail),
         ("release", release),
     ):
-        app.command(name, rich_help_panel="Agents")(fn)
-    app.command("stats", rich_help_panel="Observe")(stats)
-    app.command("events", rich_help_panel="Observe")(events)
+        app.command(name, cls=ProjectCommand, rich_help_panel="Agents")(fn)
+    app.command("stats", cls=ProjectCommand, rich_help_panel="Observe")(stats)
+    app.command("events", cls=ProjectCommand, rich_help_panel="Observe")(events)

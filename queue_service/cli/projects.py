@@ -10,7 +10,9 @@ from rich.table import Table
 from queue_service.cli._core import (
     Connection,
     JsonOpt,
+    ProjectCommand,
     ProjectOpt,
+    UsageCommand,
     call,
     dash,
     emit,
@@ -35,7 +37,7 @@ def _project_table(projects: list[Project]) -> Table:
     return table
 
 
-@project_app.command("create")
+@project_app.command("create", cls=UsageCommand)
 def project_create(
     ctx: typer.Context,
     slug: Annotated[str, typer.Argument(help="Project slug: lowercase letters, digits and dashes.")],
@@ -77,7 +79,7 @@ def project_list(ctx: typer.Context, json_out: JsonOpt = False) -> None:
     )
 
 
-@project_app.command("show")
+@project_app.command("show", cls=UsageCommand)
 def project_show(
     ctx: typer.Context,
     slug: Annotated[str, typer.Argument(help="Project slug.")],
@@ -103,7 +105,7 @@ def _parse_milestones(values: list[str]) -> list[Milestone]:
     return out
 
 
-@mission_app.command("create")
+@mission_app.command("create", cls=ProjectCommand)
 def mission_create(
     ctx: typer.Context,
     mission_id: Annotated[str, typer.Argument(metavar="ID", help="Mission id (a slug).")],
@@ -119,7 +121,10 @@ def mission_create(
     ] = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Create a mission in a project."""
+    """Create a mission in a project.
+
+    Example: qs mission create web launch -m m1:Design -m m2:Build
+    """
     data: dict[str, object] = {"id": mission_id, "status": status}
     if name is not None:
         data["name"] = name
@@ -134,7 +139,7 @@ def mission_create(
     emit(ctx, json_out, mission, lambda: stdout.print(f"Created mission [bold]{mission.id}[/] in {project}"))
 
 
-@mission_app.command("list")
+@mission_app.command("list", cls=ProjectCommand)
 def mission_list(ctx: typer.Context, project: ProjectOpt, json_out: JsonOpt = False) -> None:
     """List a project's missions."""
 

@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from queue_service.cli._core import Connection, JsonOpt, call, is_json, split_csv, write_json
+from queue_service.cli._core import Connection, JsonOpt, UsageCommand, call, is_json, split_csv, write_json
 from queue_service.runner import Runner, RunnerOptions, RunSummary
 
 __all__ = ["register"]
@@ -17,7 +17,7 @@ __all__ = ["register"]
 
 def run(
     ctx: typer.Context,
-    project: Annotated[str, typer.Argument(help="Project slug.")],
+    project: Annotated[str, typer.Argument(metavar="PROJECT", help="Project slug.")],
     command: Annotated[
         list[str] | None, typer.Argument(metavar="-- COMMAND [ARGS...]", help="The agent command to run per task.")
     ] = None,
@@ -110,4 +110,4 @@ def _setup_logging() -> None:
 
 def register(app: typer.Typer) -> None:
     """Add ``run`` to the root app."""
-    app.command("run", rich_help_panel="Agents")(run)
+    app.command("run", cls=UsageCommand, rich_help_panel="Agents")(run)

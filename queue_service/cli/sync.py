@@ -21,7 +21,17 @@ from typing import Annotated, Any
 import typer
 
 from queue_service import exceptions
-from queue_service.cli._core import EXIT_DOMAIN, Connection, JsonOpt, call, emit, is_json, state_of, stdout
+from queue_service.cli._core import (
+    EXIT_DOMAIN,
+    Connection,
+    JsonOpt,
+    UsageCommand,
+    call,
+    emit,
+    is_json,
+    state_of,
+    stdout,
+)
 from queue_service.settings import Settings
 
 __all__ = ["register"]
@@ -91,7 +101,7 @@ async def _remote_status(url: str, token: str | None, project: str) -> dict[str,
 
 def sync(
     ctx: typer.Context,
-    project: Annotated[str, typer.Argument(help="Project slug (its workspace must be set).")],
+    project: Annotated[str, typer.Argument(metavar="PROJECT", help="Project slug (its workspace must be set).")],
     watch: Annotated[bool, typer.Option("--watch", "-w", help="Keep syncing until Ctrl-C.")] = False,
     status: Annotated[bool, typer.Option("--status", help="Only show the sync status (errors, conflicts).")] = False,
     strict_coord: Annotated[
@@ -169,4 +179,4 @@ def sync(
 
 def register(app: typer.Typer) -> None:
     """Add ``sync`` to the root app."""
-    app.command("sync", rich_help_panel="Plan")(sync)
+    app.command("sync", cls=UsageCommand, rich_help_panel="Plan")(sync)

@@ -15,6 +15,7 @@ from queue_service import exceptions
 from queue_service.cli._core import (
     Connection,
     JsonOpt,
+    ProjectCommand,
     ProjectOpt,
     call,
     dash,
@@ -72,7 +73,7 @@ def _read_batch(path: str) -> list[dict[str, Any]]:
     return items
 
 
-@task_app.command("add")
+@task_app.command("add", cls=ProjectCommand)
 def task_add(
     ctx: typer.Context,
     project: ProjectOpt,
@@ -101,7 +102,10 @@ def task_add(
     json_out: JsonOpt = False,
 ) -> None:
     """Add a task (JSON: the task), or with --from a batch (JSON: the list; all or nothing; '#0' in depends_on
-    names the batch's first task)."""
+    names the batch's first task).
+
+    Example: qs task add web "Write the login page" --depends-on WEB-1
+    """
     if from_file is not None:
         if title is not None:
             raise exceptions.ValidationError("give a TITLE or --from FILE, not both")
@@ -138,7 +142,7 @@ def task_add(
         stdout.print(task_table(tasks, title=f"Added {len(tasks)} tasks"))
 
 
-@task_app.command("list")
+@task_app.command("list", cls=ProjectCommand)
 def task_list(
     ctx: typer.Context,
     project: ProjectOpt,
@@ -156,7 +160,10 @@ def task_list(
     all_pages: Annotated[bool, typer.Option("--all", help="Fetch every page.")] = False,
     json_out: JsonOpt = False,
 ) -> None:
-    """List tasks, oldest first (JSON: {items, next_cursor})."""
+    """List a project's tasks, oldest first (JSON: {items, next_cursor}).
+
+    Example: qs task list web --ready
+    """
     filters: dict[str, Any] = {
         "status": split_csv(status) or None,
         "role": role,
@@ -191,14 +198,17 @@ def task_list(
     emit(ctx, json_out, page, human)
 
 
-@task_app.command("show")
+@task_app.command("show", cls=ProjectCommand)
 def task_show(
     ctx: typer.Context,
     key: Annotated[str, typer.Argument(help="Task key, e.g. WEB-12.")],
     project: ProjectOpt,
     json_out: JsonOpt = False,
 ) -> None:
-    """Show a task with its notes, blockers and dependents (JSON: {task, notes, blockers, dependents})."""
+    """Show a task with its notes, blockers and dependents (JSON: {task, notes, blockers, dependents}).
+
+    Example: qs task show web WEB-1
+    """
 
     async def body(conn: Connection) -> dict[str, Any]:
         task = await conn.ops.get_task(project, key)
@@ -260,7 +270,7 @@ def task_show(
     emit(ctx, json_out, shown, human)
 
 
-@task_app.command("edit")
+@task_app.command("edit", cls=ProjectCommand)
 def task_edit(
     ctx: typer.Context,
     key: Annotated[str, typer.Argument(help="Task key.")],
@@ -282,7 +292,10 @@ def task_edit(
     ] = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Change fields of a task; only the options given change. '--depends-on -' and '--label -' clear lists."""
+    """Change fields of a task; only the options given change. '--depends-on -' and '--label -' clear lists.
+
+    Example: qs task edit web WEB-2 --priority P0 --assignee alice
+    """
     patch: dict[str, Any] = {}
     for name, value in (
         ("title", title),
@@ -311,7 +324,7 @@ def task_edit(
     emit(ctx, json_out, task, lambda: stdout.print(f"Updated [bold]{task.key}[/] (version {task.version})"))
 
 
-@task_app.command("cancel")
+@task_app.command("cancel", cls=ProjectCommand)
 def task_cancel(
     ctx: typer.Context,
     key: Annotated[str, typer.Argument(help="Task key.")],
@@ -328,7 +341,7 @@ def task_cancel(
     emit(ctx, json_out, task, lambda: stdout.print(f"Cancelled [bold]{task.key}[/]"))
 
 
-@task_app.command("retry")
+@task_app.command("retry", cls=ProjectCommand)
 def task_retry(
     ctx: typer.Context,
     key: Annotated[str, typer.Argument(help="Task key.")],
@@ -344,7 +357,7 @@ def task_retry(
     emit(ctx, json_out, task, lambda: stdout.print(f"Requeued [bold]{task.key}[/] ({task.status.value})"))
 
 
-@task_app.command("note")
+@task_app.command("note", cls=ProjectCommand)
 def task_note(
     ctx: typer.Context,
     key: Annotated[str, typer.Argument(help="Task key.")],
@@ -358,7 +371,10 @@ def task_note(
     ] = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Append a note to a task."""
+    """Append a note to a task.
+
+    Example: qs task note web WEB-1 "schema agreed with the API team"
+    """
     body_text = sys.stdin.read() if text == "-" else text
     who = author or os.environ.get("USER") or "cli"
 

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from queue_service import exceptions, snapshot
-from queue_service.cli._core import Connection, JsonOpt, call, emit, stdout
+from queue_service.cli._core import Connection, JsonOpt, UsageCommand, call, emit, stdout
 from queue_service.models import Project, ProjectSnapshot
 
 __all__ = ["register"]
@@ -17,7 +17,7 @@ __all__ = ["register"]
 
 def export(
     ctx: typer.Context,
-    project: Annotated[str, typer.Argument(help="Project slug.")],
+    project: Annotated[str, typer.Argument(metavar="PROJECT", help="Project slug.")],
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write to this file instead of stdout.")] = None,
 ) -> None:
     """Write a project (tasks, missions, notes, events, versions) as JSONL to stdout."""
@@ -75,5 +75,5 @@ def import_(
 
 def register(app: typer.Typer) -> None:
     """Add these commands to the root app."""
-    app.command("export", rich_help_panel="Move")(export)
-    app.command("import", rich_help_panel="Move")(import_)
+    app.command("export", cls=UsageCommand, rich_help_panel="Move")(export)
+    app.command("import", cls=UsageCommand, rich_help_panel="Move")(import_)

@@ -212,6 +212,153 @@ def test_project_from_environment(cli: Cli, monkeypatch: pytest.MonkeyPatch) -> 
     assert cli.json("task", "add", "from env")["project"] == "web"
 
 
+# The project of per-project commands: first positional, -p/--project, or QUEUE_PROJECT (ProjectCommand).
+
+
+def test_project_as_first_argument(cli: Cli) -> None:
+    # every example of the README's first session, as typed
+    assert cli.json("task", "add", "web", "Design the schema", "--priority", "P1")["key"] == "WEB-1"
+    assert cli.json("task", "add", "web", "Write the login page", "--depends-on", "WEB-1")["depends_on"] == ["WEB-1"]
+    assert [t["key"] for t in cli.json("task", "list", "web")["items"]] == ["WEB-1", "WEB-2"]
+    assert cli.json("task", "show", "web", "WEB-2")["blockers"] == ["WEB-1"]
+    got = cli.json("claim", "web", "--agent", "me")
+    assert (got["task"]["key"], got["lease"]["holder"]) == ("WEB-1", "me")
+    token = got["lease"]["token"]
+    assert cli.json("heartbeat", "web", "WEB-1", "--token", token)["token"] == token
+    cli("task", "note", "web", "WEB-1", "halfway", "--author", "me")
+    assert cli.json("complete", "web", "WEB-1", "--token", token)["status"] == "done"
+    assert cli.json("stats", "web")["by_status"]["done"] == 1
+    assert "claimed" in cli("events", "web").stdout
+    assert cli.json("task", "edit", "web", "WEB-2", "--title", "Login")["title"] == "Login"
+    assert cli.json("task", "cancel", "web", "WEB-2")["status"] == "cancelled"
+    assert cli.json("task", "retry", "web", "WEB-2")["status"] == "not-started"
+    again = cli.json("claim", "web")
+    assert cli.json("fail", "web", "WEB-2", "-t", again["lease"]["token"], "-e", "boom")["attempts"] == 1
+    cli("task", "add", "web", "Third")
+    third = cli.json("claim", "web")
+    assert cli.json("release", "web", third["task"]["key"], "-t", third["lease"]["token"])["attempts"] == 0
+    assert cli.json("mission", "create", "web", "m1", "-m", "a:A")["id"] == "m1"
+    assert [m["id"] for m in cli.json("mission", "list", "web")] == ["default", "m1"]
+    assert [n["text"] for n in cli.json("task", "show", "web", "WEB-1")["notes"]] == ["halfway"]
+
+
+@pytest.mark.parametrize(
+    ("form", "env"),
+    [
+        (("web",), None),  # qs task show web WEB-1
+        (("-p", "web"), None),  # qs task show -p web WEB-1
+        (("--project=web",), None),
+        ((), "web"),  # QUEUE_PROJECT=web qs task show WEB-1
+        (("web",), "other"),  # an explicit argument beats the environment
+        (("-p", "web"), "other"),  # so does the option
+    ],
+)
+def test_three_ways_to_name_the_project(
+    cli: Cli, monkeypatch: pytest.MonkeyPatch, form: tuple[str, ...], env: str | None
+) -> None:
+    if env is not None:
+        monkeypatch.setenv("QUEUE_PROJECT", env)
+    added = cli.json("task", "add", *form, "A title with spaces", "-P", "P1")
+    assert (added["project"], added["key"], added["title"]) == ("web", "WEB-1", "A title with spaces")
+    assert [t["key"] for t in cli.json("task", "list", *form)["items"]] == ["WEB-1"]
+    assert cli.json("task", "show", *form, "WEB-1")["task"]["title"] == "A title with spaces"
+    got = cli.json("claim", *form, "--agent", "me")
+    assert got["task"]["key"] == "WEB-1"
+    note = cli.json("task", "note", *form, "WEB-1", "from the holder", "--token", got["lease"]["token"])
+    assert note["text"] == "from the holder"
+    assert cli.json("complete", *form, "WEB-1", "--token", got["lease"]["token"])["status"] == "done"
+    assert cli.json("stats", *form)["by_status"]["done"] == 1
+    assert cli.json("mission", "create", *form, "launch")["id"] == "launch"
+
+
+def test_positionals_keep_their_meaning_with_the_option(cli: Cli) -> None:
+    # With -p anywhere on the line, the positionals are the command's own: the option may come last.
+    assert cli.json("task", "add", "web", "-p", "web")["title"] == "web"  # TITLE "web" in project web
+    assert cli.json("task", "show", "WEB-1", "-p", "web")["task"]["title"] == "web"
+    assert cli.json("task", "note", "WEB-1", "-", "-p", "web", input="stdin text")["text"] == "stdin text"
+    assert cli.json("task", "note", "web", "WEB-1", "-", input="more")["text"] == "more"
+    # a batch: PROJECT only, then --from
+    added = cli.json("task", "add", "web", "--from", "-", input='[{"title": "a"}, {"title": "b"}]')
+    assert [t["key"] for t in added] == ["WEB-2", "WEB-3"]
+
+
+def test_project_errors_are_one_line_usage_errors(cli: Cli, monkeypatch: pytest.MonkeyPatch) -> None:
+    missing = cli.error("claim", code=2)
+    assert missing.startswith("Missing argument 'PROJECT': give it first, or use --project/-p, or set QUEUE_PROJECT")
+    assert missing.endswith("(see 'queue-service claim --help')")
+    # the project left out: the title takes its place and is not a slug
+    forgot = cli.error("task", "add", "Design the schema", code=2)
+    assert "Invalid value for 'PROJECT': 'Design the schema' is not a project slug" in forgot
+    assert "the project comes first: queue-service task add PROJECT [TITLE]" in forgot
+    assert "'WEB-1' is not a project slug" in cli.error("task", "show", "WEB-1", code=2)
+    assert "Missing argument 'KEY'" in cli.error("task", "show", "web", code=2)
+    assert "Invalid value for '--project': 'Web App' is not a project slug" in cli.error(
+        "stats", "-p", "Web App", code=2
+    )
+    assert "already given with --project" in cli.error("task", "show", "-p", "web", "web", "WEB-1", code=2)
+    assert "unexpected extra argument" in cli.error("stats", "web", "extra", code=2)
+    monkeypatch.setenv("QUEUE_PROJECT", "Bad")
+    assert "Invalid value for QUEUE_PROJECT: 'Bad'" in cli.error("stats", code=2)
+    assert "not found" in cli.error("stats", "nope")  # a valid slug that does not exist: a domain error
+    monkeypatch.setenv("QUEUE_PROJECT", "")
+    assert "Missing argument 'PROJECT'" in cli.error("stats", code=2)  # empty = unset
+
+
+PER_PROJECT = {
+    ("task", "add"): "PROJECT [TITLE]",
+    ("task", "list"): "PROJECT",
+    ("task", "show"): "PROJECT KEY",
+    ("task", "edit"): "PROJECT KEY",
+    ("task", "cancel"): "PROJECT KEY",
+    ("task", "retry"): "PROJECT KEY",
+    ("task", "note"): "PROJECT KEY TEXT",
+    ("mission", "create"): "PROJECT ID",
+    ("mission", "list"): "PROJECT",
+    ("claim",): "PROJECT",
+    ("heartbeat",): "PROJECT KEY",
+    ("complete",): "PROJECT KEY",
+    ("fail",): "PROJECT KEY",
+    ("release",): "PROJECT KEY",
+    ("stats",): "PROJECT",
+    ("events",): "PROJECT",
+    ("run",): "PROJECT",  # these three always took it positionally
+    ("export",): "PROJECT",
+    ("sync",): "PROJECT",
+}
+
+
+@pytest.mark.parametrize(
+    ("command", "usage"), PER_PROJECT.items(), ids=lambda v: " ".join(v) if isinstance(v, tuple) else v
+)
+def test_usage_lines_start_with_project(command: tuple[str, ...], usage: str) -> None:
+    result = CliRunner().invoke(app, [*command, "--help"], prog_name="qs")
+    assert result.exit_code == 0, result.stderr
+    line = next(x.strip() for x in result.stdout.splitlines() if "Usage:" in x)
+    assert line.startswith(f"Usage: qs {' '.join(command)} [OPTIONS] {usage}"), line
+
+
+def test_every_command_with_a_project_option_is_a_project_command() -> None:
+    import typer
+
+    from queue_service.cli._core import ProjectCommand
+
+    root = typer.main.get_command(app)
+    found: set[tuple[str, ...]] = set()
+
+    def walk(command: Any, path: tuple[str, ...]) -> None:
+        subcommands = getattr(command, "commands", None)
+        if subcommands:
+            for name, sub in subcommands.items():
+                walk(sub, (*path, name))
+            return
+        if any("--project" in getattr(p, "opts", ()) for p in command.params) and path != ("token", "create"):
+            assert isinstance(command, ProjectCommand), path
+            found.add(path)
+
+    walk(root, ())
+    assert found == {k for k in PER_PROJECT if k not in {("run",), ("export",), ("sync",)}}
+
+
 def test_task_add_batch(cli: Cli, tmp_path: Path) -> None:
     batch = [{"title": "a"}, {"title": "b", "depends_on": ["#0"]}]
     added = cli.json("task", "add", "-p", "web", "--from", "-", input=json.dumps(batch))
@@ -387,7 +534,7 @@ def test_import_errors_name_file_and_line(cli: Cli, tmp_path: Path) -> None:
 
 def test_usage_errors_exit_2_with_one_line(cli: Cli) -> None:
     message = cli.error("task", "list", code=2)
-    assert "Missing option '--project'" in message
+    assert "Missing argument 'PROJECT'" in message
     assert message.endswith("(see 'queue-service task list --help')")
     assert "No such command" in cli.error("frobnicate", code=2)
     assert "requires an argument" in cli.error("task", "add", "x", "-p", "web", "--priority", code=2)

@@ -101,9 +101,10 @@ def test_local_mode_keeps_state_between_invocations_and_round_trips(
     got = json.loads(qs("claim", "-p", slug, "--json").stdout)
     assert got["task"]["key"] == "CLI-1"
     qs("task", "note", "CLI-1", "on it", "-p", slug, "--author", "me", "--token", got["lease"]["token"])
-    qs("complete", "CLI-1", "-p", slug, "-t", got["lease"]["token"], "--result", '{"z": [1, 2], "a": null}')
+    # the project as the first argument works the same as -p
+    qs("complete", slug, "CLI-1", "-t", got["lease"]["token"], "--result", '{"z": [1, 2], "a": null}')
     qs("task", "cancel", "GW-001", "-p", slug, "--reason", "obsolete")
-    assert json.loads(qs("task", "show", "CLI-2", "-p", slug, "--json").stdout)["blockers"] == []
+    assert json.loads(qs("task", "show", slug, "CLI-2", "--json").stdout)["blockers"] == []
 
     token = json.loads(qs("token", "create", "--role", "agent", "-p", slug, "--json").stdout)
     assert token["token"].startswith("qs_")
@@ -117,9 +118,9 @@ def test_local_mode_keeps_state_between_invocations_and_round_trips(
     assert snapshot.comparable(second) == snapshot.comparable(first)
     assert second != first  # exported_at differs
     # and the imported project keeps working
-    nxt = json.loads(target("claim", "-p", slug, "--json").stdout)
+    nxt = json.loads(target("claim", slug, "--json").stdout)
     assert nxt["task"]["key"] == "CLI-2"
-    assert json.loads(target("task", "add", "After", "-p", slug, "--json").stdout)["key"] == "CLI-4"
+    assert json.loads(target("task", "add", slug, "After", "--json").stdout)["key"] == "CLI-4"
 
 
 def test_flatfile_to_postgres_round_trip_is_byte_identical(

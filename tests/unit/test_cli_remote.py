@@ -123,6 +123,32 @@ def test_remote_task_lifecycle(server: str) -> None:
     assert len(qs(server, "events", "-p", "rweb", "--json", "--limit", "2").stdout.splitlines()) == 2
 
 
+def test_remote_project_argument_option_and_env(server: str) -> None:
+    # the same three spellings as in local mode, through QUEUE_URL (parsing happens before the connection)
+    qs(server, "project", "create", "rpos", "--prefix", "RP")
+    assert qs_json(server, "task", "add", "rpos", "Design the schema", "--priority", "P1")["key"] == "RP-1"
+    assert qs_json(server, "task", "add", "-p", "rpos", "Second", "-d", "RP-1")["key"] == "RP-2"
+    env = {**_clean_env(), "QUEUE_URL": server, "QUEUE_PROJECT": "rpos"}
+    third = subprocess.run(
+        [sys.executable, "-m", "queue_service", "task", "add", "Third", "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert third.returncode == 0, third.stderr
+    assert json.loads(third.stdout)["key"] == "RP-3"
+    assert [t["key"] for t in qs_json(server, "task", "list", "rpos")["items"]] == ["RP-1", "RP-2", "RP-3"]
+    got = qs_json(server, "claim", "rpos", "--agent", "me")
+    assert got["task"]["key"] == "RP-1"
+    done = qs_json(server, "complete", "rpos", "RP-1", "--token", got["lease"]["token"])
+    assert done["status"] == "done"
+    assert qs_json(server, "task", "show", "rpos", "RP-2")["blockers"] == []
+    assert qs_json(server, "stats", "rpos")["by_status"]["done"] == 1
+    assert "Missing argument 'PROJECT'" in qs(server, "stats", code=2).stderr
+
+
 def test_remote_errors(server: str) -> None:
     qs(server, "project", "create", "rerr")
     qs(server, "task", "add", "One", "-p", "rerr")
