@@ -107,6 +107,17 @@ class Settings(BaseSettings):
         )
 
     @classmethod
+    def _env_names(cls, loc: str) -> str:
+        """The environment name(s) behind an error location: a field name, or the first alias of a field."""
+        for name, field in cls.model_fields.items():
+            choices = field.validation_alias
+            if isinstance(choices, AliasChoices):
+                aliases = [str(a) for a in choices.choices]
+                if loc in (name, *aliases):
+                    return " / ".join(aliases)
+        return f"QUEUE_{loc.upper()}"
+
+    @classmethod
     def load(cls, **overrides: object) -> Settings:
         """Build settings from the environment, turning validation errors into ConfigurationError."""
         import pydantic
@@ -117,7 +128,7 @@ class Settings(BaseSettings):
             lines = []
             for err in exc.errors(include_url=False):
                 loc = ".".join(str(p) for p in err["loc"])
-                name = f"QUEUE_{loc.upper()}" if loc else "configuration"
+                name = cls._env_names(loc) if loc else "configuration"
                 lines.append(f"{name}: {str(err['msg']).removeprefix('Value error, ')}")
             raise exceptions.ConfigurationError("; ".join(lines)) from None
 

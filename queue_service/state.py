@@ -571,7 +571,9 @@ class ProjectState:
     def _check_token(self, key: str, token: str, now: datetime) -> Task:
         task = self.require(key)
         held = self.tokens.get(key)
-        if task.status is not S.IN_PROGRESS or held is None or not secrets.compare_digest(held, token):
+        # Compare bytes: compare_digest raises TypeError on non-ASCII str (a client-supplied token).
+        valid = held is not None and secrets.compare_digest(held.encode(), token.encode())
+        if task.status is not S.IN_PROGRESS or not valid:
             raise exceptions.LeaseError(
                 f"lease token for task {key} is not valid (the task was reclaimed, finished or never claimed "
                 "with this token)",

@@ -14,7 +14,7 @@ import typer
 from queue_service import exceptions
 from queue_service.cli._core import JsonOpt, emit, state_of, stdout
 from queue_service.models import ApiToken, TokenRole
-from queue_service.settings import Settings
+from queue_service.settings import Settings, is_loopback
 
 __all__ = ["register", "token_app"]
 
@@ -39,20 +39,46 @@ def serve(
     if port is not None:
         overrides["port"] = port
     settings = Settings.load(**overrides) if overrides else state_of(ctx).settings()
+    if not is_loopback(settings.host):
+        # Refuse here, before uvicorn: a failing lifespan would bury this one line under a traceback.
+        asyncio.run(_check_exposure(settings))
     app = create_app(settings)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level.lower())
+
+
+async def _check_exposure(settings: Settings) -> None:
+    """ConfigurationError if ``serve`` would listen on a reachable address with no API token."""
+    from queue_service.app import check_exposure
+
+    backend = settings.build_backend()
+    await backend.open()
+    try:
+        await check_exposure(settings, backend)
+    finally:
+        await backend.close()
 
 
 def migrate(
     ctx: typer.Context,
     revision: Annotated[str, typer.Option(help="Alembic revision to upgrade to.")] = "head",
+    json_out: JsonOpt = False,
 ) -> None:
-    """Bring the Postgres schema up to date (alembic upgrade). Flatfile mode needs no migration."""
+    """Bring the Postgres schema up to date (alembic upgrade). Flatfile mode needs no migration.
+
+    JSON: ``{"backend", "revision"}`` (``revision`` is null for backends without a schema).
+    """
     settings = state_of(ctx).settings()
     url = settings.resolved_backend_url()
     if not url.startswith("postgres"):
         kind = "flatfile" if url.startswith("file:") else url.split(":", 1)[0]
-        stdout.print(f"Nothing to migrate: the {kind} backend ({url}) keeps no database schema.", markup=False)
+        emit(
+            ctx,
+            json_out,
+            {"backend": kind, "revision": None},
+            lambda: stdout.print(
+                f"Nothing to migrate: the {kind} backend ({url}) keeps no database schema.", markup=False
+            ),
+        )
         return
     from queue_service.postgres import migrate as pg_migrate
 
@@ -61,7 +87,12 @@ def migrate(
         return await pg_migrate.current(url)
 
     current = asyncio.run(go())
-    stdout.print(f"Database schema is at revision {current}.", markup=False)
+    emit(
+        ctx,
+        json_out,
+        {"backend": "postgres", "revision": current},
+        lambda: stdout.print(f"Database schema is at revision {current}.", markup=False),
+    )
 
 
 @token_app.command("create")

@@ -31,6 +31,7 @@ _UNAVAILABLE_SQLSTATES = {
     "28P01",  # invalid_password
     "28000",  # invalid_authorization_specification
 }
+_UNDEFINED_TABLE = "42P01"
 _UNIQUE_VIOLATION = "23505"
 
 
@@ -87,6 +88,8 @@ def translate(exc: BaseException) -> exceptions.QueueServiceError | None:
             return exceptions.BackendUnavailable(f"Postgres connection pool timed out: {detail}")
         if isinstance(exc, sa_exc.DBAPIError) and isinstance(orig, OSError):
             return exceptions.BackendUnavailable(f"Postgres is unavailable: {detail}")
+        if state == _UNDEFINED_TABLE:  # the usual cause: a fresh database nobody migrated yet
+            return exceptions.BackendError(f"Postgres error: {detail} (run `queue-service migrate` first?)")
         return exceptions.BackendError(f"Postgres error: {detail}")
     module = type(exc).__module__ or ""
     if module.startswith("asyncpg"):

@@ -144,6 +144,25 @@ async def test_wrong_token_is_refused_and_changes_nothing(svc: QueueService, web
     assert await svc.get_task(web, c.task.key) == before
 
 
+async def test_non_ascii_token_is_refused_not_crashing(svc: QueueService, web: str) -> None:
+    # Regression: secrets.compare_digest raises TypeError on non-ASCII str, which became an HTTP 500.
+    await svc.create_task(web, {"title": "a"})
+    c = await svc.claim(web, "x")
+    assert c is not None
+    before = await svc.get_task(web, c.task.key)
+    for bad in ("é", "☃💥"):
+        for op in (
+            svc.complete(web, c.task.key, bad),
+            svc.fail(web, c.task.key, bad, "err"),
+            svc.release(web, c.task.key, bad),
+            svc.heartbeat(web, c.task.key, bad),
+            svc.add_note(web, c.task.key, "x", "hi", token=bad),
+        ):
+            with pytest.raises(exceptions.LeaseError):
+                await op
+    assert await svc.get_task(web, c.task.key) == before
+
+
 async def test_heartbeat_extends_lease(svc: QueueService, web: str) -> None:
     await svc.create_task(web, {"title": "a"})
     c = await svc.claim(web, "x", lease_seconds=1)

@@ -585,6 +585,9 @@ def test_migrate_without_postgres(monkeypatch: pytest.MonkeyPatch, tmp_path: Pat
     assert "Nothing to migrate: the flatfile backend" in result.stdout
     monkeypatch.setenv("QUEUE_BACKEND_URL", "memory://")
     assert "the memory backend" in invoke("migrate").stdout
+    # Regression: --json printed the prose line.
+    assert json.loads(invoke("migrate", "--json").stdout) == {"backend": "memory", "revision": None}
+    assert json.loads(invoke("--json", "migrate").stdout) == {"backend": "memory", "revision": None}
 
 
 def test_token_create(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -711,3 +714,15 @@ def test_flatfile_default_mode_across_invocations(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv("QUEUE_DATA_DIR", str(tmp_path / "other"))
     ok("import", "-", input=dump)
     assert snapshot.comparable(ok("export", "solo").stdout) == snapshot.comparable(dump)
+
+
+def test_serve_refuses_reachable_address_without_tokens_in_one_line(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # Regression: the refusal came out of the app's lifespan, under uvicorn's multi-page traceback.
+    invoke = plain(monkeypatch, QUEUE_DATA_DIR=str(tmp_path / "data"), QUEUE_HOST="0.0.0.0")
+    result = invoke("serve", "--port", "1")
+    assert result.exit_code == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: refusing to start: bound to 0.0.0.0")

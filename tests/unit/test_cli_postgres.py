@@ -65,6 +65,7 @@ def test_migrate(monkeypatch: pytest.MonkeyPatch, empty_pg_url: str, valkey_url:
     out = qs("migrate").stdout
     assert out.strip() == f"Database schema is at revision {migrate.head()}."
     assert qs("migrate").stdout == out  # idempotent
+    assert json.loads(qs("migrate", "--json").stdout) == {"backend": "postgres", "revision": migrate.head()}
 
 
 def test_unmigrated_database_is_a_clear_error(
@@ -74,6 +75,7 @@ def test_unmigrated_database_is_a_clear_error(
     result = qs("project", "list", code=None)
     assert result.stderr.startswith("error: ")
     assert len(result.stderr.strip().splitlines()) == 1
+    assert "queue-service migrate" in result.stderr  # tells the user what to do
 
 
 def test_local_mode_keeps_state_between_invocations_and_round_trips(
