@@ -17,7 +17,10 @@ fields listed in :data:`VOLATILE_FIELDS`:
 
 * header ``exported_at`` and ``source`` — when and from which backend the dump was taken;
 * task ``lease_holder`` and ``lease_expires_at`` — live leases are not carried over by an import
-  (the token is never exported, so the holder could not use it anyway).
+  (the token is never exported, so the holder could not use it anyway);
+* note ``id`` and event ``id`` (and an event's ``data.note_id``) — backend-assigned sequence numbers:
+  Postgres draws them from sequences shared by all projects, so an import keeps their order but may
+  renumber them. :func:`comparable` replaces each with its rank in the dump, so order still counts.
 
 :func:`comparable` drops exactly those fields, for tests and for ``diff``-ing two dumps.
 
@@ -290,13 +293,21 @@ def loads(text: str) -> ProjectSnapshot:
 
 def comparable(text: str) -> str:
     """*text* (an export) without the :data:`VOLATILE_FIELDS`, for comparing two exports."""
+    objs = [json.loads(raw) for raw in text.splitlines() if raw.strip()]
+    ranks: dict[str, dict[int, int]] = {"note": {}, "event": {}}
+    for obj in objs[1:]:
+        kind = obj.get("type", "")
+        if kind in ranks and isinstance(obj.get("id"), int):
+            ranks[kind].setdefault(obj["id"], len(ranks[kind]) + 1)
     out = []
-    for i, raw in enumerate(text.splitlines()):
-        if not raw.strip():
-            continue
-        obj = json.loads(raw)
+    for i, obj in enumerate(objs):
         kind = "header" if i == 0 else obj.get("type", "")
         for name in VOLATILE_FIELDS.get(kind, ()):
             obj.pop(name, None)
+        if kind in ranks and isinstance(obj.get("id"), int):
+            obj["id"] = ranks[kind][obj["id"]]
+        data = obj.get("data")
+        if kind == "event" and isinstance(data, dict) and isinstance(data.get("note_id"), int):
+            data["note_id"] = ranks["note"].get(data["note_id"], data["note_id"])
         out.append(_line(obj))
     return "".join(out)

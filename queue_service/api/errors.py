@@ -89,7 +89,8 @@ def _domain_error_response(exc: exceptions.QueueServiceError) -> Response:
     headers: dict[str, str] = {}
     if isinstance(exc, exceptions.AuthError) and not isinstance(exc, exceptions.Forbidden):
         headers["WWW-Authenticate"] = "Bearer"
-    if status == 503:
+    if status in (429, 503):
+        # backpressure and a backend outage are both "come back shortly"
         headers["Retry-After"] = "1"
     if status >= 500 and status != 503:
         # our 5xx messages are written by us, but details may carry driver text: log, don't send

@@ -363,6 +363,7 @@ async def test_queue_full_is_429() -> None:
     assert 429 in codes
     assert response.status_code == 429
     assert error_of(response)["code"] == "queue_full"
+    assert response.headers["retry-after"] == "1"
 
 
 # -- error mapping ------------------------------------------------------------------------------

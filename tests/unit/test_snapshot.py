@@ -133,6 +133,21 @@ def test_comparable_drops_only_documented_fields() -> None:
     assert set(snapshot.VOLATILE_FIELDS) == {"header", "task"}
 
 
+def test_comparable_ranks_note_and_event_ids() -> None:
+    def dump(note_ids: tuple[int, int], event_ids: tuple[int, int], names: int = 1) -> str:
+        return (
+            '{"format":"queue-service-export","version":1,"project":"p","counts":{}}\n'
+            f'{{"type":"note","id":{note_ids[0]},"text":"a"}}\n'
+            f'{{"type":"note","id":{note_ids[1]},"text":"b"}}\n'
+            f'{{"type":"event","id":{event_ids[0]},"kind":"created","data":{{}}}}\n'
+            f'{{"type":"event","id":{event_ids[1]},"kind":"note_added","data":{{"note_id":{note_ids[names]}}}}}\n'
+        )
+
+    assert snapshot.comparable(dump((1, 2), (1, 2))) == snapshot.comparable(dump((11, 12), (124, 125)))
+    # which note an event names still counts
+    assert snapshot.comparable(dump((1, 2), (1, 2))) != snapshot.comparable(dump((11, 12), (124, 125), names=0))
+
+
 @pytest.fixture
 async def good_lines(svc: QueueService) -> list[str]:
     await svc.create_project({"slug": "p"})
