@@ -81,15 +81,19 @@ class Orchestrator:
         try:
             report = await self.backend.dispatch.sweep()
         except exceptions.BackendUnavailable as exc:
+            # an outage fails every tick: warn when it starts, then stay quiet until it recovers
+            if not isinstance(self.last_error, exceptions.BackendUnavailable):
+                logger.warning("orchestrator sweeps paused, backend unavailable: %s", exc)
             self.failures += 1
             self.last_error = exc
-            logger.warning("orchestrator sweep skipped, backend unavailable: %s", exc)
             return None
         except Exception as exc:
             self.failures += 1
             self.last_error = exc
             logger.exception("orchestrator sweep failed")
             return None
+        if isinstance(self.last_error, exceptions.BackendUnavailable):
+            logger.warning("orchestrator sweeps resumed, backend reachable again")
         self.sweeps += 1
         self.last_report = report
         self.last_error = None
