@@ -144,6 +144,7 @@ class PostgresValkeyBackend(Backend):
         """Close the Valkey pools and dispose of the Postgres pool. Idempotent."""
         self._open = False
         await self.broker.close()
+        await self.dispatch.close()
         async with wrap_errors():
             await self.engine.dispose()
 

@@ -27,8 +27,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Text, bindparam, func, insert, literal, select, true, update
-from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy import Text, bindparam, func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from queue_service import domain, exceptions
@@ -37,6 +36,16 @@ from queue_service.models import Claim, Event, Lease, SweepReport, Task, TaskSta
 from queue_service.postgres import tables as t
 from queue_service.postgres import transitions
 from queue_service.postgres.errors import wrap_errors
+from queue_service.postgres.hotpath import (
+    CLAIM_ANY_ROLE_SQL,
+    CLAIM_ROLES_SQL,
+    COMPLETE_SQL,
+    HEARTBEAT_SQL,
+    RESTAGE_SQL,
+    RawPool,
+    asyncpg_dsn,
+    task_from_record,
+)
 from queue_service.postgres.records import task_columns, task_from_row
 from queue_service.postgres.transitions import Effects, ReadyTask
 from queue_service.postgres.valkey import BrokerBatch, ReadyItem, ValkeyBroker
@@ -68,22 +77,19 @@ _RETRYABLE_STATUSES = (S.FAILED.value, S.BLOCKED.value, S.CANCELLED.value)
 _SWEEP_BATCH = 500
 
 _tasks = t.tasks
-_events = t.events
 _TASK_RETURNING = task_columns
 
 _READY_SQL = (_tasks.c.status == S.NOT_STARTED.value) & (_tasks.c.pending_deps == 0)
 
 
-# -- hot statements, built once ---------------------------------------------------------------
+# -- lease statements, built once -------------------------------------------------------------
 # Building a Core statement costs milliseconds of Python per call; these are built at import with
-# bind parameters (``p_*``, distinct from column names) and only executed afterwards.
+# bind parameters (``p_*``, distinct from column names) and only executed afterwards. The hottest
+# ones (claim, heartbeat, complete) are raw asyncpg statements in :mod:`.hotpath`.
 _P_PROJECT = bindparam("p_project", type_=Text)
 _P_KEY = bindparam("p_key", type_=Text)
 _P_TOKEN = bindparam("p_token", type_=Text)
 _P_NOW = bindparam("p_now", type_=_tasks.c.updated_at.type)
-_P_EXPIRES = bindparam("p_expires", type_=_tasks.c.lease_expires_at.type)
-_P_AGENT = bindparam("p_agent", type_=Text)
-_P_ROLES = bindparam("p_roles", type_=ARRAY(Text))
 
 _LEASE_MATCH = (
     (_tasks.c.project == _P_PROJECT)
@@ -95,70 +101,6 @@ _LEASE_MATCH = (
 _END_LEASE: dict[str, Any] = {"lease_holder": None, "lease_token": None, "lease_expires_at": None}
 
 
-def _build_claim(with_roles: bool) -> Any:
-    cond = (
-        (_tasks.c.project == _P_PROJECT)
-        & (_tasks.c.key == _P_KEY)
-        & _READY_SQL
-        & (_tasks.c.not_before.is_(None) | (_tasks.c.not_before <= _P_NOW))
-    )
-    if with_roles:
-        cond = cond & (_tasks.c.role == func.any(_P_ROLES))
-    claimed = (
-        update(_tasks)
-        .where(cond)
-        .values(
-            status=S.IN_PROGRESS.value,
-            assignee=_P_AGENT,
-            lease_holder=_P_AGENT,
-            lease_token=_P_TOKEN,
-            lease_expires_at=_P_EXPIRES,
-            # the first start, as every backend records it (a retry keeps the original)
-            started_at=func.coalesce(_tasks.c.started_at, _P_NOW),
-            updated_at=_P_NOW,
-            version=_tasks.c.version + 1,
-        )
-        .returning(*_TASK_RETURNING)
-        .cte("claimed")
-    )
-    # The event row is written by the same statement: one round trip, and autocommit makes the
-    # statement its own transaction (no BEGIN/COMMIT trips). Both rows or neither.
-    logged = (
-        insert(_events)
-        .from_select(
-            ["project", "task_key", "kind", "status", "version", "at", "data"],
-            select(
-                claimed.c.project,
-                claimed.c.key,
-                literal(EVENT_CLAIMED, Text),
-                claimed.c.status,
-                claimed.c.version,
-                _P_NOW,
-                bindparam("p_data", type_=_events.c.data.type),
-            ),
-        )
-        .returning(_events.c.id)
-        .cte("claim_event")
-    )
-    return select(claimed, logged.c.id.label("event_id")).select_from(claimed.join(logged, true()))
-
-
-_CLAIM_ANY_ROLE = _build_claim(False)
-_CLAIM_ROLES = _build_claim(True)
-_HEARTBEAT = update(_tasks).where(_LEASE_MATCH).values(lease_expires_at=_P_EXPIRES).returning(_tasks.c.lease_holder)
-_COMPLETE = (
-    update(_tasks)
-    .where(_LEASE_MATCH)
-    .values(
-        status=S.DONE.value,
-        result=bindparam("p_result", type_=_tasks.c.result.type),
-        completed_at=_P_NOW,
-        updated_at=_P_NOW,
-        version=_tasks.c.version + 1,
-        **_END_LEASE,
-    )
-    .returning(*_TASK_RETURNING)
-)
 _RELEASE = (
     update(_tasks)
     .where(_LEASE_MATCH)
@@ -196,6 +138,8 @@ class PostgresValkeyDispatcher(Dispatcher):
         config: timings and limits.
         node_id: this process's name in the orchestrator leader lock (random by default).
         rng: random source for backoff jitter (tests may seed it).
+        raw_pool_size: connections of the asyncpg pool behind claim, heartbeat and complete
+            (:mod:`queue_service.postgres.hotpath`), opened on first use.
     """
 
     def __init__(
@@ -207,10 +151,11 @@ class PostgresValkeyDispatcher(Dispatcher):
         node_id: str | None = None,
         rng: random.Random | None = None,
         clock: Callable[[], datetime] = utcnow,
+        raw_pool_size: int = 10,
     ) -> None:
         self.engine = engine
-        # Single-statement operations (claim, heartbeat) run without BEGIN/COMMIT round trips.
-        self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
+        # claim / heartbeat / complete: one prepared autocommit statement each, straight on asyncpg
+        self._raw = RawPool(asyncpg_dsn(engine.url), max_size=raw_pool_size)
         self.broker = broker
         self.config = config
         self.node_id = node_id or f"dispatcher-{uuid.uuid4().hex[:12]}"
@@ -223,7 +168,19 @@ class PostgresValkeyDispatcher(Dispatcher):
         #: how often the leader re-checks every ready task against the lists, seconds
         self.reconcile_seconds = float(config.extra.get("reconcile_seconds", max(30.0, 10 * config.sweep_seconds)))
 
+    async def close(self) -> None:
+        """Close the hot path's connection pool (the engine is the backend's to dispose). Idempotent."""
+        async with wrap_errors():
+            await self._raw.close()
+
     # -- after commit ------------------------------------------------------------------------
+    async def _signal(self, batch: BrokerBatch) -> None:
+        """:meth:`apply_effects` for a batch built directly (the hot path): never raises."""
+        try:
+            await self.broker.apply(batch)
+        except exceptions.BackendError as exc:
+            logger.warning("Valkey update after commit failed (the sweep will reconcile): %s", exc)
+
     async def apply_effects(self, effects: Effects, batch: BrokerBatch | None = None) -> None:
         """Tell Valkey what a committed transaction did: queue ready tasks, schedule backoffs,
         publish events (in that order, one round trip). Never raises: a Valkey failure here is
@@ -329,58 +286,43 @@ class PostgresValkeyDispatcher(Dispatcher):
         token = secrets.token_urlsafe(24)
         expires = now + timedelta(seconds=lease)
         data = {"agent": agent}
-        stmt = _CLAIM_ANY_ROLE if roles is None else _CLAIM_ROLES
-        params: dict[str, Any] = {
-            "p_project": project,
-            "p_key": key,
-            "p_now": now,
-            "p_agent": agent,
-            "p_token": token,
-            "p_expires": expires,
-            "p_data": data,
-        }
+        args: list[Any] = [project, key, agent, token, expires, now, data]
         if roles is not None:
-            params["p_roles"] = roles
+            args.append(roles)
         restage: BrokerBatch | None = None
-        async with wrap_errors(), self._autocommit.connect() as conn:
-            row = (await conn.execute(stmt, params)).first()
+        async with wrap_errors(), self._raw.connection() as conn:
+            row = await conn.fetchrow(CLAIM_ANY_ROLE_SQL if roles is None else CLAIM_ROLES_SQL, *args)
             if row is None:
-                restage = await self._restage(conn, project, key, roles, now)
+                restage = self._restage(await conn.fetchrow(RESTAGE_SQL, project, key), project, key, roles, now)
         if row is None:
             if restage:
-                await self.apply_effects(Effects(), restage)
+                await self._signal(restage)
             return None
-        event = Event(
-            id=row.event_id,
-            project=project,
-            task=key,
-            kind=EVENT_CLAIMED,
-            status=S.IN_PROGRESS,
-            version=row.version,
-            at=now,
-            data=data,
+        payload = {
+            "id": row["event_id"],
+            "project": project,
+            "task": key,
+            "kind": EVENT_CLAIMED,
+            "status": S.IN_PROGRESS.value,
+            "version": row["version"],
+            "at": now.isoformat(),
+            "data": data,
+        }
+        await self._signal(BrokerBatch(locks=[(project, key, token, lease)], events=[(project, payload)]))
+        return Claim.model_construct(
+            task=task_from_record(row), lease=Lease.model_construct(token=token, holder=agent, expires_at=expires)
         )
-        await self.apply_effects(Effects(events=[event]), BrokerBatch(locks=[(project, key, token, lease)]))
-        return Claim(task=task_from_row(row), lease=Lease(token=token, holder=agent, expires_at=expires))
 
-    async def _restage(
-        self, conn: AsyncConnection, project: str, key: str, roles: list[str] | None, now: datetime
-    ) -> BrokerBatch | None:
+    @staticmethod
+    def _restage(row: Any, project: str, key: str, roles: list[str] | None, now: datetime) -> BrokerBatch | None:
         """A popped key did not claim. If the task still waits to be dispatched but sat in the wrong
         place (its role changed, or its backoff is not over), put it where it belongs now."""
-        row = (
-            await conn.execute(
-                select(
-                    _tasks.c.status, _tasks.c.pending_deps, _tasks.c.not_before, _tasks.c.role, _tasks.c.priority
-                ).where((_tasks.c.project == project) & (_tasks.c.key == key))
-            )
-        ).first()
-        if row is None or row.status != S.NOT_STARTED.value or row.pending_deps != 0:
+        if row is None or row["status"] != S.NOT_STARTED.value or row["pending_deps"] != 0:
             return None
-        if row.not_before is not None and row.not_before > now:
-            return BrokerBatch(scheduled=[(project, key, row.not_before)])
-        if roles is not None and row.role not in roles:
-            return BrokerBatch(ready=[ReadyItem(project, key, row.role, row.priority)])
+        if row["not_before"] is not None and row["not_before"] > now:
+            return BrokerBatch(scheduled=[(project, key, row["not_before"])])
+        if roles is not None and row["role"] not in roles:
+            return BrokerBatch(ready=[ReadyItem(project, key, row["role"], row["priority"])])
         return None
 
     # -- lease operations --------------------------------------------------------------------
@@ -389,28 +331,45 @@ class PostgresValkeyDispatcher(Dispatcher):
         now = self._now()
         lease = float(lease_seconds if lease_seconds is not None else self.config.lease_seconds)
         expires = now + timedelta(seconds=lease)
-        params = {"p_project": project, "p_key": key, "p_token": token, "p_now": now, "p_expires": expires}
-        async with wrap_errors(), self._autocommit.connect() as conn:
-            row = (await conn.execute(_HEARTBEAT, params)).first()
-            if row is None:
+        async with wrap_errors(), self._raw.connection() as raw:
+            row = await raw.fetchrow(HEARTBEAT_SQL, project, key, token, now, expires)
+        if row is None:
+            async with wrap_errors(), self.engine.connect() as conn:
                 raise await self._lease_refused(conn, project, key, now)
+        holder = row["lease_holder"]
         try:
             await self.broker.extend_lock(project, key, token, lease)
         except exceptions.BackendError as exc:
             logger.warning("could not extend the Valkey lock of %s/%s: %s", project, key, exc)
-        return Lease(token=token, holder=row.lease_holder or "", expires_at=expires)
+        return Lease(token=token, holder=holder or "", expires_at=expires)
 
     async def complete(self, project: str, key: str, token: str, result: Any = None) -> Task:
-        """See :meth:`Dispatcher.complete`; dependents are promoted in the same transaction."""
+        """See :meth:`Dispatcher.complete`; dependents are promoted by the same statement."""
         now = self._now()
-        params = {"p_project": project, "p_key": key, "p_token": token, "p_now": now, "p_result": result}
-        async with wrap_errors(), self.engine.begin() as conn:
-            row = (await conn.execute(_COMPLETE, params)).first()
-            if row is None:
-                raise await self._lease_refused(conn, project, key, now)
-            effects = await self._status_changed(conn, row, S.IN_PROGRESS, EVENT_COMPLETED, now, {})
-        await self.apply_effects(effects, BrokerBatch(unlocks=[(project, key, token)]))
-        return task_from_row(row)
+        async with wrap_errors(), self._raw.connection() as conn:
+            row = await conn.fetchrow(COMPLETE_SQL, project, key, token, result, now)
+        if row is None:
+            async with wrap_errors(), self.engine.connect() as sa_conn:
+                raise await self._lease_refused(sa_conn, project, key, now)
+        batch = BrokerBatch(unlocks=[(project, key, token)])
+        for dep_key, role, priority, _seq, not_before in row["promoted"]:
+            if not_before is None or not_before <= now:
+                batch.ready.append(ReadyItem(project, dep_key, role, priority))
+            else:
+                batch.scheduled.append((project, dep_key, not_before))
+        payload = {
+            "id": row["event_id"],
+            "project": project,
+            "task": key,
+            "kind": EVENT_COMPLETED,
+            "status": S.DONE.value,
+            "version": row["version"],
+            "at": now.isoformat(),
+            "data": {},
+        }
+        batch.events.append((project, payload))
+        await self._signal(batch)
+        return task_from_record(row)
 
     async def fail(self, project: str, key: str, token: str, error: str, retryable: bool = True) -> Task:
         """See :meth:`Dispatcher.fail`: backoff while attempts remain, else dead-letter."""

@@ -1056,7 +1056,11 @@ class PostgresRecordStore(RecordStore):
             row = await self._task_row(conn, project, key, lock="share" if token is not None else None)
             if token is not None:
                 held = row.lease_token
-                if row.status != S.IN_PROGRESS.value or held is None or not secrets.compare_digest(held, token):
+                if (
+                    row.status != S.IN_PROGRESS.value
+                    or held is None
+                    or not secrets.compare_digest(held.encode(), token.encode())
+                ):
                     raise exceptions.LeaseError(
                         f"lease token for task {key} is not valid (the task was reclaimed, finished or never "
                         "claimed with this token)",

@@ -72,6 +72,33 @@ end
 return false
 """
 
+# The same pop for "any role", reading the role set in the same step (one round trip instead of
+# SMEMBERS + pop). The list order is :meth:`ValkeyBroker._lists_for`'s: for each priority, the known
+# roles sorted, the default role first when it is not among them. List names are built here from the
+# prefix in ARGV[1] (keys not declared in KEYS: fine on a single node, as the dedupe hash already is).
+_POP_ANY = """
+local roles = redis.call('SMEMBERS', KEYS[2])
+local seen = false
+for _, r in ipairs(roles) do
+  if r == ARGV[2] then seen = true end
+end
+table.sort(roles)
+if not seen then table.insert(roles, 1, ARGV[2]) end
+for p = 3, #ARGV do
+  for _, r in ipairs(roles) do
+    local list = ARGV[1] .. r .. ':' .. ARGV[p]
+    local v = redis.call('LPOP', list)
+    if v then
+      if redis.call('HGET', KEYS[1], v) == list then
+        redis.call('HDEL', KEYS[1], v)
+      end
+      return {list, v}
+    end
+  end
+end
+return false
+"""
+
 # After a BLPOP: drop the dedupe entry only if it still points at the list the key came from.
 _FORGET = """
 if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then
@@ -137,6 +164,43 @@ def wrap_valkey_errors(what: str = "valkey") -> Iterator[None]:
         raise exceptions.BackendUnavailable(f"{what}: Valkey unreachable: {exc}", reason=str(exc)) from exc
     except redis_exc.RedisError as exc:
         raise exceptions.BackendError(f"{what}: Valkey error: {exc}", reason=str(exc)) from exc
+
+
+class _ScriptCalls:
+    """Script calls (and plain commands) queued on one pipeline, sent in a single round trip.
+
+    redis-py's own ``script(..., client=pipe)`` makes every pipeline that carries a script ask
+    ``SCRIPT EXISTS`` first: a second round trip each time. Here scripts go in as bare ``EVALSHA``;
+    the rare ``NOSCRIPT`` answer (Valkey restarted or its script cache was flushed) is handled after
+    the fact by running just those calls again through the script object, which loads it. Every
+    script we pipeline is idempotent, so a late re-run is safe.
+    """
+
+    def __init__(self, pipe: Any) -> None:
+        self.pipe = pipe
+        self._n = 0
+        self._scripts: list[tuple[int, Any, list[str], list[Any]]] = []
+
+    def command(self, _queued: object) -> None:
+        """Count a plain command already queued on the pipeline (``calls.command(pipe.set(...))``)."""
+        self._n += 1
+
+    def add(self, script: Any, keys: list[str], args: list[Any]) -> None:
+        """Queue *script* as ``EVALSHA``."""
+        self.pipe.evalsha(script.sha, len(keys), *keys, *args)
+        self._scripts.append((self._n, script, keys, args))
+        self._n += 1
+
+    async def execute(self) -> list[Any]:
+        """Send everything; re-run script calls that met NOSCRIPT; raise the first other error."""
+        results: list[Any] = list(await self.pipe.execute(raise_on_error=False))
+        for i, script, keys, args in self._scripts:
+            if isinstance(results[i], redis_exc.NoScriptError):
+                results[i] = await script(keys=keys, args=args)
+        for r in results:
+            if isinstance(r, Exception):
+                raise r
+        return results
 
 
 @dataclass(frozen=True)
@@ -293,6 +357,7 @@ class ValkeyBroker:
             self._scripts = {
                 "enqueue": client.register_script(_ENQUEUE),
                 "pop": client.register_script(_POP),
+                "pop_any": client.register_script(_POP_ANY),
                 "forget": client.register_script(_FORGET),
                 "extend": client.register_script(_EXTEND),
                 "release": client.register_script(_RELEASE),
@@ -353,16 +418,16 @@ class ValkeyBroker:
         if not batch:
             return 0
         k = self.keys
-        script = self._scripts["enqueue"]
         with wrap_valkey_errors("enqueue"):
             async with self.client.pipeline(transaction=False) as pipe:
+                calls = _ScriptCalls(pipe)
                 for it in batch:
-                    await script(
-                        keys=[k.queued(it.project), k.ready(it.project, it.role, it.priority), k.roles(it.project)],
-                        args=[it.key, it.role, "1" if force else "0"],
-                        client=pipe,
+                    calls.add(
+                        self._scripts["enqueue"],
+                        [k.queued(it.project), k.ready(it.project, it.role, it.priority), k.roles(it.project)],
+                        [it.key, it.role, "1" if force else "0"],
                     )
-                results = await pipe.execute()
+                results = await calls.execute()
         return sum(1 for r in results if r == 1)
 
     async def apply(self, batch: BrokerBatch) -> None:
@@ -373,21 +438,22 @@ class ValkeyBroker:
         enqueue, release = self._scripts["enqueue"], self._scripts["release"]
         with wrap_valkey_errors("apply"):
             async with self.client.pipeline(transaction=False) as pipe:
+                calls = _ScriptCalls(pipe)
                 for project, key, token, ttl in batch.locks:
-                    pipe.set(k.lock(project, key), token, px=_ms(ttl))
+                    calls.command(pipe.set(k.lock(project, key), token, px=_ms(ttl)))
                 for project, key, token in batch.unlocks:
-                    await release(keys=[k.lock(project, key)], args=[token], client=pipe)
+                    calls.add(release, [k.lock(project, key)], [token])
                 for project, key, at in batch.scheduled:
-                    pipe.zadd(k.scheduled(project), {key: at.timestamp()})
+                    calls.command(pipe.zadd(k.scheduled(project), {key: at.timestamp()}))
                 for it in batch.ready:
-                    await enqueue(
-                        keys=[k.queued(it.project), k.ready(it.project, it.role, it.priority), k.roles(it.project)],
-                        args=[it.key, it.role, "0"],
-                        client=pipe,
+                    calls.add(
+                        enqueue,
+                        [k.queued(it.project), k.ready(it.project, it.role, it.priority), k.roles(it.project)],
+                        [it.key, it.role, "0"],
                     )
                 for project, payload in batch.events:
-                    pipe.publish(k.events(project), _dumps(payload))
-                await pipe.execute()
+                    calls.command(pipe.publish(k.events(project), _dumps(payload)))
+                await calls.execute()
 
     async def roles(self, project: str) -> list[str]:
         """Roles known to have ready lists in the project, sorted."""
@@ -408,9 +474,16 @@ class ValkeyBroker:
 
         The dedupe entry goes in the same atomic step. Returns None if every list is empty.
         """
-        lists = await self._lists_for(project, roles)
+        k = self.keys
         with wrap_valkey_errors("pop"):
-            got = await self._scripts["pop"](keys=[self.keys.queued(project), *lists], args=[])
+            if roles is None:
+                got = await self._scripts["pop_any"](
+                    keys=[k.queued(project), k.roles(project)],
+                    args=[k.ready_prefix(project), DEFAULT_ROLE, *PRIORITIES],
+                )
+            else:
+                lists = k.ready_lists(project, list(dict.fromkeys(roles)))
+                got = await self._scripts["pop"](keys=[k.queued(project), *lists], args=[])
         if not got:
             return None
         list_key, key = got

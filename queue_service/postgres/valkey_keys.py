@@ -57,7 +57,11 @@ class ValkeyKeys:
 
     def ready(self, project: str, role: str, priority: str) -> str:
         """The ready list of one project × role × priority."""
-        return f"{self.project(project)}:ready:{role}:{priority}"
+        return f"{self.ready_prefix(project)}{role}:{priority}"
+
+    def ready_prefix(self, project: str) -> str:
+        """What every ready list name of the project starts with (``…:ready:``; role and priority follow)."""
+        return f"{self.project(project)}:ready:"
 
     def ready_lists(self, project: str, roles: list[str] | tuple[str, ...]) -> list[str]:
         """Ready lists of *roles* in dispatch order: every role's P0 list, then every P1 list, …"""

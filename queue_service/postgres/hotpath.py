@@ -1,0 +1,226 @@
+"""The dispatcher's hot statements (claim, heartbeat, complete) over raw asyncpg.
+
+Why a second path next to SQLAlchemy: a claim+complete through SQLAlchemy Core costs a few
+milliseconds of Python per task (statement execution machinery, greenlet hops, result processing,
+model validation) and the completion took five round trips (BEGIN, UPDATE, event INSERT, dependent
+promotion, COMMIT). Here each operation is **one** autocommit statement, prepared once per
+connection by asyncpg's statement cache, and rows become domain models without re-validation
+(every value comes from our own schema's constraints).
+
+The statements do exactly what the SQLAlchemy versions they replace did:
+
+* claim: the conditional ``UPDATE`` (still not-started, ``pending_deps = 0``, ``not_before`` passed,
+  role allowed) and its ``claimed`` event row, in one statement;
+* complete: the token-checked ``UPDATE`` to ``done``, its ``completed`` event row, and the
+  ``pending_deps`` decrement of every direct dependent, returning the dependents that are now ready
+  (``transitions.on_status_changes`` does the same for in-progress → done: only the pending count
+  moves, nobody is blocked or unblocked by it);
+* heartbeat: the token-checked lease extension.
+
+Connections come from a small asyncpg pool of their own (created on first use, closed with the
+backend). Nothing here leaves session state behind, so the pool skips asyncpg's per-release reset
+query (an open transaction is still rolled back by asyncpg itself).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import asyncpg
+from sqlalchemy.engine import URL
+
+from queue_service.models import Priority, Task, TaskStatus
+from queue_service.postgres import tables as t
+
+__all__ = [
+    "CLAIM_ANY_ROLE_SQL",
+    "CLAIM_ROLES_SQL",
+    "COMPLETE_SQL",
+    "HEARTBEAT_SQL",
+    "RESTAGE_SQL",
+    "RawPool",
+    "asyncpg_dsn",
+    "task_from_record",
+]
+
+#: The columns of :data:`queue_service.postgres.records.task_columns` (every task column but the
+#: lease token, plus the dependency keys in declared order), as SQL for a ``RETURNING`` clause.
+_TASK_COLUMNS = tuple(c.name for c in t.tasks.c if c.name != "lease_token")
+_RETURNING = (
+    ", ".join(_TASK_COLUMNS) + ", ARRAY(SELECT p.key FROM task_dependencies d JOIN tasks p ON p.id = d.depends_on_id "
+    "WHERE d.task_id = tasks.id ORDER BY d.position, p.seq) AS depends_on"
+)
+
+
+def _claim_sql(with_roles: bool) -> str:
+    # $1 project, $2 key, $3 agent, $4 token, $5 lease expiry, $6 now, $7 event data, [$8 roles]
+    roles = "AND role = ANY($8::text[])" if with_roles else ""
+    return f"""
+    WITH claimed AS (
+        UPDATE tasks
+        SET status = 'in-progress', assignee = $3, lease_holder = $3, lease_token = $4,
+            lease_expires_at = $5, started_at = coalesce(started_at, $6), updated_at = $6,
+            version = version + 1
+        WHERE project = $1 AND key = $2 AND status = 'not-started' AND pending_deps = 0
+          AND (not_before IS NULL OR not_before <= $6) {roles}
+        RETURNING {_RETURNING}
+    ), logged AS (
+        INSERT INTO events (project, task_key, kind, status, version, at, data)
+        SELECT project, key, 'claimed', status, version, $6, $7::jsonb FROM claimed
+        RETURNING id
+    )
+    SELECT claimed.*, logged.id AS event_id FROM claimed, logged
+    """
+
+
+#: Claim one task for any role (one statement: the update and its event row).
+CLAIM_ANY_ROLE_SQL = _claim_sql(False)
+#: Claim one task only if its role is in ``$8``.
+CLAIM_ROLES_SQL = _claim_sql(True)
+
+#: Complete a leased task: the update, its event, and the dependents' pending counts, in one
+#: statement. ``promoted`` lists ``(key, role, priority, seq, not_before)`` of the dependents that
+#: are now not-started with every dependency done, best first. No row: the lease did not match.
+COMPLETE_SQL = f"""
+WITH done AS (
+    UPDATE tasks
+    SET status = 'done', result = $4::jsonb, completed_at = $5, updated_at = $5, version = version + 1,
+        lease_holder = NULL, lease_token = NULL, lease_expires_at = NULL
+    WHERE project = $1 AND key = $2 AND lease_token = $3 AND status = 'in-progress' AND lease_expires_at > $5
+    RETURNING {_RETURNING}
+), logged AS (
+    INSERT INTO events (project, task_key, kind, status, version, at, data)
+    SELECT project, key, 'completed', status, version, $5, '{{}}'::jsonb FROM done
+    RETURNING id
+), dependents AS (
+    UPDATE tasks dep SET pending_deps = dep.pending_deps - 1
+    FROM task_dependencies d, done
+    WHERE d.depends_on_id = done.id AND dep.id = d.task_id AND dep.project = $1
+    RETURNING dep.key, dep.role, dep.priority, dep.seq, dep.not_before, dep.status, dep.pending_deps
+)
+SELECT done.*, logged.id AS event_id,
+       ARRAY(
+           SELECT ROW(key, role, priority, seq, not_before) FROM dependents
+           WHERE status = 'not-started' AND pending_deps = 0 ORDER BY priority, seq
+       ) AS promoted
+FROM done, logged
+"""
+
+#: Extend a lease: $1 project, $2 key, $3 token, $4 now, $5 new expiry.
+HEARTBEAT_SQL = """
+UPDATE tasks SET lease_expires_at = $5
+WHERE project = $1 AND key = $2 AND lease_token = $3 AND status = 'in-progress' AND lease_expires_at > $4
+RETURNING lease_holder
+"""
+
+#: Where a popped key that did not claim belongs now.
+RESTAGE_SQL = "SELECT status, pending_deps, not_before, role, priority FROM tasks WHERE project = $1 AND key = $2"
+
+
+def asyncpg_dsn(url: URL) -> str:
+    """A libpq-style DSN for asyncpg from the engine's SQLAlchemy URL (driver name dropped)."""
+    return url.set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def task_from_record(row: Any) -> Task:
+    """Build the domain Task from a row returned by one of the statements above.
+
+    ``model_construct`` skips validation: the values come from columns whose types and CHECK
+    constraints already guarantee what validation would check (status and priority words, JSON
+    objects, non-null keys), and validation was most of the CPU cost of a claim.
+    """
+    return Task.model_construct(
+        project=row["project"],
+        key=row["key"],
+        seq=row["seq"],
+        title=row["title"],
+        description=row["description"],
+        status=TaskStatus(row["status"]),
+        role=row["role"],
+        priority=Priority(row["priority"]),
+        assignee=row["assignee"],
+        mission=row["mission"],
+        milestone=row["milestone"],
+        depends_on=tuple(row["depends_on"] or ()),
+        labels=tuple(row["labels"] or ()),
+        extra=dict(row["extra"] or {}),
+        attempts=row["attempts"],
+        max_attempts=row["max_attempts"],
+        not_before=row["not_before"],
+        idempotency_key=row["idempotency_key"],
+        result=row["result"],
+        last_error=row["last_error"],
+        blocked_reason=row["blocked_reason"],
+        lease_holder=row["lease_holder"],
+        lease_expires_at=row["lease_expires_at"],
+        version=row["version"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        started_at=row["started_at"],
+        completed_at=row["completed_at"],
+    )
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    # JSON columns in and out as Python values, the way SQLAlchemy's JSONB type handles them.
+    for name in ("jsonb", "json"):
+        await conn.set_type_codec(name, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+
+
+async def _no_reset(conn: asyncpg.Connection) -> None:
+    """Nothing to reset: the hot path sets no session state (asyncpg still rolls back open transactions)."""
+
+
+class RawPool:
+    """A lazily created asyncpg pool for the hot statements.
+
+    Args:
+        dsn: where to connect (see :func:`asyncpg_dsn`).
+        max_size: most connections held open.
+        acquire_timeout: seconds to wait for a free connection before giving up.
+    """
+
+    def __init__(self, dsn: str, *, max_size: int = 10, acquire_timeout: float = 30.0) -> None:
+        self.dsn = dsn
+        self.max_size = max_size
+        self.acquire_timeout = acquire_timeout
+        self._pool: asyncpg.Pool | None = None
+        self._lock = asyncio.Lock()
+
+    async def _get(self) -> asyncpg.Pool:
+        pool = self._pool
+        if pool is not None:
+            return pool
+        async with self._lock:
+            if self._pool is None:
+                self._pool = await asyncpg.create_pool(
+                    self.dsn,
+                    min_size=0,
+                    max_size=self.max_size,
+                    init=_init_connection,
+                    reset=_no_reset,
+                    # Idle connections go back after a minute; a burst re-opens them.
+                    max_inactive_connection_lifetime=60.0,
+                )
+            return self._pool
+
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[asyncpg.Connection]:
+        """A connection for one or a few autocommit statements (errors are the caller's to wrap)."""
+        pool = await self._get()
+        async with pool.acquire(timeout=self.acquire_timeout) as conn:
+            yield conn
+
+    async def close(self) -> None:
+        """Close the pool (connections in use are given a few seconds, then terminated). Idempotent."""
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        try:
+            await asyncio.wait_for(pool.close(), timeout=5.0)
+        except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            pool.terminate()
