@@ -327,6 +327,57 @@ class _Dispatch(Dispatcher):
             if watching:
                 self.b.unwatch(project)
 
+    def _claim_many_once(
+        self, txn: Txn, agent: str, roles: Sequence[str] | None, limit: int, lease: float, want_due: bool
+    ) -> tuple[list[Claim], float | None]:
+        state, now = txn.state, txn.now
+        if _expired_lease(state, now):
+            changes, _ = state.plan_sweep(self.b.config, now)
+            txn.commit(changes)
+        changes, claims = state.plan_claim_many(agent, roles, limit, lease, now)
+        if claims:
+            txn.commit(changes)  # the whole batch is one journal entry
+            return claims, None
+        return [], _next_due(state, roles, now) if want_due else None
+
+    async def claim_many(
+        self,
+        project: str,
+        agent: str,
+        roles: Sequence[str] | None = None,
+        limit: int = 10,
+        wait: float = 0.0,
+        lease_seconds: float | None = None,
+    ) -> list[Claim]:
+        """See :meth:`Dispatcher.claim_many`: one lock, one journal entry for the batch."""
+        lease = lease_seconds or self.b.config.lease_seconds
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max(0.0, wait)
+        signal = self.b.signal(project)
+        watching = False
+        try:
+            while True:
+                woken = signal.current()  # before the attempt: a commit during it still wakes us
+                claims, due = await self.b.run(
+                    project,
+                    lambda txn: self._claim_many_once(txn, agent, roles, limit, lease, wait > 0),
+                    exclusive=True,
+                )
+                if claims:
+                    return claims
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    return []
+                if not watching:
+                    self.b.watch(project)
+                    watching = True
+                timeout = remaining if due is None else min(remaining, due + 0.001)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(woken.wait(), timeout)
+        finally:
+            if watching:
+                self.b.unwatch(project)
+
     async def heartbeat(self, project: str, key: str, token: str, lease_seconds: float | None = None) -> Lease:
         seconds = lease_seconds or self.b.config.lease_seconds
 
@@ -342,6 +393,18 @@ class _Dispatch(Dispatcher):
             changes, task = txn.state.plan_complete(key, token, result, txn.now)
             txn.commit(changes)
             return task
+
+        return await self.b.write(project, op)
+
+    async def complete_many(
+        self, project: str, items: Sequence[tuple[str, str, Any]]
+    ) -> list[Task | exceptions.LeaseError]:
+        """See :meth:`Dispatcher.complete_many`: one lock, one journal entry for the batch."""
+
+        def op(txn: Txn) -> list[Task | exceptions.LeaseError]:
+            changes, out = txn.state.plan_complete_many(items, txn.now)
+            txn.commit(changes)
+            return out
 
         return await self.b.write(project, op)
 

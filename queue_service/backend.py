@@ -262,6 +262,59 @@ class Dispatcher(abc.ABC):
         (no busy polling); returns None if none did. Tasks of other roles are never returned.
         """
 
+    async def claim_many(
+        self,
+        project: str,
+        agent: str,
+        roles: Sequence[str] | None = None,
+        limit: int = 10,
+        wait: float = 0.0,
+        lease_seconds: float | None = None,
+    ) -> list[Claim]:
+        """Claim up to *limit* ready tasks of *roles* at once, best first (priority, then age).
+
+        Each task is claimed exactly as :meth:`claim` would claim it — exactly one winner per task
+        however many callers race, its own fresh token (fencing stays per task), ``attempts``
+        unchanged — but in as few round trips as the backend allows. Waits up to *wait* seconds
+        only while nothing could be claimed: returns as soon as at least one task is claimed, and
+        ``[]`` if none became ready in time. The list is ordered by priority, then age.
+
+        This default claims one task at a time through :meth:`claim` (correct, not batched);
+        backends override it with a batched version.
+        """
+        claims: list[Claim] = []
+        while len(claims) < limit:
+            got = await self.claim(project, agent, roles, wait if not claims else 0.0, lease_seconds)
+            if got is None:
+                break
+            claims.append(got)
+        return claims
+
+    async def complete_many(
+        self, project: str, items: Sequence[tuple[str, str, Any]]
+    ) -> list[Task | exceptions.LeaseError]:
+        """Complete several leased tasks: each item is ``(key, token, result)``.
+
+        Every item is checked on its own, as :meth:`complete` checks it: a wrong or expired token
+        (or a key that names no task, or a repeat of an item already completed in this batch)
+        yields a ``LeaseError`` in that item's slot of the answer and changes nothing for that
+        item, while the valid items complete and promote their dependents exactly as
+        :meth:`complete` does. The answer has one slot per item, in order. Raises ProjectNotFound
+        for an unknown project (nothing changes).
+
+        This default completes one item at a time through :meth:`complete` (correct, not
+        batched); backends override it to write the whole batch in one transaction.
+        """
+        out: list[Task | exceptions.LeaseError] = []
+        for key, token, result in items:
+            try:
+                out.append(await self.complete(project, key, token, result))
+            except exceptions.LeaseError as exc:
+                out.append(exc)
+            except exceptions.TaskNotFound as exc:
+                out.append(exceptions.LeaseError(exc.message, task=key))
+        return out
+
     @abc.abstractmethod
     async def heartbeat(self, project: str, key: str, token: str, lease_seconds: float | None = None) -> Lease:
         """Extend the lease to now + lease. Raises LeaseError for a wrong or expired token."""

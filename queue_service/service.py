@@ -228,6 +228,16 @@ class QueueService:
         return await self.backend.records.dead_letter(validate_slug(project), limit)
 
     # -- dispatch ---------------------------------------------------------------------------
+    @staticmethod
+    def _check_claim_args(agent: str, wait: float, lease_seconds: float | None) -> None:
+        if not agent or not agent.strip() or len(agent) > 200:
+            raise exceptions.ValidationError(f"agent id must be 1-200 characters, got {agent!r}")
+        _check_text("agent", agent)
+        if wait < 0 or wait > 300:
+            raise exceptions.ValidationError(f"wait must be between 0 and 300 seconds, got {wait}")
+        if lease_seconds is not None and not 0 < lease_seconds <= 86_400:
+            raise exceptions.ValidationError(f"lease_seconds must be in (0, 86400], got {lease_seconds}")
+
     async def claim(
         self,
         project: str,
@@ -237,14 +247,40 @@ class QueueService:
         lease_seconds: float | None = None,
     ) -> Claim | None:
         """Claim the next ready task (or None after *wait* seconds)."""
-        if not agent or not agent.strip() or len(agent) > 200:
-            raise exceptions.ValidationError(f"agent id must be 1-200 characters, got {agent!r}")
-        _check_text("agent", agent)
-        if wait < 0 or wait > 300:
-            raise exceptions.ValidationError(f"wait must be between 0 and 300 seconds, got {wait}")
-        if lease_seconds is not None and not 0 < lease_seconds <= 86_400:
-            raise exceptions.ValidationError(f"lease_seconds must be in (0, 86400], got {lease_seconds}")
+        self._check_claim_args(agent, wait, lease_seconds)
         return await self.backend.dispatch.claim(validate_slug(project), agent, roles or None, wait, lease_seconds)
+
+    async def claim_many(
+        self,
+        project: str,
+        agent: str,
+        roles: Sequence[str] | None = None,
+        limit: int = 10,
+        wait: float = 0.0,
+        lease_seconds: float | None = None,
+    ) -> list[Claim]:
+        """Claim up to *limit* (1-1000) ready tasks at once, best first; ``[]`` after *wait* seconds."""
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE:
+            raise exceptions.ValidationError(f"limit must be an integer between 1 and {MAX_PAGE}, got {limit!r}")
+        self._check_claim_args(agent, wait, lease_seconds)
+        return await self.backend.dispatch.claim_many(
+            validate_slug(project), agent, roles or None, limit, wait, lease_seconds
+        )
+
+    async def complete_many(
+        self, project: str, items: Sequence[tuple[str, str, Any]]
+    ) -> list[Task | exceptions.LeaseError]:
+        """Complete up to 1000 claimed tasks, each ``(key, token, result)``; a LeaseError in the slot of
+        each refused item (the others complete)."""
+        if len(items) > MAX_PAGE:
+            raise exceptions.ValidationError(f"at most {MAX_PAGE} items per call, got {len(items)}")
+        checked: list[tuple[str, str, Any]] = []
+        for i, (key, token, result) in enumerate(items):
+            found = find_nul(result, f"items[{i}].result")
+            if found:
+                raise exceptions.ValidationError(f"{found}: NUL characters are not allowed", field=found)
+            checked.append((validate_key(key), token, result))
+        return await self.backend.dispatch.complete_many(validate_slug(project), checked)
 
     async def heartbeat(self, project: str, key: str, token: str, lease_seconds: float | None = None) -> Lease:
         """Extend a lease."""

@@ -568,9 +568,17 @@ class ProjectState:
         stored = self._transition(changes, old, new, "cancelled", now, actor=actor, reason=reason)
         return changes, stored
 
-    def _check_token(self, key: str, token: str, now: datetime) -> Task:
-        task = self.require(key)
-        held = self.tokens.get(key)
+    def _check_token(self, key: str, token: str, now: datetime, view: _View | None = None) -> Task:
+        if view is None:
+            task = self.require(key)
+            held = self.tokens.get(key)
+        else:
+            found = view.task(key)
+            if found is None:
+                raise exceptions.LeaseError(
+                    f"lease token for task {key} is not valid: no task {key} in project {self.project.slug}", task=key
+                )
+            task, held = found, view.token(key)
         # Compare bytes: compare_digest raises TypeError on non-ASCII str (a client-supplied token).
         valid = held is not None and secrets.compare_digest(held.encode(), token.encode())
         if task.status is not S.IN_PROGRESS or not valid:
@@ -643,11 +651,24 @@ class ProjectState:
         self, agent: str, roles: Sequence[str] | None, lease_seconds: float, now: datetime
     ) -> tuple[Changes, Claim] | None:
         """Claim the best ready task of *roles*, or None. Stale heap entries are dropped as found."""
+        changes, claims = self.plan_claim_many(agent, roles, 1, lease_seconds, now)
+        return (changes, claims[0]) if claims else None
+
+    def plan_claim_many(
+        self, agent: str, roles: Sequence[str] | None, limit: int, lease_seconds: float, now: datetime
+    ) -> tuple[Changes, list[Claim]]:
+        """Claim up to *limit* ready tasks of *roles*, best first, in one Changes (one token each).
+
+        Stale heap entries are dropped as found; every entry still eligible goes back into its heap
+        (the chosen ones too: ``apply`` drops them once they are in-progress, and a commit that fails
+        must not lose them).
+        """
         names = list(roles) if roles else list(self._heaps)
         deferred: list[tuple[str, tuple[int, int, str]]] = []
-        chosen: Task | None = None
+        chosen: list[Task] = []
+        picked: set[str] = set()
         try:
-            while True:
+            while len(chosen) < limit:
                 best: tuple[tuple[int, int, str], str] | None = None
                 for role in names:
                     heap = self._heaps.get(role)
@@ -656,7 +677,7 @@ class ProjectState:
                     if heap and (best is None or heap[0] < best[0]):
                         best = (heap[0], role)
                 if best is None:
-                    return None
+                    break
                 entry, role = best
                 heapq.heappop(self._heaps[role])
                 task = self.tasks[entry[2]]
@@ -665,20 +686,25 @@ class ProjectState:
                     continue
                 if task.status is not S.NOT_STARTED or self.pending.get(task.key, 0) != 0:
                     continue
-                chosen = task
                 deferred.append((role, entry))  # stays in the heap until apply() removes eligibility
-                break
+                if task.key in picked:
+                    continue  # a second entry for the same key (left by a priority change)
+                picked.add(task.key)
+                chosen.append(task)
         finally:
             for role, entry in deferred:
                 heapq.heappush(self._heaps[role], entry)
         changes = Changes()
-        token = new_token()
+        claims: list[Claim] = []
         expires = now + timedelta(seconds=lease_seconds)
-        new = chosen.model_copy(
-            update={"status": S.IN_PROGRESS, "assignee": agent, "lease_holder": agent, "lease_expires_at": expires}
-        )
-        stored = self._transition(changes, chosen, new, "claimed", now, token=token, agent=agent)
-        return changes, Claim(task=stored, lease=Lease(token=token, holder=agent, expires_at=expires))
+        for task in chosen:
+            token = new_token()
+            new = task.model_copy(
+                update={"status": S.IN_PROGRESS, "assignee": agent, "lease_holder": agent, "lease_expires_at": expires}
+            )
+            stored = self._transition(changes, task, new, "claimed", now, token=token, agent=agent)
+            claims.append(Claim(task=stored, lease=Lease(token=token, holder=agent, expires_at=expires)))
+        return changes, claims
 
     def plan_heartbeat(self, key: str, token: str, lease_seconds: float, now: datetime) -> tuple[Changes, Lease]:
         """Extend a lease. Not a task change: no version bump, no event (lease bookkeeping only)."""
@@ -693,6 +719,27 @@ class ProjectState:
         changes = Changes()
         new = task.model_copy(update={"status": S.DONE, "result": result})
         return changes, self._transition(changes, task, new, "completed", now, token=None)
+
+    def plan_complete_many(
+        self, items: Sequence[tuple[str, str, Any]], now: datetime
+    ) -> tuple[Changes, list[Task | exceptions.LeaseError]]:
+        """Complete each valid ``(key, token, result)`` in one Changes; see Dispatcher.complete_many.
+
+        Items are checked in order against the state *including* this batch's earlier items, so a
+        repeated item finds its task already done and gets a LeaseError.
+        """
+        changes = Changes()
+        view = _View(self, changes)
+        out: list[Task | exceptions.LeaseError] = []
+        for key, token, result in items:
+            try:
+                task = self._check_token(key, token, now, view)
+            except exceptions.LeaseError as exc:
+                out.append(exc)
+                continue
+            new = task.model_copy(update={"status": S.DONE, "result": result})
+            out.append(self._transition(changes, task, new, "completed", now, token=None))
+        return changes, out
 
     def _failure(
         self,

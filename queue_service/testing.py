@@ -244,6 +244,45 @@ class _Dispatch(Dispatcher):
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(cond.wait(), timeout)
 
+    async def claim_many(
+        self,
+        project: str,
+        agent: str,
+        roles: Sequence[str] | None = None,
+        limit: int = 10,
+        wait: float = 0.0,
+        lease_seconds: float | None = None,
+    ) -> list[Claim]:
+        """See :meth:`Dispatcher.claim_many`: the whole batch is planned and applied as one change."""
+        state = self.b.state(project)
+        lease = lease_seconds or self.b.config.lease_seconds
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max(0.0, wait)
+        cond = self.b.condition(project)
+        async with cond:
+            while True:
+                now = self.b.now()
+                changes, claims = state.plan_claim_many(agent, roles, limit, lease, now)
+                if claims:
+                    self.b.commit(state, changes, notify=False)
+                    return claims
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    return []
+                due = self._next_due(state, roles, now)
+                timeout = remaining if due is None else min(remaining, max(0.001, due))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(cond.wait(), timeout)
+
+    async def complete_many(
+        self, project: str, items: Sequence[tuple[str, str, Any]]
+    ) -> list[Task | exceptions.LeaseError]:
+        """See :meth:`Dispatcher.complete_many`: one plan, one apply."""
+        state = self.b.state(project)
+        changes, out = state.plan_complete_many(items, self.b.now())
+        self.b.commit(state, changes)
+        return out
+
     @staticmethod
     def _next_due(state: ProjectState, roles: Sequence[str] | None, now: datetime) -> float | None:
         best: float | None = None

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Request, Response, status
 from queue_service import exceptions
 from queue_service.api.deps import KeyPath, ProjectPath, ServiceDep, StateDep, StrictJSONRoute, WorkDep
 from queue_service.api.schemas import (
+    ClaimBatch,
     ClaimRequest,
     CompleteRequest,
     ErrorBody,
@@ -28,16 +29,20 @@ router = APIRouter(prefix="/v1/projects/{project}", tags=["dispatch"], responses
 
 @router.post(
     "/claims",
-    response_model=Claim,
-    responses={204: {"description": "nothing became ready within wait_seconds"}},
+    response_model=Claim | ClaimBatch,
+    responses={204: {"description": "nothing became ready within wait_seconds (without limit)"}},
 )
 async def claim(
     project: ProjectPath, body: ClaimRequest, request: Request, state: StateDep, _: WorkDep
-) -> Claim | Response:
+) -> Claim | ClaimBatch | Response:
     """Claim the highest-priority ready task of the given roles, waiting up to ``wait_seconds``.
 
     Answers 200 with the task and its lease (keep the ``token``), or 204 when nothing was ready.
+    With ``limit``: claims up to that many tasks in one go and answers 200 with ``{"claims": [...]}``
+    (best first, each with its own token; an empty list when nothing was ready).
     """
+    if body.limit is not None:
+        return await _claim_many(project, body, body.limit, request, state)
     started = time.perf_counter()
     result = await state.service.claim(
         project, body.agent, body.roles, wait=body.wait_seconds, lease_seconds=body.lease_seconds
@@ -54,6 +59,25 @@ async def claim(
         return Response(status_code=status.HTTP_204_NO_CONTENT)
     state.metrics.claims.labels(project).inc()
     return result
+
+
+async def _claim_many(project: str, body: ClaimRequest, limit: int, request: Request, state: StateDep) -> ClaimBatch:
+    started = time.perf_counter()
+    claims = await state.service.claim_many(
+        project, body.agent, body.roles, limit=limit, wait=body.wait_seconds, lease_seconds=body.lease_seconds
+    )
+    state.metrics.claim_latency.labels(project, "claimed" if claims else "empty").observe(time.perf_counter() - started)
+    if not claims:
+        state.metrics.empty_claims.labels(project).inc()
+        return ClaimBatch(claims=[])
+    if body.wait_seconds > 0 and await request.is_disconnected():
+        # the long-poll caller is gone and will never see the tokens: hand the tasks straight back
+        for c in claims:
+            with contextlib.suppress(exceptions.QueueServiceError):
+                await state.service.release(project, c.task.key, c.lease.token)
+        return ClaimBatch(claims=[])
+    state.metrics.claims.labels(project).inc(len(claims))
+    return ClaimBatch(claims=claims)
 
 
 @router.post("/tasks/{key}/heartbeat", response_model=Lease)

@@ -17,6 +17,7 @@ from queue_service.models import (
     KEY_RE,
     MAX_KEY_LEN,
     ROLE_RE,
+    Claim,
     Mission,
     Note,
     Project,
@@ -29,6 +30,7 @@ __all__ = [
     "MAX_BATCH",
     "MAX_RESULT_KEYS",
     "CancelRequest",
+    "ClaimBatch",
     "ClaimRequest",
     "CompleteRequest",
     "ErrorBody",
@@ -210,6 +212,12 @@ class ClaimRequest(_Body):
     roles: list[RoleName] | None = Field(default=None, max_length=100, description="roles to serve; all if absent")
     wait_seconds: float = Field(default=0.0, ge=0, le=300, allow_inf_nan=False)
     lease_seconds: LeaseSeconds | None = None
+    limit: int | None = Field(
+        default=None,
+        ge=1,
+        le=1000,
+        description="claim up to this many tasks at once (answer: ClaimBatch); absent: one task (answer: Claim)",
+    )
 
     @field_validator("agent")
     @classmethod
@@ -217,6 +225,12 @@ class ClaimRequest(_Body):
         if not value.strip():
             raise ValueError("agent must not be blank")
         return value
+
+
+class ClaimBatch(BaseModel):
+    """The answer to a claim with ``limit``: the claimed tasks, best first (empty when none was ready)."""
+
+    claims: list[Claim]
 
 
 class HeartbeatRequest(_Body):

@@ -17,6 +17,7 @@ is logged, not raised: the durable change stands and the next sweep repairs the 
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import secrets
@@ -37,8 +38,12 @@ from queue_service.postgres import tables as t
 from queue_service.postgres import transitions
 from queue_service.postgres.errors import wrap_errors
 from queue_service.postgres.hotpath import (
+    BATCH_STATE_SQL,
     CLAIM_ANY_ROLE_SQL,
+    CLAIM_MANY_ANY_ROLE_SQL,
+    CLAIM_MANY_ROLES_SQL,
     CLAIM_ROLES_SQL,
+    COMPLETE_MANY_SQL,
     COMPLETE_SQL,
     HEARTBEAT_SQL,
     RESTAGE_SQL,
@@ -313,6 +318,103 @@ class PostgresValkeyDispatcher(Dispatcher):
             task=task_from_record(row), lease=Lease.model_construct(token=token, holder=agent, expires_at=expires)
         )
 
+    async def claim_many(
+        self,
+        project: str,
+        agent: str,
+        roles: Sequence[str] | None = None,
+        limit: int = 10,
+        wait: float = 0.0,
+        lease_seconds: float | None = None,
+    ) -> list[Claim]:
+        """See :meth:`Dispatcher.claim_many`: pop up to *limit* keys in one Valkey call, win them with
+        one conditional UPDATE, then set their locks and publish their events in one pipeline."""
+        await self.require_project(None, project)
+        role_list = list(dict.fromkeys(roles)) if roles else None
+        lease = float(lease_seconds if lease_seconds is not None else self.config.lease_seconds)
+        if lease <= 0:
+            raise exceptions.ValidationError(f"lease_seconds must be positive, got {lease}", value=lease)
+        if limit < 1:
+            raise exceptions.ValidationError(f"limit must be at least 1, got {limit}", value=limit)
+        deadline = time.monotonic() + max(0.0, wait)
+        claims: list[Claim] = []
+        while True:
+            want = limit - len(claims)
+            keys = [p.key for p in await self.broker.try_pop_many(project, role_list, want)]
+            if not keys:
+                if claims:
+                    return claims
+                # Idle: as in claim(), queue due backoffs, then block on one key until one arrives.
+                released, next_in = await self.release_due(project)
+                if released:
+                    continue
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return []
+                if next_in is not None:
+                    remaining = min(remaining, next_in + 0.001)
+                popped = await self.broker.pop(project, role_list, timeout=remaining, try_first=False)
+                if popped is None:
+                    continue
+                keys = [popped.key]
+            claims.extend(await self._claim_keys(project, keys, agent, role_list, lease))
+            # Done when full, or when the lists ran dry (fewer keys than asked) and we hold something.
+            # Otherwise some popped keys were stale and more may be listed: pop again.
+            if len(claims) >= limit or (claims and len(keys) < want):
+                claims.sort(key=lambda c: (c.task.priority.value, c.task.seq))
+                return claims
+
+    async def _claim_keys(
+        self, project: str, keys: list[str], agent: str, roles: list[str] | None, lease: float
+    ) -> list[Claim]:
+        """Claim whichever of *keys* are still ready, in one statement; re-file misplaced stale ones."""
+        now = self._now()
+        keys = sorted(set(keys))  # one lock order for racing batches; a key listed twice counts once
+        tokens = [secrets.token_urlsafe(24) for _ in keys]
+        expires = now + timedelta(seconds=lease)
+        data = {"agent": agent}
+        args: list[Any] = [project, keys, agent, tokens, expires, now, data]
+        if roles is not None:
+            args.append(roles)
+        restage = BrokerBatch()
+        async with wrap_errors(), self._raw.connection() as conn:
+            rows = await conn.fetch(CLAIM_MANY_ANY_ROLE_SQL if roles is None else CLAIM_MANY_ROLES_SQL, *args)
+            won = {row["key"] for row in rows}
+            stale = [k for k in keys if k not in won]
+            if stale:
+                for st in await conn.fetch(BATCH_STATE_SQL, project, stale):
+                    fix = self._restage(st, project, st["key"], roles, now)
+                    if fix:
+                        restage.ready.extend(fix.ready)
+                        restage.scheduled.extend(fix.scheduled)
+        claims: list[Claim] = []
+        for row in rows:
+            token = row["claim_token"]
+            restage.locks.append((project, row["key"], token, lease))
+            restage.events.append(
+                (
+                    project,
+                    {
+                        "id": row["event_id"],
+                        "project": project,
+                        "task": row["key"],
+                        "kind": EVENT_CLAIMED,
+                        "status": S.IN_PROGRESS.value,
+                        "version": row["version"],
+                        "at": now.isoformat(),
+                        "data": data,
+                    },
+                )
+            )
+            claims.append(
+                Claim.model_construct(
+                    task=task_from_record(row),
+                    lease=Lease.model_construct(token=token, holder=agent, expires_at=expires),
+                )
+            )
+        await self._signal(restage)
+        return claims
+
     @staticmethod
     def _restage(row: Any, project: str, key: str, roles: list[str] | None, now: datetime) -> BrokerBatch | None:
         """A popped key did not claim. If the task still waits to be dispatched but sat in the wrong
@@ -370,6 +472,72 @@ class PostgresValkeyDispatcher(Dispatcher):
         batch.events.append((project, payload))
         await self._signal(batch)
         return task_from_record(row)
+
+    async def complete_many(
+        self, project: str, items: Sequence[tuple[str, str, Any]]
+    ) -> list[Task | exceptions.LeaseError]:
+        """See :meth:`Dispatcher.complete_many`: every item, its event and the dependents' promotion in
+        one autocommit statement; then one Valkey pipeline (unlocks, newly ready dependents, events)."""
+        now = self._now()
+        out: list[Task | exceptions.LeaseError | None] = [None] * len(items)
+        # An item repeating an earlier (key, token) can only be a second completion of the same lease.
+        first: dict[tuple[str, str], int] = {}
+        send: list[int] = []
+        for i, (key, token, _result) in enumerate(items):
+            if (key, token) in first:
+                out[i] = exceptions.LeaseError(f"task {key} is completed once in this batch already", task=key)
+            else:
+                first[(key, token)] = i
+                send.append(i)
+        rows: list[Any] = []
+        if send:
+            keys = [items[i][0] for i in send]
+            tokens = [items[i][1] for i in send]
+            results = [None if items[i][2] is None else json.dumps(items[i][2]) for i in send]
+            async with wrap_errors(), self._raw.connection() as conn:
+                rows = await conn.fetch(COMPLETE_MANY_SQL, project, keys, tokens, results, now)
+        batch = BrokerBatch()
+        for row in rows:
+            key, token = row["key"], row["done_token"]
+            out[first[(key, token)]] = task_from_record(row)
+            batch.unlocks.append((project, key, token))
+            batch.events.append(
+                (
+                    project,
+                    {
+                        "id": row["event_id"],
+                        "project": project,
+                        "task": key,
+                        "kind": EVENT_COMPLETED,
+                        "status": S.DONE.value,
+                        "version": row["version"],
+                        "at": now.isoformat(),
+                        "data": {},
+                    },
+                )
+            )
+        if rows:
+            for dep_key, role, priority, _seq, not_before in rows[0]["promoted"]:
+                if not_before is None or not_before <= now:
+                    batch.ready.append(ReadyItem(project, dep_key, role, priority))
+                else:
+                    batch.scheduled.append((project, dep_key, not_before))
+            await self._signal(batch)
+        if not items:
+            await self.require_project(None, project)
+        # Items the statement did not complete: a bad or expired token, an unknown key, or (rarely) a
+        # task depending on another item of the batch. Each goes through complete() on its own,
+        # which completes the last kind and explains the others (refusals are the exception).
+        for i in send:
+            if out[i] is None:
+                key, token, result = items[i]
+                try:
+                    out[i] = await self.complete(project, key, token, result)
+                except exceptions.LeaseError as exc:
+                    out[i] = exc
+                except exceptions.TaskNotFound as exc:
+                    out[i] = exceptions.LeaseError(exc.message, task=key)
+        return [r for r in out if r is not None]
 
     async def fail(self, project: str, key: str, token: str, error: str, retryable: bool = True) -> Task:
         """See :meth:`Dispatcher.fail`: backoff while attempts remain, else dead-letter."""

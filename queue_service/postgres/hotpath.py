@@ -37,7 +37,11 @@ from queue_service.models import Priority, Task, TaskStatus
 from queue_service.postgres import tables as t
 
 __all__ = [
+    "BATCH_STATE_SQL",
     "CLAIM_ANY_ROLE_SQL",
+    "CLAIM_MANY_ANY_ROLE_SQL",
+    "CLAIM_MANY_ROLES_SQL",
+    "COMPLETE_MANY_SQL",
     "CLAIM_ROLES_SQL",
     "COMPLETE_SQL",
     "HEARTBEAT_SQL",
@@ -109,6 +113,91 @@ SELECT done.*, logged.id AS event_id,
        ) AS promoted
 FROM done, logged
 """
+
+
+def _claim_many_sql(with_roles: bool) -> str:
+    # $1 project, $2 keys, $3 agent, $4 tokens (one per key), $5 lease expiry, $6 now, $7 event data,
+    # [$8 roles]. Keys are sorted by the caller so racing batches lock shared rows in one order.
+    roles = "AND role = ANY($8::text[])" if with_roles else ""
+    return f"""
+    WITH wanted AS (
+        SELECT k, tok FROM unnest($2::text[], $4::text[]) AS u(k, tok)
+    ), claimed AS (
+        UPDATE tasks
+        SET status = 'in-progress', assignee = $3, lease_holder = $3, lease_token = wanted.tok,
+            lease_expires_at = $5, started_at = coalesce(started_at, $6), updated_at = $6,
+            version = version + 1
+        FROM wanted
+        WHERE project = $1 AND key = wanted.k AND status = 'not-started' AND pending_deps = 0
+          AND (not_before IS NULL OR not_before <= $6) {roles}
+        RETURNING wanted.tok AS claim_token, {_RETURNING}
+    ), logged AS (
+        INSERT INTO events (project, task_key, kind, status, version, at, data)
+        SELECT project, key, 'claimed', status, version, $6, $7::jsonb FROM claimed ORDER BY priority, seq
+        RETURNING id, task_key
+    )
+    SELECT claimed.*, logged.id AS event_id FROM claimed JOIN logged ON logged.task_key = claimed.key
+    ORDER BY claimed.priority, claimed.seq
+    """
+
+
+#: Claim every listed task that is still ready, for any role (the batched :data:`CLAIM_ANY_ROLE_SQL`).
+CLAIM_MANY_ANY_ROLE_SQL = _claim_many_sql(False)
+#: Claim every listed task that is still ready and whose role is in ``$8``.
+CLAIM_MANY_ROLES_SQL = _claim_many_sql(True)
+
+#: Complete many leased tasks in one statement: $1 project, $2 keys, $3 tokens, $4 results (JSON
+#: text, NULL for none), $5 now. Each item matches only with its own live token, so a bad item just
+#: returns no row (as does the rare item that depends on another item of the batch; see below).
+#: Dependents' pending counts drop by the number of their dependencies completed here (aggregated:
+#: an UPDATE changes a row once however many source rows join it). Every returned row carries the
+#: same ``promoted`` array: dependents now ready, best first.
+COMPLETE_MANY_SQL = f"""
+WITH items AS (
+    SELECT k, tok, res FROM unnest($2::text[], $3::text[], $4::text[]) AS u(k, tok, res)
+), done AS (
+    UPDATE tasks
+    SET status = 'done', result = items.res::jsonb, completed_at = $5, updated_at = $5, version = version + 1,
+        lease_holder = NULL, lease_token = NULL, lease_expires_at = NULL
+    FROM items
+    WHERE project = $1 AND key = items.k AND lease_token = items.tok AND status = 'in-progress'
+      AND lease_expires_at > $5
+      -- A task depending on another item of the batch (possible only after a hand edit reopened
+      -- its dependency) is left out: the dependents update below would change its row a second
+      -- time in this statement, and Postgres keeps only one of the two changes. The caller
+      -- completes such an item on its own afterwards.
+      AND NOT EXISTS (
+          SELECT 1 FROM task_dependencies d JOIN tasks p ON p.id = d.depends_on_id
+          WHERE d.task_id = tasks.id AND p.key = ANY($2::text[])
+      )
+    RETURNING items.tok AS done_token, {_RETURNING}
+), logged AS (
+    INSERT INTO events (project, task_key, kind, status, version, at, data)
+    SELECT project, key, 'completed', status, version, $5, '{{}}'::jsonb FROM done ORDER BY seq
+    RETURNING id, task_key
+), counts AS (
+    SELECT d.task_id, count(*)::int AS n FROM task_dependencies d JOIN done ON d.depends_on_id = done.id
+    GROUP BY d.task_id
+), dependents AS (
+    UPDATE tasks dep SET pending_deps = dep.pending_deps - counts.n
+    FROM counts
+    WHERE dep.id = counts.task_id AND dep.project = $1
+    RETURNING dep.key, dep.role, dep.priority, dep.seq, dep.not_before, dep.status, dep.pending_deps
+)
+SELECT done.*, logged.id AS event_id,
+       ARRAY(
+           SELECT ROW(key, role, priority, seq, not_before) FROM dependents
+           WHERE status = 'not-started' AND pending_deps = 0 ORDER BY priority, seq
+       ) AS promoted
+FROM done JOIN logged ON logged.task_key = done.key
+ORDER BY logged.id
+"""
+
+#: Why batch items did not claim/complete: $1 project, $2 keys.
+BATCH_STATE_SQL = (
+    "SELECT key, status, pending_deps, not_before, role, priority, lease_expires_at FROM tasks "
+    "WHERE project = $1 AND key = ANY($2::text[])"
+)
 
 #: Extend a lease: $1 project, $2 key, $3 token, $4 now, $5 new expiry.
 HEARTBEAT_SQL = """

@@ -99,6 +99,59 @@ end
 return false
 """
 
+# Batched pops: up to ARGV[1] keys across the lists in the order given (best first), each dedupe
+# entry dropped in the same step. Returns a flat {list, key, list, key, ...}.
+_POP_MANY = """
+local n = tonumber(ARGV[1])
+local out = {}
+local got = 0
+for i = 2, #KEYS do
+  while got < n do
+    local v = redis.call('LPOP', KEYS[i])
+    if not v then break end
+    if redis.call('HGET', KEYS[1], v) == KEYS[i] then
+      redis.call('HDEL', KEYS[1], v)
+    end
+    out[#out + 1] = KEYS[i]
+    out[#out + 1] = v
+    got = got + 1
+  end
+  if got >= n then break end
+end
+return out
+"""
+
+# The batched pop for "any role": _POP_ANY's list order, up to ARGV[3] keys; priorities from ARGV[4].
+_POP_ANY_MANY = """
+local roles = redis.call('SMEMBERS', KEYS[2])
+local seen = false
+for _, r in ipairs(roles) do
+  if r == ARGV[2] then seen = true end
+end
+table.sort(roles)
+if not seen then table.insert(roles, 1, ARGV[2]) end
+local n = tonumber(ARGV[3])
+local out = {}
+local got = 0
+for p = 4, #ARGV do
+  for _, r in ipairs(roles) do
+    local list = ARGV[1] .. r .. ':' .. ARGV[p]
+    while got < n do
+      local v = redis.call('LPOP', list)
+      if not v then break end
+      if redis.call('HGET', KEYS[1], v) == list then
+        redis.call('HDEL', KEYS[1], v)
+      end
+      out[#out + 1] = list
+      out[#out + 1] = v
+      got = got + 1
+    end
+    if got >= n then return out end
+  end
+end
+return out
+"""
+
 # After a BLPOP: drop the dedupe entry only if it still points at the list the key came from.
 _FORGET = """
 if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then
@@ -358,6 +411,8 @@ class ValkeyBroker:
                 "enqueue": client.register_script(_ENQUEUE),
                 "pop": client.register_script(_POP),
                 "pop_any": client.register_script(_POP_ANY),
+                "pop_many": client.register_script(_POP_MANY),
+                "pop_any_many": client.register_script(_POP_ANY_MANY),
                 "forget": client.register_script(_FORGET),
                 "extend": client.register_script(_EXTEND),
                 "release": client.register_script(_RELEASE),
@@ -488,6 +543,25 @@ class ValkeyBroker:
             return None
         list_key, key = got
         return Popped(project=project, key=str(key), list_key=str(list_key))
+
+    async def try_pop_many(self, project: str, roles: Sequence[str] | None, limit: int) -> list[Popped]:
+        """Take up to *limit* keys, best first (as :meth:`try_pop` orders them), in one atomic step
+        and one round trip, without waiting. Returns ``[]`` if every list is empty."""
+        k = self.keys
+        with wrap_valkey_errors("pop"):
+            if roles is None:
+                got = await self._scripts["pop_any_many"](
+                    keys=[k.queued(project), k.roles(project)],
+                    args=[k.ready_prefix(project), DEFAULT_ROLE, limit, *PRIORITIES],
+                )
+            else:
+                lists = k.ready_lists(project, list(dict.fromkeys(roles)))
+                got = await self._scripts["pop_many"](keys=[k.queued(project), *lists], args=[limit])
+        flat = list(got or ())
+        return [
+            Popped(project=project, key=str(key), list_key=str(lst))
+            for lst, key in zip(flat[::2], flat[1::2], strict=True)
+        ]
 
     async def pop(
         self, project: str, roles: Sequence[str] | None = None, timeout: float = 0.0, *, try_first: bool = True

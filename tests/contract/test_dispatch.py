@@ -9,7 +9,7 @@ import pytest
 
 from queue_service import exceptions
 from queue_service.backend import Backend
-from queue_service.models import TaskStatus
+from queue_service.models import Task, TaskStatus
 from queue_service.service import QueueService
 
 S = TaskStatus
@@ -341,3 +341,173 @@ async def test_dag_chain_runs_in_order(svc: QueueService, web: str) -> None:
         order.append(c.task.key)
         await svc.complete(web, c.task.key, c.lease.token)
     assert order == [f"WEB-{i}" for i in range(1, n + 1)]
+
+
+# -- batched dispatch ---------------------------------------------------------------------------
+async def test_claim_many_returns_distinct_tasks_best_first_up_to_limit(svc: QueueService, web: str) -> None:
+    await svc.create_tasks(
+        web,
+        [
+            {"title": "low", "priority": "P3"},
+            {"title": "p1", "priority": "P1"},
+            {"title": "p2", "priority": "P2"},
+            {"title": "p1b", "priority": "P1"},
+            {"title": "top", "priority": "P0"},
+        ],
+    )
+    first = await svc.claim_many(web, "a", limit=3)
+    assert [c.task.title for c in first] == ["top", "p1", "p1b"]
+    assert len({c.lease.token for c in first}) == 3  # one fresh token per task
+    for c in first:
+        assert c.task.status is S.IN_PROGRESS
+        assert c.task.lease_holder == "a"
+        assert c.lease.expires_at == c.task.lease_expires_at
+        stored = await svc.get_task(web, c.task.key)
+        assert stored.status is S.IN_PROGRESS
+        assert stored.version == c.task.version
+    rest = await svc.claim_many(web, "b", limit=10)
+    assert [c.task.title for c in rest] == ["p2", "low"]
+    assert await svc.claim_many(web, "c", limit=10) == []
+    # every claimed token is live and fences its own task only
+    done = await svc.complete(web, first[0].task.key, first[0].lease.token)
+    assert done.status is S.DONE
+    with pytest.raises(exceptions.LeaseError):
+        await svc.complete(web, first[1].task.key, first[2].lease.token)
+
+
+async def test_claim_many_respects_roles_and_dependencies(svc: QueueService, web: str) -> None:
+    await svc.create_tasks(
+        web,
+        [
+            {"title": "dev1", "role": "dev"},
+            {"title": "qa1", "role": "qa"},
+            {"title": "dev2", "role": "dev", "depends_on": ["#0"]},
+            {"title": "dev3", "role": "dev"},
+        ],
+    )
+    got = await svc.claim_many(web, "d", roles=["dev"], limit=10)
+    assert sorted(c.task.title for c in got) == ["dev1", "dev3"]
+    assert await svc.claim_many(web, "d", roles=["dev"], limit=10) == []
+    assert await svc.claim_many(web, "o", roles=["ops"], limit=10) == []
+    qa = await svc.claim_many(web, "q", limit=10)
+    assert [c.task.title for c in qa] == ["qa1"]
+
+
+async def test_concurrent_claim_many_each_task_claimed_exactly_once(svc: QueueService, web: str) -> None:
+    await svc.create_tasks(web, [{"title": f"t{i}"} for i in range(200)])
+    claimed: list[str] = []
+
+    async def agent(i: int) -> None:
+        while got := await svc.claim_many(web, f"a{i}", limit=10):
+            assert len(got) <= 10
+            claimed.extend(c.task.key for c in got)
+            results = await svc.complete_many(web, [(c.task.key, c.lease.token, {"by": i}) for c in got])
+            assert all(not isinstance(r, exceptions.LeaseError) for r in results)
+
+    await asyncio.gather(*(agent(i) for i in range(8)))
+    assert sorted(claimed) == sorted(f"WEB-{i}" for i in range(1, 201))
+    stats = await svc.stats(web)
+    assert stats.by_status["done"] == 200
+
+
+async def test_complete_many_checks_each_item_and_promotes(svc: QueueService, web: str) -> None:
+    a, b, c, d, e = await svc.create_tasks(
+        web,
+        [
+            {"title": "a"},
+            {"title": "b"},
+            {"title": "c"},
+            {"title": "needs a and b", "depends_on": ["#0", "#1"]},
+            {"title": "needs c", "depends_on": ["#2"]},
+        ],
+    )
+    claims = {x.task.key: x for x in await svc.claim_many(web, "x", limit=10)}
+    assert set(claims) == {a.key, b.key, c.key}
+    before_c = await svc.get_task(web, c.key)
+    results = await svc.complete_many(
+        web,
+        [
+            (a.key, claims[a.key].lease.token, {"n": 1}),
+            (c.key, "wrong-token", None),
+            (b.key, claims[b.key].lease.token, None),
+            (a.key, claims[a.key].lease.token, {"n": 2}),  # repeat: already completed above
+            ("WEB-999", "whatever", None),
+        ],
+    )
+    assert len(results) == 5
+    ra, rc, rb, ra2, rmissing = results
+    assert isinstance(ra, Task) and ra.status is S.DONE and ra.result == {"n": 1}
+    assert isinstance(rb, Task) and rb.status is S.DONE and rb.lease_holder is None
+    assert isinstance(rc, exceptions.LeaseError)
+    assert isinstance(ra2, exceptions.LeaseError)
+    assert isinstance(rmissing, exceptions.LeaseError)
+    assert await svc.get_task(web, c.key) == before_c  # the refused item changed nothing
+    assert (await svc.get_task(web, a.key)).result == {"n": 1}
+    # d's two dependencies completed in the same batch: it is ready now; e still waits for c
+    nxt = await svc.claim_many(web, "y", limit=10)
+    assert [x.task.key for x in nxt] == [d.key]
+    again = await svc.complete_many(web, [(c.key, claims[c.key].lease.token, None)])
+    assert isinstance(again[0], Task)
+    last = await svc.claim_many(web, "y", limit=10)
+    assert [x.task.key for x in last] == [e.key]
+    events = await svc.list_events(web)
+    assert sum(1 for ev in events if ev.kind == "completed") == 3
+
+
+async def test_complete_many_refuses_expired_lease(svc: QueueService, web: str) -> None:
+    await svc.create_tasks(web, [{"title": "a"}, {"title": "b"}])
+    short = await svc.claim_many(web, "z", limit=1, lease_seconds=0.2)
+    long = await svc.claim_many(web, "z", limit=1)
+    await asyncio.sleep(0.35)
+    res = await svc.complete_many(
+        web, [(short[0].task.key, short[0].lease.token, None), (long[0].task.key, long[0].lease.token, None)]
+    )
+    assert isinstance(res[0], exceptions.LeaseError)
+    assert isinstance(res[1], Task)
+    assert (await svc.get_task(web, short[0].task.key)).status is S.IN_PROGRESS
+
+
+async def test_claim_many_wait_returns_on_first_ready_task(svc: QueueService, web: str) -> None:
+    assert await svc.claim_many(web, "x", limit=5, wait=0.2) == []
+    a, b = await svc.create_tasks(web, [{"title": "a"}, {"title": "b", "depends_on": ["#0"]}])
+    ca = await svc.claim_many(web, "x", limit=5, wait=1)
+    assert [c.task.key for c in ca] == [a.key]
+    waiter = asyncio.create_task(svc.claim_many(web, "y", limit=5, wait=10))
+    await asyncio.sleep(0.2)
+    assert not waiter.done()
+    started = time.monotonic()
+    await svc.complete_many(web, [(a.key, ca[0].lease.token, None)])
+    got = await asyncio.wait_for(waiter, 10)
+    assert [c.task.key for c in got] == [b.key]
+    assert time.monotonic() - started < 9  # woken, not timed out
+
+
+async def test_claim_many_validates_limit(svc: QueueService, web: str) -> None:
+    for bad in (0, 1001, -1):
+        with pytest.raises(exceptions.ValidationError):
+            await svc.claim_many(web, "x", limit=bad)
+    with pytest.raises(exceptions.ProjectNotFound):
+        await svc.claim_many("nope", "x", limit=2)
+    with pytest.raises(exceptions.ProjectNotFound):
+        await svc.complete_many("nope", [("NOPE-1", "t", None)])
+
+
+async def test_complete_many_with_a_task_and_its_reopened_dependency(svc: QueueService, web: str) -> None:
+    # B was claimed while A was done; A was then reopened by hand and claimed again. Completing both
+    # in one batch must complete both (and leave B's readiness bookkeeping right).
+    a, b = await svc.create_tasks(web, [{"title": "a"}, {"title": "b", "depends_on": ["#0"]}])
+    ca = (await svc.claim_many(web, "x", limit=5))[0]
+    await svc.complete(web, a.key, ca.lease.token)
+    cb = (await svc.claim_many(web, "x", limit=5))[0]
+    assert cb.task.key == b.key
+    await svc.update_task(web, a.key, {"status": "not-started"})
+    ca2 = await svc.claim_many(web, "x", limit=5)
+    assert [c.task.key for c in ca2] == [a.key]
+    res = await svc.complete_many(web, [(a.key, ca2[0].lease.token, 1), (b.key, cb.lease.token, 2)])
+    assert [r.status for r in res if isinstance(r, Task)] == [S.DONE, S.DONE]
+    assert (await svc.get_task(web, a.key)).result == 1
+    assert (await svc.get_task(web, b.key)).result == 2
+    # reopening B now makes it ready at once (its dependency is done)
+    await svc.update_task(web, b.key, {"status": "not-started"})
+    again = await svc.claim_many(web, "x", limit=5)
+    assert [c.task.key for c in again] == [b.key]
