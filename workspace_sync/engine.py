@@ -25,6 +25,7 @@ import dataclasses
 import hashlib
 import logging
 import os
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -65,6 +66,12 @@ _PAGE = 1000
 _EVENT_PAGE = 10_000
 _MAX_RETRIES = 5
 _MAX_CONFLICTS_KEPT = 50
+#: a cycle re-lists every task at least this often even when events say nothing else changed
+_FULL_LIST_SECONDS = 60.0
+#: more changed tasks than this since the last cycle: list them all rather than fetch them by key
+_INCREMENTAL_MAX = 2_000
+#: how a table's columns read a row (a changed header changes what an unchanged row means)
+_TableShape = tuple[tuple[str, str], ...]
 
 
 def mission_path(workspace: Path | str, mission: Mission) -> Path:
@@ -103,6 +110,38 @@ def _error_entry(line: int, column: int, message: str, key: str | None) -> dict[
     return {"line": line, "column": column, "key": key, "message": message}
 
 
+def _table_shape(row: Row) -> _TableShape:
+    return tuple((c.name, c.field) for c in row.table.columns)
+
+
+@dataclasses.dataclass
+class _Memo:
+    """What a completed cycle knew, so the next one only looks at what changed since.
+
+    Valid only while the stored state is still the one that cycle wrote (same ``gen``, event cursor
+    and file hash): another process syncing the same file, or a failed cycle, drops it.
+
+    Attributes:
+        gen: the ``gen`` of the stored state the cycle wrote.
+        event_id: the event cursor it stored; ``tasks`` are at least as fresh as that.
+        file_hash: the file's hash it stored.
+        tasks: every task of the project.
+        rows: per key, what the file's row said (data and its table's columns) when the cycle ended;
+            only rows that ended clean (no errors anywhere in the file).
+        listed_at: ``time.monotonic()`` of the last full listing of the tasks.
+        doc: the document as rendered (it renders to the file of ``file_hash``), when it was clean;
+            a cycle that finds the file unchanged reuses it instead of parsing the file again.
+    """
+
+    gen: int
+    event_id: int
+    file_hash: str
+    tasks: dict[str, Task]
+    rows: dict[str, tuple[RowData, _TableShape]]
+    listed_at: float
+    doc: TasksDocument | None = None
+
+
 class _Cycle:
     """The state of one sync cycle over a parsed document."""
 
@@ -118,6 +157,7 @@ class _Cycle:
         adopting: bool,
         idem_prefix: str,
         report: SyncReport,
+        known_rows: dict[str, tuple[RowData, _TableShape]] | None = None,
     ) -> None:
         self.s = sync
         self.svc = sync.service
@@ -131,6 +171,7 @@ class _Cycle:
         self.adopting = adopting
         self.idem_prefix = idem_prefix
         self.report = report
+        self.known_rows = known_rows or {}
         self.new_base: dict[str, Any] = {}
         self.conflicts: list[dict[str, Any]] = []
         self.own_versions = sync.own_versions
@@ -183,6 +224,9 @@ class _Cycle:
                     present.discard(row.key)
                 else:
                     self.error(row, f"task {row.key} belongs to mission {task.mission}; edit it in that mission's file")
+            elif self.unchanged(row, task):
+                # neither side changed since the last cycle: the merge would do nothing
+                self.new_base[row.key] = self.base_rows[row.key]
             else:
                 existing.append((row, task))
         # new rows first: an edited row may name a task created in the same save
@@ -197,6 +241,17 @@ class _Cycle:
             for key, entry in self.base_rows.items():
                 self.new_base.setdefault(key, entry)
         self.append_missing(present)
+
+    def unchanged(self, row: Row, task: Task) -> bool:
+        """The row says what it said when the last cycle ended, and the task kept the base's version."""
+        assert row.key is not None
+        known = self.known_rows.get(row.key)
+        if known is None:
+            return False
+        entry = self.base_rows.get(row.key)
+        return (
+            entry is not None and entry["v"] == task.version and known[0] == row.data and known[1] == _table_shape(row)
+        )
 
     async def add_milestones(self) -> None:
         """Sections the mission does not know yet become milestones of the mission."""
@@ -502,6 +557,7 @@ class FileSync:
         self.last_report: SyncReport | None = None
         self._events: list[Any] = []
         self._cursor = 0
+        self._memo: _Memo | None = None
 
     @property
     def state_key(self) -> str:
@@ -558,6 +614,23 @@ class FileSync:
             if cursor is None:
                 return tasks
 
+    async def _changed_tasks(self, known: dict[str, Task], events: Sequence[Any]) -> dict[str, Task] | None:
+        """*known* updated with the tasks *events* name (None: too many, list them all instead)."""
+        keys = sorted({e.task for e in events if e.task})
+        if len(keys) > _INCREMENTAL_MAX:
+            return None
+        tasks = dict(known)
+        for start in range(0, len(keys), _PAGE):
+            chunk = keys[start : start + _PAGE]
+            found = {t.key: t for t in await self.service.get_tasks(self.project, chunk)}
+            for key in chunk:
+                task = found.get(key)
+                if task is None:
+                    tasks.pop(key, None)
+                else:
+                    tasks[key] = task
+        return tasks
+
     async def status(self) -> dict[str, Any]:
         """The stored sync state's public part: path, errors, recent conflicts, problem, last sync."""
         state = await self.service.get_sync_state(self.project, self.state_key) or {}
@@ -600,6 +673,18 @@ class FileSync:
         state = await svc.get_sync_state(slug, self.state_key) or {}
         base: dict[str, Any] | None = state.get("base")
         cursor = self._cursor = int(state.get("event_id", 0))
+        gen = int(state.get("gen", 0))
+        # taken out first: a cycle that fails or returns early leaves no memo behind
+        memo, self._memo = self._memo, None
+        if memo is not None and (
+            force
+            or base is None
+            or memo.gen != gen
+            or memo.event_id != cursor
+            or memo.file_hash != base.get("file_hash")
+            or time.monotonic() - memo.listed_at > _FULL_LIST_SECONDS
+        ):
+            memo = None
         events, new_cursor = await self._events_since(cursor)
         self._events = events
         self.own_versions = set()
@@ -621,6 +706,7 @@ class FileSync:
             and not state.get("errors")  # a row may become valid once another task exists: retry it
         ):
             self.last_hash = file_hash
+            self._memo = memo
             report.skipped = True
             return report
         text: str | None = None
@@ -630,16 +716,24 @@ class FileSync:
             except UnicodeDecodeError as exc:
                 return await self._problem(f"{self.path} is not UTF-8 text ({exc}); left untouched")
         mission = await svc.get_mission(slug, self.mission)
-        tasks = await self._all_tasks()
+        changed = None if memo is None else await self._changed_tasks(memo.tasks, events)
+        if changed is None or memo is None:
+            listed_at = time.monotonic()
+            tasks = await self._all_tasks()
+            known_rows: dict[str, tuple[RowData, _TableShape]] = {}
+        else:
+            listed_at, tasks, known_rows = memo.listed_at, changed, memo.rows
         agent_keys = {e.task for e in events if e.task and e.kind not in m.HUMAN_EVENT_KINDS}
-        gen = int(state.get("gen", 0))
         hidden: dict[str, int] = dict((base or {}).get("hidden", {}))
         conflicts: list[dict[str, Any]] = list(state.get("conflicts", []))
 
+        final: TasksDocument | None = None
         if text is None:
             new_text, new_base = self._fresh(mission, tasks, hidden)
         else:
-            doc = parse(text)
+            # the file is still what the last cycle rendered: its document is already parsed
+            kept = memo.doc if memo is not None and file_hash == memo.file_hash else None
+            doc = kept if kept is not None else parse(text)
             cycle = _Cycle(
                 self,
                 mission,
@@ -651,12 +745,14 @@ class FileSync:
                 base is None,
                 f"sync:{hashlib.sha256(self.state_key.encode()).hexdigest()[:12]}:{gen}",
                 report,
+                known_rows,
             )
             report.adopted = base is None
             await cycle.run()
             new_text = doc.render()
             new_base = cycle.new_base
             mission_changed = cycle.mission_changed
+            final = doc
             conflicts = (conflicts + cycle.conflicts)[-_MAX_CONFLICTS_KEPT:]
 
         data = new_text.encode("utf-8")
@@ -673,7 +769,9 @@ class FileSync:
         tail, tail_cursor = await self._events_since(new_cursor)
         if all(self._is_own(e, mission_changed) for e in tail):
             new_cursor = tail_cursor
-        final = parse(new_text)
+        if final is None or _has_errors(final):
+            # line numbers of the rendered text (a clean document has no errors to place)
+            final = parse(new_text)
         errors = collect_errors(final)
         report.errors = errors
         new_state = {
@@ -688,6 +786,16 @@ class FileSync:
             "synced_at": utcnow().isoformat(),
         }
         await svc.put_sync_state(slug, self.state_key, new_state)
+        rows: dict[str, tuple[RowData, _TableShape]] = {}
+        if not errors:
+            shapes: dict[int, _TableShape] = {}
+            for row in final.rows():
+                if row.key is not None and row.data is not None:
+                    shape = shapes.get(id(row.table))
+                    if shape is None:
+                        shape = shapes[id(row.table)] = _table_shape(row)
+                    rows[row.key] = (row.data, shape)
+        self._memo = _Memo(gen + 1, new_cursor, new_hash, tasks, rows, listed_at, None if errors else final)
         return report
 
     def _fresh(self, mission: Mission, tasks: dict[str, Task], hidden: dict[str, int]) -> tuple[str, dict[str, Any]]:
@@ -705,6 +813,11 @@ class FileSync:
             strict_coord=self.strict_coord,
         )
         return text, {t.key: {"v": t.version, "f": m.task_values(t)} for t in mine}
+
+
+def _has_errors(doc: TasksDocument) -> bool:
+    """Whether :func:`collect_errors` would find anything in *doc*."""
+    return bool(doc.errors) or any(marker.kind is MarkerKind.ERROR for row in doc.rows() for marker in row.markers)
 
 
 def collect_errors(doc: TasksDocument) -> list[dict[str, Any]]:
