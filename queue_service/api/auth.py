@@ -51,8 +51,14 @@ class Authenticator:
             return True
         now = time.monotonic()
         if now - self._checked_at >= self._recheck:
-            self._enabled = await self._records.count_api_tokens() > 0
+            # claim the re-check before awaiting: requests arriving meanwhile use the cached answer
+            # instead of each running their own count
             self._checked_at = now
+            try:
+                self._enabled = await self._records.count_api_tokens() > 0
+            except BaseException:
+                self._checked_at = float("-inf")
+                raise
         return self._enabled
 
     async def authenticate(self, credential: str | None) -> Principal:
