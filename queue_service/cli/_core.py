@@ -29,9 +29,7 @@ from typer.core import TyperArgument, TyperCommand, TyperOption
 
 from queue_service import exceptions
 from queue_service.models import (
-    Claim,
     Event,
-    Lease,
     Mission,
     MissionCreate,
     Note,
@@ -47,6 +45,7 @@ from queue_service.models import (
     TaskUpdate,
     validate_slug,
 )
+from queue_service.runner import RunnerOps
 from queue_service.settings import Settings
 
 if TYPE_CHECKING:
@@ -91,11 +90,10 @@ T = TypeVar("T")
 stdout = Console(highlight=False, soft_wrap=True)
 
 
-class QueueOps(Protocol):
-    """The operations the CLI and the runner use, as both QueueService and AsyncClient spell them."""
+class QueueOps(RunnerOps, Protocol):
+    """The operations the CLI uses (the runner's plus these), as both QueueService and AsyncClient spell them."""
 
     async def create_project(self, data: ProjectCreate | Mapping[str, Any], /) -> Project: ...
-    async def get_project(self, slug: str, /) -> Project: ...
     async def list_projects(self) -> list[Project]: ...
     async def create_mission(self, project: str, data: MissionCreate | Mapping[str, Any], /) -> Mission: ...
     async def list_missions(self, project: str, /) -> list[Mission]: ...
@@ -125,19 +123,6 @@ class QueueOps(Protocol):
     async def dependents(self, project: str, key: str, /) -> list[Task]: ...
     async def list_events(self, project: str, after_id: int = 0, limit: int = 1000, /) -> list[Event]: ...
     async def stats(self, project: str, /) -> QueueStats: ...
-    async def claim(
-        self,
-        project: str,
-        agent: str,
-        roles: Sequence[str] | None = None,
-        wait: float = 0.0,
-        lease_seconds: float | None = None,
-        /,
-    ) -> Claim | None: ...
-    async def heartbeat(self, project: str, key: str, token: str, lease_seconds: float | None = None, /) -> Lease: ...
-    async def complete(self, project: str, key: str, token: str, result: Any = None, /) -> Task: ...
-    async def fail(self, project: str, key: str, token: str, error: str, retryable: bool = True, /) -> Task: ...
-    async def release(self, project: str, key: str, token: str, /) -> Task: ...
     async def export_project(self, project: str, /) -> ProjectSnapshot: ...
     async def import_project(self, snapshot: ProjectSnapshot, /) -> Project: ...
 
