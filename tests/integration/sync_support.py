@@ -24,7 +24,7 @@ FAST = DispatchConfig(
     max_queue_depth=5000,
     sweep_seconds=0.1,
 )
-SAMPLES = Path(__file__).resolve().parents[2].parent / "shared" / "samples"
+SAMPLES = Path(__file__).resolve().parents[1] / "data" / "samples"
 DEADLINE = 20.0
 
 

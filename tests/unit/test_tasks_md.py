@@ -20,9 +20,7 @@ from workspace_sync.format import (
     render_document,
 )
 
-SAMPLES = Path("/work/shared/samples")
-if not SAMPLES.is_dir():  # the repo's sibling checkout, wherever it lives
-    SAMPLES = Path(__file__).resolve().parents[3] / "shared" / "samples"
+SAMPLES = Path(__file__).resolve().parents[1] / "data" / "samples"
 
 HEADER = (
     "| id | status | description | agent | priority | depends_on | notes |\n"
