@@ -1,8 +1,9 @@
 """Suite ``rest`` (issue 4): claim+complete through HTTP with 16 client agents against one and two
 uvicorn replicas sharing one Postgres database and Valkey prefix, beside the in-process figure.
 
-Replicas are ``bench._serve`` subprocesses (the real ``create_app``, orchestrator on, sync off) on
-loopback ports. Client agents are coroutines in this process, each looping ``POST …/claims`` →
+Replicas are ``queue-service serve`` subprocesses (the real command: orchestrator on, sync off,
+configured through ``QUEUE_*`` variables including ``QUEUE_VALKEY_PREFIX``) on loopback ports.
+Client agents are coroutines in this process, each looping ``POST …/claims`` →
 ``POST …/tasks/{key}/complete`` over a shared ``httpx.AsyncClient`` (keep-alive). With two replicas
 the agents are split 8/8. Each round runs in-process, one replica and two replicas on fresh projects.
 """
@@ -54,11 +55,35 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _serve_command() -> list[str]:
+    """``queue-service serve`` from this interpreter's environment (``python -m queue_service`` without
+    the console script)."""
+    script = Path(sys.executable).parent / "queue-service"
+    return [str(script), "serve"] if script.exists() else [sys.executable, "-m", "queue_service", "serve"]
+
+
+def _replica_env(url: str, prefix: str, port: int) -> dict[str, str]:
+    """This environment without any queue configuration of its own, plus the replica's."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("QUEUE_", "MOSAIC_"))}
+    env.update(
+        QUEUE_DATABASE_URL=url,
+        QUEUE_VALKEY_URL=VALKEY_URL,
+        QUEUE_VALKEY_PREFIX=prefix,
+        QUEUE_HOST="127.0.0.1",
+        QUEUE_PORT=str(port),
+        QUEUE_SYNC="false",
+        # the bench queues more than the default backpressure limit at once
+        QUEUE_MAX_QUEUE_DEPTH="1000000",
+        QUEUE_LOG_LEVEL="WARNING",
+    )
+    return env
+
+
 async def _start_replica(url: str, prefix: str) -> tuple[asyncio.subprocess.Process, str]:
     import httpx
 
     port = _free_port()
-    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "bench._serve", str(port), url, prefix)
+    proc = await asyncio.create_subprocess_exec(*_serve_command(), env=_replica_env(url, prefix, port))
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     async with httpx.AsyncClient(base_url=base) as client:
@@ -214,9 +239,8 @@ async def run(ctx: Context) -> None:
         "client-side time of one claim call (wait_seconds=0) under full load"
     )
     t.notes.append(
-        "Settings has no Valkey key-prefix option, so replicas are started by bench._serve with the prefix "
-        "passed to PostgresValkeyBackend directly (QUEUE_DATABASE_URL/QUEUE_VALKEY_URL alone would share "
-        "mosaic:queue)"
+        "replicas: `queue-service serve` with QUEUE_DATABASE_URL, QUEUE_VALKEY_URL, QUEUE_VALKEY_PREFIX (the "
+        "bench's own key space), QUEUE_SYNC=false, QUEUE_MAX_QUEUE_DEPTH=1000000"
     )
     for m in modes:
         if any(x.stopped_early for x in results[m]):

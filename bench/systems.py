@@ -3,7 +3,8 @@
 Each system offers the same three workloads, written with that system's documented API:
 
 * ``drain(n, agents)``: *n* no-op tasks already queued, *agents* consumers take and finish them.
-  Ours: *agents* coroutines looping ``claim`` → ``complete`` on one in-process QueueService.
+  Ours: *agents* coroutines looping ``claim`` → ``complete`` on one in-process QueueService; ours
+  also has ``drain_batched``, the same with ``claim_many(limit=10)`` → ``complete_many``.
   pgqueuer: *agents* ``QueueManager`` instances, each on its own asyncpg connection, ``batch_size=10``
   (pgqueuer's own benchmark setup; it dequeues 10 per round trip and batches the completion log).
   procrastinate: one worker with ``concurrency=agents`` (its documented way to run N jobs at once).
@@ -28,7 +29,15 @@ from typing import Any
 
 from bench.common import VALKEY_URL, asyncpg_dsn, fresh_database, valkey_prefix
 
-__all__ = ["DrainResult", "OursSystem", "PgqueuerSystem", "ProcrastinateSystem", "System"]
+__all__ = [
+    "DrainResult",
+    "OursSystem",
+    "PgqueuerSystem",
+    "ProcrastinateSystem",
+    "System",
+    "drain_project",
+    "drain_project_batched",
+]
 
 #: Idle claimers block this long per claim call (they loop until told to stop).
 _IDLE_WAIT = 1.0
@@ -150,6 +159,12 @@ class OursSystem(System):
         await self.svc.create_tasks(slug, [{"title": f"noop {i}"} for i in range(n)])
         return await drain_project(self.svc, slug, agents, time_limit)
 
+    async def drain_batched(self, n: int, agents: int, time_limit: float, batch: int) -> DrainResult:
+        """Like :meth:`drain`, each agent looping ``claim_many(limit=batch)`` → ``complete_many``."""
+        slug = await self.new_project()
+        await self.svc.create_tasks(slug, [{"title": f"noop {i}"} for i in range(n)])
+        return await drain_project_batched(self.svc, slug, agents, time_limit, batch)
+
     async def _idle_agents(
         self, slug: str, agents: int, on_claim: Callable[[str, float], Awaitable[None] | None]
     ) -> tuple[asyncio.Event, list[asyncio.Task[None]]]:
@@ -269,6 +284,34 @@ async def drain_project(svc: Any, slug: str, agents: int, time_limit: float) -> 
                 return
             await svc.complete(slug, claim.task.key, claim.lease.token)
             done += 1
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(agent(i) for i in range(agents)))
+    return DrainResult(done, time.perf_counter() - t0, latencies, stopped)
+
+
+async def drain_project_batched(svc: Any, slug: str, agents: int, time_limit: float, batch: int) -> DrainResult:
+    """*agents* coroutines looping ``claim_many(limit=batch)`` → ``complete_many`` on *svc* until the
+    project has nothing ready. Only completions that succeeded count; latencies are per claim_many call."""
+    done = 0
+    latencies: list[float] = []
+    deadline = time.perf_counter() + time_limit
+    stopped = False
+
+    async def agent(i: int) -> None:
+        nonlocal done, stopped
+        agent_id = f"bench-batch-agent-{i}"
+        while True:
+            if time.perf_counter() > deadline:
+                stopped = True
+                return
+            t = time.perf_counter()
+            claims = await svc.claim_many(slug, agent_id, limit=batch)
+            latencies.append(time.perf_counter() - t)
+            if not claims:
+                return
+            results = await svc.complete_many(slug, [(c.task.key, c.lease.token, None) for c in claims])
+            done += sum(1 for r in results if not isinstance(r, Exception))
 
     t0 = time.perf_counter()
     await asyncio.gather(*(agent(i) for i in range(agents)))
