@@ -398,10 +398,10 @@ class _Dispatch(Dispatcher):
 
     async def complete_many(
         self, project: str, items: Sequence[tuple[str, str, Any]]
-    ) -> list[Task | exceptions.LeaseError]:
+    ) -> list[Task | exceptions.QueueServiceError]:
         """See :meth:`Dispatcher.complete_many`: one lock, one journal entry for the batch."""
 
-        def op(txn: Txn) -> list[Task | exceptions.LeaseError]:
+        def op(txn: Txn) -> list[Task | exceptions.QueueServiceError]:
             changes, out = txn.state.plan_complete_many(items, txn.now)
             txn.commit(changes)
             return out

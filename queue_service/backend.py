@@ -292,7 +292,7 @@ class Dispatcher(abc.ABC):
 
     async def complete_many(
         self, project: str, items: Sequence[tuple[str, str, Any]]
-    ) -> list[Task | exceptions.LeaseError]:
+    ) -> list[Task | exceptions.QueueServiceError]:
         """Complete several leased tasks: each item is ``(key, token, result)``.
 
         Every item is checked on its own, as :meth:`complete` checks it: a wrong or expired token
@@ -300,12 +300,14 @@ class Dispatcher(abc.ABC):
         yields a ``LeaseError`` in that item's slot of the answer and changes nothing for that
         item, while the valid items complete and promote their dependents exactly as
         :meth:`complete` does. The answer has one slot per item, in order. Raises ProjectNotFound
-        for an unknown project (nothing changes).
+        for an unknown project (nothing changes). Once some items are committed the call no longer
+        raises: a storage failure that hits a later item is reported in that item's slot
+        (BackendError), so a completed item is never reported as failed.
 
         This default completes one item at a time through :meth:`complete` (correct, not
         batched); backends override it to write the whole batch in one transaction.
         """
-        out: list[Task | exceptions.LeaseError] = []
+        out: list[Task | exceptions.QueueServiceError] = []
         for key, token, result in items:
             try:
                 out.append(await self.complete(project, key, token, result))

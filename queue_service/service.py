@@ -269,7 +269,7 @@ class QueueService:
 
     async def complete_many(
         self, project: str, items: Sequence[tuple[str, str, Any]]
-    ) -> list[Task | exceptions.LeaseError]:
+    ) -> list[Task | exceptions.QueueServiceError]:
         """Complete up to 1000 claimed tasks, each ``(key, token, result)``; a LeaseError in the slot of
         each refused item (the others complete)."""
         if len(items) > MAX_PAGE:

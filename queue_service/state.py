@@ -722,7 +722,7 @@ class ProjectState:
 
     def plan_complete_many(
         self, items: Sequence[tuple[str, str, Any]], now: datetime
-    ) -> tuple[Changes, list[Task | exceptions.LeaseError]]:
+    ) -> tuple[Changes, list[Task | exceptions.QueueServiceError]]:
         """Complete each valid ``(key, token, result)`` in one Changes; see Dispatcher.complete_many.
 
         Items are checked in order against the state *including* this batch's earlier items, so a
@@ -730,7 +730,7 @@ class ProjectState:
         """
         changes = Changes()
         view = _View(self, changes)
-        out: list[Task | exceptions.LeaseError] = []
+        out: list[Task | exceptions.QueueServiceError] = []
         for key, token, result in items:
             try:
                 task = self._check_token(key, token, now, view)

@@ -276,7 +276,7 @@ class _Dispatch(Dispatcher):
 
     async def complete_many(
         self, project: str, items: Sequence[tuple[str, str, Any]]
-    ) -> list[Task | exceptions.LeaseError]:
+    ) -> list[Task | exceptions.QueueServiceError]:
         """See :meth:`Dispatcher.complete_many`: one plan, one apply."""
         state = self.b.state(project)
         changes, out = state.plan_complete_many(items, self.b.now())

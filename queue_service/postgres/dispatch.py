@@ -28,6 +28,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
+import asyncpg
 from sqlalchemy import Text, bindparam, func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -338,12 +339,24 @@ class PostgresValkeyDispatcher(Dispatcher):
             raise exceptions.ValidationError(f"limit must be at least 1, got {limit}", value=limit)
         deadline = time.monotonic() + max(0.0, wait)
         claims: list[Claim] = []
+
+        def done() -> list[Claim]:
+            claims.sort(key=lambda c: (c.task.priority.value, c.task.seq))
+            return claims
+
         while True:
             want = limit - len(claims)
-            keys = [p.key for p in await self.broker.try_pop_many(project, role_list, want)]
+            try:
+                keys = [p.key for p in await self.broker.try_pop_many(project, role_list, want)]
+            except exceptions.BackendError as exc:
+                # claims already won are committed and hold live locks: hand them out, never drop them
+                if not claims:
+                    raise
+                logger.warning("claim_many: keeping %d claim(s) already won: %s", len(claims), exc)
+                return done()
             if not keys:
                 if claims:
-                    return claims
+                    return done()
                 # Idle: as in claim(), queue due backoffs, then block on one key until one arrives.
                 released, next_in = await self.release_due(project)
                 if released:
@@ -357,12 +370,17 @@ class PostgresValkeyDispatcher(Dispatcher):
                 if popped is None:
                     continue
                 keys = [popped.key]
-            claims.extend(await self._claim_keys(project, keys, agent, role_list, lease))
+            try:
+                claims.extend(await self._claim_keys(project, keys, agent, role_list, lease))
+            except exceptions.BackendError as exc:
+                if not claims:
+                    raise
+                logger.warning("claim_many: keeping %d claim(s) already won: %s", len(claims), exc)
+                return done()
             # Done when full, or when the lists ran dry (fewer keys than asked) and we hold something.
             # Otherwise some popped keys were stale and more may be listed: pop again.
             if len(claims) >= limit or (claims and len(keys) < want):
-                claims.sort(key=lambda c: (c.task.priority.value, c.task.seq))
-                return claims
+                return done()
 
     async def _claim_keys(
         self, project: str, keys: list[str], agent: str, roles: list[str] | None, lease: float
@@ -381,8 +399,14 @@ class PostgresValkeyDispatcher(Dispatcher):
             rows = await conn.fetch(CLAIM_MANY_ANY_ROLE_SQL if roles is None else CLAIM_MANY_ROLES_SQL, *args)
             won = {row["key"] for row in rows}
             stale = [k for k in keys if k not in won]
+            states: list[Any] = []
             if stale:
-                for st in await conn.fetch(BATCH_STATE_SQL, project, stale):
+                try:
+                    states = list(await conn.fetch(BATCH_STATE_SQL, project, stale))
+                except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+                    # the claims above are committed: keep them; a misplaced stale key is left to reconcile
+                    logger.warning("restage lookup after a batch claim failed: %s", exc)
+                for st in states:
                     fix = self._restage(st, project, st["key"], roles, now)
                     if fix:
                         restage.ready.extend(fix.ready)
@@ -475,11 +499,11 @@ class PostgresValkeyDispatcher(Dispatcher):
 
     async def complete_many(
         self, project: str, items: Sequence[tuple[str, str, Any]]
-    ) -> list[Task | exceptions.LeaseError]:
+    ) -> list[Task | exceptions.QueueServiceError]:
         """See :meth:`Dispatcher.complete_many`: every item, its event and the dependents' promotion in
         one autocommit statement; then one Valkey pipeline (unlocks, newly ready dependents, events)."""
         now = self._now()
-        out: list[Task | exceptions.LeaseError | None] = [None] * len(items)
+        out: list[Task | exceptions.QueueServiceError | None] = [None] * len(items)
         # An item repeating an earlier (key, token) can only be a second completion of the same lease.
         first: dict[tuple[str, str], int] = {}
         send: list[int] = []
@@ -537,6 +561,9 @@ class PostgresValkeyDispatcher(Dispatcher):
                     out[i] = exc
                 except exceptions.TaskNotFound as exc:
                     out[i] = exceptions.LeaseError(exc.message, task=key)
+                except exceptions.BackendError as exc:
+                    # the batch statement above is committed: report this item, don't raise over it
+                    out[i] = exc
         return [r for r in out if r is not None]
 
     async def fail(self, project: str, key: str, token: str, error: str, retryable: bool = True) -> Task:

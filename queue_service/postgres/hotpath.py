@@ -100,10 +100,15 @@ WITH done AS (
     INSERT INTO events (project, task_key, kind, status, version, at, data)
     SELECT project, key, 'completed', status, version, $5, '{{}}'::jsonb FROM done
     RETURNING id
+), locked AS (
+    -- one global lock order (by id): completions that share dependents can never deadlock
+    SELECT dep.id FROM tasks dep
+    JOIN task_dependencies d ON dep.id = d.task_id JOIN done ON d.depends_on_id = done.id
+    WHERE dep.project = $1 ORDER BY dep.id FOR UPDATE OF dep
 ), dependents AS (
     UPDATE tasks dep SET pending_deps = dep.pending_deps - 1
-    FROM task_dependencies d, done
-    WHERE d.depends_on_id = done.id AND dep.id = d.task_id AND dep.project = $1
+    FROM locked
+    WHERE dep.id = locked.id
     RETURNING dep.key, dep.role, dep.priority, dep.seq, dep.not_before, dep.status, dep.pending_deps
 )
 SELECT done.*, logged.id AS event_id,
@@ -178,10 +183,14 @@ WITH items AS (
 ), counts AS (
     SELECT d.task_id, count(*)::int AS n FROM task_dependencies d JOIN done ON d.depends_on_id = done.id
     GROUP BY d.task_id
+), locked AS (
+    -- one global lock order (by id), as in COMPLETE_SQL
+    SELECT dep.id, counts.n FROM tasks dep JOIN counts ON dep.id = counts.task_id
+    WHERE dep.project = $1 ORDER BY dep.id FOR UPDATE OF dep
 ), dependents AS (
-    UPDATE tasks dep SET pending_deps = dep.pending_deps - counts.n
-    FROM counts
-    WHERE dep.id = counts.task_id AND dep.project = $1
+    UPDATE tasks dep SET pending_deps = dep.pending_deps - locked.n
+    FROM locked
+    WHERE dep.id = locked.id
     RETURNING dep.key, dep.role, dep.priority, dep.seq, dep.not_before, dep.status, dep.pending_deps
 )
 SELECT done.*, logged.id AS event_id,

@@ -561,3 +561,106 @@ async def test_orchestrator_is_generic_over_backends() -> None:
 async def test_claim_validates_lease(svc: QueueService, backend: PostgresValkeyBackend) -> None:
     with pytest.raises(exceptions.ValidationError):
         await backend.dispatch.claim("web", "a", lease_seconds=0)
+
+
+# -- failures after a batch has committed (found in review): never drop or misreport committed work
+
+
+async def test_claim_many_keeps_claims_won_before_a_valkey_failure(
+    svc: QueueService, backend: PostgresValkeyBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from queue_service.postgres.valkey import ReadyItem
+
+    await svc.create_tasks("web", [{"title": f"t{i}"} for i in range(6)])
+    taken = await svc.claim_many("web", "other", limit=3)
+    # their keys show up again in the list (stale duplicates): the first round wins fewer than asked
+    await backend.dispatch.broker.requeue(
+        [ReadyItem("web", c.task.key, c.task.role, c.task.priority.value) for c in taken]
+    )
+    real = backend.dispatch.broker.try_pop_many
+    calls = 0
+
+    async def flaky(*args: Any, **kwargs: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            raise exceptions.BackendUnavailable("valkey timed out")
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(backend.dispatch.broker, "try_pop_many", flaky)
+    got = await svc.claim_many("web", "me", limit=4)
+    assert got, "claims committed in the first round must be returned, not dropped"
+    mine = list((await svc.list_tasks("web", {"assignee": "me"})).items)
+    assert sorted(t.key for t in mine) == sorted(c.task.key for c in got)
+    for claim in got:  # every returned token works
+        assert (await svc.complete("web", claim.task.key, claim.lease.token)).status is TaskStatus.DONE
+
+
+async def test_complete_many_reports_a_late_failure_in_its_slot(
+    svc: QueueService, backend: PostgresValkeyBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await svc.create_tasks("web", [{"title": "a"}, {"title": "b"}])
+    claims = await svc.claim_many("web", "me", limit=2)
+    good, other = claims
+
+    async def down(*args: Any, **kwargs: Any) -> Any:
+        raise exceptions.BackendUnavailable("postgres went away")
+
+    # the per-item path (used for items the batch statement did not complete) fails
+    monkeypatch.setattr(backend.dispatch, "complete", down)
+    out = await svc.complete_many(
+        "web", [(good.task.key, good.lease.token, {"ok": 1}), (other.task.key, "wrong", None)]
+    )
+    assert isinstance(out[0], type(good.task))
+    assert out[0].status is TaskStatus.DONE
+    assert isinstance(out[1], exceptions.BackendUnavailable)
+    assert (await svc.get_task("web", good.task.key)).result == {"ok": 1}
+    assert (await svc.get_task("web", other.task.key)).status is TaskStatus.IN_PROGRESS
+
+
+@pytest.mark.parametrize("batched", [False, True], ids=["complete", "complete_many"])
+async def test_completions_sharing_dependents_do_not_deadlock(svc: QueueService, pg_url: str, batched: bool) -> None:
+    import asyncpg
+
+    raw = pg_url.replace("postgresql+asyncpg://", "postgresql://")
+    await svc.create_tasks(
+        "web",
+        [
+            {"title": "A", "key": "T-1"},
+            {"title": "B", "key": "T-2"},
+            {"title": "X", "key": "T-3", "depends_on": ["T-1", "T-2"]},
+            {"title": "Y", "key": "T-4", "depends_on": ["T-1", "T-2"]},
+        ],
+    )
+    admin = await asyncpg.connect(raw)
+    try:
+        # rewrite one edge so the two completions meet their shared dependents in opposite physical
+        # order (what slot reuse after VACUUM produces naturally)
+        await admin.execute(
+            """WITH x AS (DELETE FROM task_dependencies d USING tasks t, tasks q
+                 WHERE d.task_id = t.id AND t.key = 'T-3' AND t.project = 'web'
+                   AND d.depends_on_id = q.id AND q.key = 'T-2' AND q.project = 'web' RETURNING d.*)
+               INSERT INTO task_dependencies SELECT * FROM x"""
+        )
+        tokens = {c.task.key: c.lease.token for c in await svc.claim_many("web", "ag", limit=5)}
+        assert set(tokens) == {"T-1", "T-2"}
+        # hold both dependents so the two completions queue up, then let them go at once
+        tx = admin.transaction()
+        await tx.start()
+        await admin.fetch("SELECT 1 FROM tasks WHERE project = 'web' AND key IN ('T-3', 'T-4') FOR UPDATE")
+
+        async def finish(key: str) -> object:
+            if batched:
+                (out,) = await svc.complete_many("web", [(key, tokens[key], None)])
+                return out
+            return await svc.complete("web", key, tokens[key])
+
+        both = asyncio.gather(finish("T-1"), finish("T-2"), return_exceptions=True)
+        await asyncio.sleep(0.5)
+        await tx.commit()
+        results = await both
+    finally:
+        await admin.close()
+    assert [getattr(r, "status", r) for r in results] == [TaskStatus.DONE, TaskStatus.DONE]
+    ready = (await svc.list_tasks("web", {"ready": True})).items
+    assert sorted(t.key for t in ready) == ["T-3", "T-4"]
