@@ -6,6 +6,7 @@ value), then delegates to the Backend. It never talks SQL, Valkey or files itsel
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import uuid
@@ -49,6 +50,18 @@ def _check_text(name: str, value: str) -> str:
     if "\x00" in value:
         raise exceptions.ValidationError(f"{name}: NUL characters are not allowed", field=name)
     return value
+
+
+def _check_result(result: Any, field: str) -> Any:
+    """A task result must be plain JSON (no NUL, no NaN/Infinity): every backend stores it as JSON."""
+    found = find_nul(result, field)
+    if found:
+        raise exceptions.ValidationError(f"{found}: NUL characters are not allowed", field=found)
+    try:
+        json.dumps(result, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise exceptions.ValidationError(f"{field} must be plain JSON: {exc}", field=field) from None
+    return result
 
 
 def new_agent_id(name: str | None = None) -> str:
@@ -276,10 +289,7 @@ class QueueService:
             raise exceptions.ValidationError(f"at most {MAX_PAGE} items per call, got {len(items)}")
         checked: list[tuple[str, str, Any]] = []
         for i, (key, token, result) in enumerate(items):
-            found = find_nul(result, f"items[{i}].result")
-            if found:
-                raise exceptions.ValidationError(f"{found}: NUL characters are not allowed", field=found)
-            checked.append((validate_key(key), token, result))
+            checked.append((validate_key(key), token, _check_result(result, f"items[{i}].result")))
         return await self.backend.dispatch.complete_many(validate_slug(project), checked)
 
     async def heartbeat(self, project: str, key: str, token: str, lease_seconds: float | None = None) -> Lease:
@@ -290,9 +300,7 @@ class QueueService:
 
     async def complete(self, project: str, key: str, token: str, result: Any = None) -> Task:
         """Complete a claimed task."""
-        found = find_nul(result, "result")
-        if found:
-            raise exceptions.ValidationError(f"{found}: NUL characters are not allowed", field=found)
+        _check_result(result, "result")
         return await self.backend.dispatch.complete(validate_slug(project), validate_key(key), token, result)
 
     async def fail(self, project: str, key: str, token: str, error: str, retryable: bool = True) -> Task:

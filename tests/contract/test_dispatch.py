@@ -511,3 +511,15 @@ async def test_complete_many_with_a_task_and_its_reopened_dependency(svc: QueueS
     await svc.update_task(web, b.key, {"status": "not-started"})
     again = await svc.claim_many(web, "x", limit=5)
     assert [c.task.key for c in again] == [b.key]
+
+
+async def test_result_must_be_plain_json(svc: QueueService, web: str) -> None:
+    await svc.create_task(web, {"title": "a"})
+    c = await svc.claim(web, "x")
+    assert c is not None
+    for bad in (float("nan"), {"x": float("inf")}, {"obj": object()}):
+        with pytest.raises(exceptions.ValidationError):
+            await svc.complete(web, c.task.key, c.lease.token, bad)
+        with pytest.raises(exceptions.ValidationError):
+            await svc.complete_many(web, [(c.task.key, c.lease.token, bad)])
+    assert (await svc.get_task(web, c.task.key)).status is S.IN_PROGRESS
