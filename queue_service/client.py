@@ -243,6 +243,18 @@ class _SSEParser:
         return None
 
 
+def _sse_request(
+    base_headers: dict[str, str], project: str, last_id: int | None, follow: bool
+) -> tuple[dict[str, str], str]:
+    """Headers and path of one (re)connection to the event stream, resuming after *last_id*."""
+    headers = dict(base_headers, Accept="text/event-stream")
+    if last_id is not None:
+        headers["Last-Event-ID"] = str(last_id)
+    elif not follow:
+        headers["Last-Event-ID"] = "0"  # replay the whole log
+    return headers, f"/v1/projects/{_p(project)}/events"
+
+
 class _Calls:
     """Every endpoint as a request description; the clients only differ in how they send it."""
 
@@ -583,12 +595,7 @@ class Client(_BaseClient):
         parser.last_id = last_event_id
         failures = 0
         while True:
-            headers = dict(self._headers, Accept="text/event-stream")
-            if parser.last_id is not None:
-                headers["Last-Event-ID"] = str(parser.last_id)
-            elif not follow:
-                headers["Last-Event-ID"] = "0"
-            url = f"/v1/projects/{_p(project)}/events"
+            headers, url = _sse_request(self._headers, project, parser.last_id, follow)
             try:
                 with self._http.stream(
                     "GET",
@@ -939,12 +946,7 @@ class AsyncClient(_BaseClient):
         parser.last_id = last_event_id
         failures = 0
         while True:
-            headers = dict(self._headers, Accept="text/event-stream")
-            if parser.last_id is not None:
-                headers["Last-Event-ID"] = str(parser.last_id)
-            elif not follow:
-                headers["Last-Event-ID"] = "0"
-            url = f"/v1/projects/{_p(project)}/events"
+            headers, url = _sse_request(self._headers, project, parser.last_id, follow)
             try:
                 async with self._http.stream(
                     "GET",

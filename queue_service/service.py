@@ -64,6 +64,11 @@ def _check_result(result: Any, field: str) -> Any:
     return result
 
 
+def _check_lease(lease_seconds: float | None) -> None:
+    if lease_seconds is not None and not 0 < lease_seconds <= 86_400:
+        raise exceptions.ValidationError(f"lease_seconds must be in (0, 86400], got {lease_seconds}")
+
+
 def new_agent_id(name: str | None = None) -> str:
     """An agent id unique per process start: ``[name@]host:pid:nonce``.
 
@@ -248,8 +253,7 @@ class QueueService:
         _check_text("agent", agent)
         if wait < 0 or wait > 300:
             raise exceptions.ValidationError(f"wait must be between 0 and 300 seconds, got {wait}")
-        if lease_seconds is not None and not 0 < lease_seconds <= 86_400:
-            raise exceptions.ValidationError(f"lease_seconds must be in (0, 86400], got {lease_seconds}")
+        _check_lease(lease_seconds)
 
     async def claim(
         self,
@@ -294,8 +298,7 @@ class QueueService:
 
     async def heartbeat(self, project: str, key: str, token: str, lease_seconds: float | None = None) -> Lease:
         """Extend a lease."""
-        if lease_seconds is not None and not 0 < lease_seconds <= 86_400:
-            raise exceptions.ValidationError(f"lease_seconds must be in (0, 86400], got {lease_seconds}")
+        _check_lease(lease_seconds)
         return await self.backend.dispatch.heartbeat(validate_slug(project), validate_key(key), token, lease_seconds)
 
     async def complete(self, project: str, key: str, token: str, result: Any = None) -> Task:
