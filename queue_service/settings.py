@@ -66,6 +66,23 @@ class Settings(BaseSettings):
 
     log_level: str = "INFO"
 
+    # --- round 2 (declared once here so parallel work does not collide; each is wired by its issue) ---
+    #: lease for agent-facing claims (CLI claim/next/queue claim, MCP claim_next): LLM agents think in
+    #: minutes, so their default lease is long; the worker helper and ``qs run`` keep ``lease_seconds``
+    agent_lease_seconds: float = Field(default=1800.0, gt=0)
+    #: largest request body accepted (answered 413 ``payload_too_large`` past it)
+    max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    #: largest task result (JSON-encoded) accepted
+    max_result_bytes: int = Field(default=1024 * 1024, ge=1024)
+    #: longest note text accepted
+    max_note_chars: int = Field(default=20_000, ge=100)
+    #: most open event streams (SSE) per replica; 429 past it
+    max_event_streams: int = Field(default=256, ge=1)
+    #: ``Host`` header values accepted (comma-separated); empty = loopback names when bound to loopback
+    allowed_hosts: str = ""
+    #: MCP tool profile: ``core`` (the nine work-loop tools), ``all``, ``readonly``
+    mcp_tools: Literal["core", "all", "readonly"] = "core"
+
     @model_validator(mode="after")
     def _check(self) -> Settings:
         if self.storage_tier == "team" and not (self.database_url or self.backend_url):
