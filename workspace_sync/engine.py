@@ -42,6 +42,7 @@ from queue_service.models import (
     utcnow,
 )
 from queue_service.service import QueueService
+from workspace_sync import history as hist
 from workspace_sync import merge as m
 from workspace_sync.format import MarkerKind, Row, RowData, TasksDocument, parse, render_document
 from workspace_sync.writer import SyncLock, atomic_write, content_hash
@@ -66,6 +67,8 @@ _PAGE = 1000
 _EVENT_PAGE = 10_000
 _MAX_RETRIES = 5
 _MAX_CONFLICTS_KEPT = 50
+#: how many recently created `+` rows are remembered (a stale buffer saving one again)
+_MAX_CREATED_KEPT = 200
 #: a cycle re-lists every task at least this often even when events say nothing else changed
 _FULL_LIST_SECONDS = 60.0
 #: more changed tasks than this since the last cycle: list them all rather than fetch them by key
@@ -177,6 +180,22 @@ class _Cycle:
         self.own_versions = sync.own_versions
         self.mission_changed = False
         self.milestone_names = {ms.id: ms.name for ms in mission.milestones}
+        #: `qs sync --accept-file`: apply what the file says even where it goes backwards
+        self.accept = False
+        #: the file is byte-identical to one the service rendered earlier (git checkout, cp of a backup)
+        self.stale_file = False
+        #: this cycle found values the row had at an earlier sync (an old copy of the file)
+        self.stale_seen = False
+        #: changes held back (issue 17): key -> {"v": version, "patch": values} or {"v", "cancel": True}
+        self.held: dict[str, dict[str, Any]] = {}
+        #: digests of recently created `+` rows -> the key they got
+        self.created_rows: dict[str, str] = {}
+        #: keys whose missing row is explained by an id typo on another row: neither cancelled nor re-added
+        self.protected: set[str] = set()
+        #: the file has no task table at all (truncated, or emptied): its missing rows mean nothing
+        self.rows_unknown = False
+        self.present: set[str] = set()
+        self._digests: dict[int, str] = {}
 
     # -- helpers ----------------------------------------------------------------------------
     def error(self, row: Row, message: str) -> None:
@@ -185,9 +204,9 @@ class _Cycle:
         if row.key is not None and row.key in self.base_rows:
             self.new_base[row.key] = self.base_rows[row.key]
 
-    def remember(self, task: Task) -> None:
+    def remember(self, task: Task, *, added: bool = False) -> None:
         self.tasks[task.key] = task
-        self.new_base[task.key] = {"v": task.version, "f": m.task_values(task)}
+        self.new_base[task.key] = hist.base_entry(task, self.base_rows.get(task.key), added=added)
         self.own_versions.add((task.key, task.version))
 
     async def note(self, key: str, text: str) -> None:
@@ -200,6 +219,8 @@ class _Cycle:
     async def run(self) -> None:
         doc = self.doc
         doc.annotate_errors()
+        doc.set_document_errors([f"line {e.line}: {e.message}" for e in doc.errors])
+        self.rows_unknown = bool(self.base_rows) and not doc.tables()
         await self.add_milestones()
         present: set[str] = set()
         new_rows: list[Row] = []
@@ -229,18 +250,104 @@ class _Cycle:
                 self.new_base[row.key] = self.base_rows[row.key]
             else:
                 existing.append((row, task))
+        self.present = present
+        keyed_new = self.typos(keyed_new, present)
         # new rows first: an edited row may name a task created in the same save
         if keyed_new or new_rows:
             await self.create(keyed_new + new_rows)
         for row, task in existing:
             await self.merge_existing(row, task)
-        if not doc.errors:
+        if not doc.errors and not self.rows_unknown:
             await self.deletions(present)
-        else:
+        elif doc.errors:
             # a broken table hides its rows: never read a missing row as a deletion then
             for key, entry in self.base_rows.items():
                 self.new_base.setdefault(key, entry)
         self.append_missing(present)
+
+    def typos(self, keyed_new: list[Row], present: set[str]) -> list[Row]:
+        """Rows with an unknown id that are a synced row with a mistyped id: marked, not created.
+
+        Creating them would cancel the real task (its row looks deleted) and block its dependents.
+        """
+        missing = {
+            entry["f"].get("title"): key
+            for key, entry in self.base_rows.items()
+            if key not in present and key in self.tasks and self.tasks[key].mission == self.mission.id
+        }
+        if not missing or self.accept:
+            return keyed_new
+        out: list[Row] = []
+        for row in keyed_new:
+            assert row.data is not None
+            assert row.key is not None
+            original = missing.get(row.data.title) if row.key not in self.base_rows else None
+            if original is None or original in self.protected:
+                out.append(row)
+                continue
+            self.protected.add(original)
+            self.new_base[original] = self.base_rows[original]
+            self.error(
+                row,
+                f"unknown id {row.key}: {original} has this description and its row is gone; fix the id "
+                f"(use + for a new task)",
+            )
+        return out
+
+    def hold_back(
+        self, task: Task, entry: dict[str, Any] | None, base: m.Values, file: m.Values, agent: bool
+    ) -> dict[str, Any]:
+        """The file's values that go backwards (issue 17): they keep the database's value until accepted.
+
+        A value the row had at an earlier sync (an old copy of the file) and a status that would move
+        a task out of done or in-progress are removed from *file* and returned.
+        """
+        if self.accept:
+            return {}
+        db = m.task_values(task)
+        held: dict[str, Any] = {}
+        for field, fv in list(file.items()):
+            if m.same(field, fv, base.get(field)) or m.same(field, fv, db.get(field)):
+                continue
+            # status goes back on purpose (failed -> not-started to retry): only the guard below holds it
+            stale = field != "status" and hist.was_synced(entry, field, fv)
+            if entry is not None and (self.stale_file or stale):
+                self.stale_seen = True
+                held[field] = fv
+            elif field == "status" and task.status in hist.GUARDED_STATUSES:
+                if agent and not m.same(field, db.get(field), base.get(field)):
+                    continue  # the merge keeps the agent's status anyway (agent-status rule)
+                held[field] = fv
+        for field in held:
+            del file[field]
+        return held
+
+    async def record_held(self, row: Row, task: Task, held: dict[str, Any], conflicts: Sequence[m.Conflict]) -> None:
+        db = m.task_values(task)
+        show = m.show_value
+        parts = [c.describe() for c in conflicts]
+        for field, fv in held.items():
+            name = m.Conflict(field, None, None, None, None, "").name
+            why = (
+                f"{task.key} is {task.status.value}; the file alone never moves a task out of it"
+                if field == "status" and not hist.was_synced(self.base_rows.get(task.key), field, fv)
+                else "an older synced value (an old copy of the file?)"
+            )
+            parts.append(f"{name}: file said {show(fv)}, {why}; kept {show(db.get(field))}")
+        hint = f"`qs sync {self.slug} --accept-file` applies the file's value"
+        self.doc.set_marker(row, MarkerKind.CONFLICT, "; ".join(parts) + f" ({hint})")
+        await self.note(
+            task.key,
+            f"{self.s.path.name} went backwards for this task; kept the service's values:\n"
+            + "\n".join(f"- {p}" for p in parts[len(conflicts) :])
+            + f"\n{hint}.",
+        )
+        self.held[task.key] = {"v": task.version, "patch": held}
+        for field, fv in held.items():
+            entry = {"key": task.key, "field": field, "file": fv, "service": db.get(field), "kept": db.get(field)}
+            entry["rule"] = "held"
+            self.conflicts.append(entry)
+            self.report.conflicts.append(entry)
 
     def unchanged(self, row: Row, task: Task) -> bool:
         """The row says what it said when the last cycle ended, and the task kept the base's version."""
@@ -288,7 +395,11 @@ class _Cycle:
         base_values: dict[str, Any] = entry["f"] if entry is not None else m.task_values(task)
         agent = entry is not None and key in self.agent_keys
         result = m.MergeResult()
+        held: dict[str, Any] = {}
+        shown = file_values
         for _attempt in range(_MAX_RETRIES):
+            file_values = dict(shown)
+            held = self.hold_back(task, entry, base_values, file_values, agent)
             result = m.merge_row(base_values, m.task_values(task), file_values, agent_status=agent)
             if not result.patch:
                 break
@@ -308,7 +419,9 @@ class _Cycle:
         else:
             self.error(row, f"task {key} kept changing while syncing; will retry")
             return
-        if result.conflicts:
+        if held:
+            await self.record_held(row, task, held, result.conflicts)
+        elif result.conflicts:
             await self.record_conflicts(row, key, result.conflicts)
         elif result.file_changed:
             self.doc.clear_markers(row, MarkerKind.CONFLICT)
@@ -334,9 +447,23 @@ class _Cycle:
             self.conflicts.append(entry)
             self.report.conflicts.append(entry)
 
-    async def deletions(self, present: set[str]) -> None:
+    def to_cancel(self, present: set[str]) -> list[str]:
+        """Keys whose missing row would cancel their task."""
+        out = []
         for key, entry in self.base_rows.items():
-            if key in present:
+            task = self.tasks.get(key)
+            if key in present or key in self.protected or task is None or task.mission != self.mission.id:
+                continue
+            if task.version == entry["v"] and task.status not in (TaskStatus.DONE, TaskStatus.CANCELLED):
+                out.append(key)
+        return out
+
+    async def deletions(self, present: set[str]) -> None:
+        cancels = self.to_cancel(present)
+        # an old copy lacks the rows added since; more than a few at once is an accident, not an edit
+        too_many = len(cancels) > hist.MAX_CANCELS_PER_CYCLE
+        for key, entry in self.base_rows.items():
+            if key in present or key in self.protected:
                 continue
             task = self.tasks.get(key)
             if task is None or task.mission != self.mission.id:
@@ -344,6 +471,24 @@ class _Cycle:
             if task.version == entry["v"]:
                 if task.status in (TaskStatus.DONE, TaskStatus.CANCELLED):
                     self.hidden[key] = task.version  # finished work: the row may go, the task stays
+                    continue
+                stale = (self.stale_file or self.stale_seen) and bool(entry.get("a"))
+                if not self.accept and (too_many or stale):
+                    why = (
+                        f"{len(cancels)} rows were removed in one save; the file alone cancels at most "
+                        f"{hist.MAX_CANCELS_PER_CYCLE}"
+                        if too_many
+                        else "the file is an old copy that predates this task"
+                    )
+                    message = (
+                        f"row was missing from the file ({why}); kept {key} ({task.status.value}). "
+                        f"`qs sync {self.slug} --accept-file` cancels it"
+                    )
+                    self.restore(task, message)
+                    self.held[key] = {"v": task.version, "cancel": True}
+                    await self.note(key, f"{self.s.path.name}: {message}.")
+                    self.report.restored.append(key)
+                    present.add(key)
                     continue
                 try:
                     task = await self.svc.cancel_task(
@@ -376,8 +521,30 @@ class _Cycle:
     def _milestone_name(self, task: Task) -> str | None:
         return None if task.milestone is None else self.milestone_names.get(task.milestone)
 
+    def reuse_created(self, rows: list[Row]) -> list[Row]:
+        """`+` rows the service already created (a stale buffer saved again) take their task's key."""
+        out: list[Row] = []
+        for row in rows:
+            if row.key is not None:
+                out.append(row)
+                continue
+            digest = _row_digest(row)
+            self._digests[id(row)] = digest
+            key = self.created_rows.get(digest)
+            task = None if key is None or self.accept else self.tasks.get(key)
+            if task is None or task.key in self.present or task.mission != self.mission.id:
+                out.append(row)
+                continue
+            self.doc.update_row(row, m.rowdata_from_task(task))
+            self.remember(task)
+            self.present.add(task.key)
+        return out
+
     async def create(self, rows: list[Row]) -> None:
         """Create tasks for new rows (``+``) and rows with unknown ids, in one batch when possible."""
+        rows = self.reuse_created(rows)
+        if not rows:
+            return
         known = set(self.tasks)
         keyed = {row.key: row for row in rows if row.key is not None}
         items: dict[int, dict[str, Any]] = {}
@@ -494,6 +661,9 @@ class _Cycle:
             self.error(rows[i], "could not be created: its dependencies could not be resolved")
 
     def _created(self, row: Row, task: Task) -> None:
+        digest = self._digests.get(id(row))
+        if digest is not None:
+            self.created_rows[digest] = task.key
         self.doc.clear_markers(row, MarkerKind.ERROR)
         self.doc.update_row(row, m.rowdata_from_task(task))
         self.remember(task)
@@ -513,7 +683,7 @@ class _Cycle:
             if key in self.base_rows and self.doc.errors:
                 continue  # probably inside the broken table
             self.doc.append_row(m.rowdata_from_task(task), milestone_name=self._milestone_name(task))
-            self.new_base[key] = {"v": task.version, "f": m.task_values(task)}
+            self.new_base[key] = hist.base_entry(task, self.base_rows.get(key), added=key not in self.base_rows)
             self.report.appended.append(key)
 
 
@@ -636,11 +806,14 @@ class FileSync:
         state = await self.service.get_sync_state(self.project, self.state_key) or {}
         return public_status(self.mission, self.path, state)
 
-    async def sync(self, *, force: bool = False) -> SyncReport:
+    async def sync(self, *, force: bool = False, accept_file: bool = False) -> SyncReport:
         """Run one cycle (see the module docstring); never leaves a half-written file.
 
         Args:
             force: do the full merge even when neither side seems to have changed.
+            accept_file: a person means what the file says: apply the changes earlier cycles held
+                back (values going backwards, moves out of done/in-progress, mass cancellations) and
+                merge without those guards.
 
         Raises:
             QueueServiceError: the database failed, or the file's lock is held elsewhere too long.
@@ -653,7 +826,7 @@ class FileSync:
             if not os.access(directory, os.R_OK | os.W_OK | os.X_OK):
                 return await self._problem(f"workspace directory {directory} is not readable and writable")
             async with self.lock.hold():
-                report = await self._cycle(force)
+                report = await self._cycle(force or accept_file, accept_file)
             self.last_report = report
             return report
 
@@ -667,10 +840,35 @@ class FileSync:
         self.last_report = report
         return report
 
-    async def _cycle(self, force: bool) -> SyncReport:
+    async def _apply_held(self, held: dict[str, Any], report: SyncReport) -> None:
+        """Apply the changes earlier cycles held back, where the task did not change since."""
+        for key, change in held.items():
+            try:
+                task = await self.service.get_task(self.project, key)
+                if task.version != change.get("v"):
+                    continue
+                if change.get("cancel"):
+                    await self.service.cancel_task(
+                        self.project, key, reason=f"row removed from {self.path.name} (accepted)", actor=SYNC_ACTOR
+                    )
+                    report.cancelled.append(key)
+                else:
+                    update = m.update_from_values(task, change.get("patch", {}))
+                    await self.service.update_task(
+                        self.project, key, update, expected_version=task.version, actor=SYNC_ACTOR
+                    )
+                    report.updated.append(key)
+            except exceptions.QueueServiceError as exc:
+                report.errors.append(_error_entry(0, 0, f"could not apply the file's change to {key}: {exc}", key))
+
+    async def _cycle(self, force: bool, accept: bool = False) -> SyncReport:
         svc, slug = self.service, self.project
         report = SyncReport(path=str(self.path))
         state = await svc.get_sync_state(slug, self.state_key) or {}
+        carried_held: dict[str, Any] = dict(state.get("held", {}))
+        if accept and carried_held:
+            await self._apply_held(carried_held, report)
+            carried_held = {}
         base: dict[str, Any] | None = state.get("base")
         cursor = self._cursor = int(state.get("event_id", 0))
         gen = int(state.get("gen", 0))
@@ -703,7 +901,7 @@ class FileSync:
             and file_hash == base.get("file_hash")
             and not events
             and state.get("problem") is None
-            and not state.get("errors")  # a row may become valid once another task exists: retry it
+            # a row with an error is retried when something happens (an event), not on every rescan
         ):
             self.last_hash = file_hash
             self._memo = memo
@@ -715,6 +913,8 @@ class FileSync:
                 text = raw.decode("utf-8")
             except UnicodeDecodeError as exc:
                 return await self._problem(f"{self.path} is not UTF-8 text ({exc}); left untouched")
+            if not text.strip():
+                text = None  # truncated (`: > TASKS.md`, a crashed save): like a deleted file, never "cancel all"
         mission = await svc.get_mission(slug, self.mission)
         changed = None if memo is None else await self._changed_tasks(memo.tasks, events)
         if changed is None or memo is None:
@@ -727,13 +927,20 @@ class FileSync:
         hidden: dict[str, int] = dict((base or {}).get("hidden", {}))
         conflicts: list[dict[str, Any]] = list(state.get("conflicts", []))
 
+        old_hash = None if base is None else base.get("file_hash")
+        hashes: list[str] = list(state.get("hashes", []))
+        created_rows: dict[str, str] = dict(state.get("created", {}))
+        held = carried_held
         final: TasksDocument | None = None
         if text is None:
-            new_text, new_base = self._fresh(mission, tasks, hidden)
+            new_text, new_base = self._fresh(mission, tasks, hidden, (base or {}).get("rows", {}))
         else:
             # the file is still what the last cycle rendered: its document is already parsed
             kept = memo.doc if memo is not None and file_hash == memo.file_hash else None
-            doc = kept if kept is not None else parse(text)
+            # parsing a big file takes a while: keep the event loop free (issue 17)
+            doc = kept if kept is not None else await asyncio.to_thread(parse, text)
+            if accept:
+                doc.clear_all_markers(MarkerKind.CONFLICT)
             cycle = _Cycle(
                 self,
                 mission,
@@ -748,9 +955,14 @@ class FileSync:
                 known_rows,
             )
             report.adopted = base is None
+            cycle.accept = accept
+            cycle.stale_file = file_hash != old_hash and file_hash in hashes
+            cycle.created_rows = created_rows
+            cycle.held = held
             await cycle.run()
-            new_text = doc.render()
+            new_text = await asyncio.to_thread(doc.render)
             new_base = cycle.new_base
+            held = cycle.held
             mission_changed = cycle.mission_changed
             final = doc
             conflicts = (conflicts + cycle.conflicts)[-_MAX_CONFLICTS_KEPT:]
@@ -771,7 +983,7 @@ class FileSync:
             new_cursor = tail_cursor
         if final is None or _has_errors(final):
             # line numbers of the rendered text (a clean document has no errors to place)
-            final = parse(new_text)
+            final = await asyncio.to_thread(parse, new_text)
         errors = collect_errors(final)
         report.errors = errors
         new_state = {
@@ -780,6 +992,9 @@ class FileSync:
             "gen": gen + 1,
             "event_id": new_cursor,
             "base": {"file_hash": new_hash, "rows": new_base, "hidden": hidden},
+            "hashes": hist.push_hash(hashes, old_hash, new_hash),
+            "held": {k: v for k, v in held.items() if k in tasks and tasks[k].version == v.get("v")},
+            "created": dict(list(created_rows.items())[-_MAX_CREATED_KEPT:]),
             "errors": errors,
             "conflicts": conflicts,
             "problem": None,
@@ -798,7 +1013,9 @@ class FileSync:
         self._memo = _Memo(gen + 1, new_cursor, new_hash, tasks, rows, listed_at, None if errors else final)
         return report
 
-    def _fresh(self, mission: Mission, tasks: dict[str, Task], hidden: dict[str, int]) -> tuple[str, dict[str, Any]]:
+    def _fresh(
+        self, mission: Mission, tasks: dict[str, Task], hidden: dict[str, int], old_rows: dict[str, Any]
+    ) -> tuple[str, dict[str, Any]]:
         """A new file from the database (no file yet, or it was deleted: never read as "cancel everything")."""
         mine = sorted(
             (t for t in tasks.values() if t.mission == mission.id and hidden.get(t.key) != t.version),
@@ -812,7 +1029,11 @@ class FileSync:
             [m.rowdata_from_task(t) for t in mine],
             strict_coord=self.strict_coord,
         )
-        return text, {t.key: {"v": t.version, "f": m.task_values(t)} for t in mine}
+        return text, {t.key: hist.base_entry(t, old_rows.get(t.key), added=t.key not in old_rows) for t in mine}
+
+
+def _row_digest(row: Row) -> str:
+    return hashlib.sha256(row.text.strip().encode()).hexdigest()[:16]
 
 
 def _has_errors(doc: TasksDocument) -> bool:

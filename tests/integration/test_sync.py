@@ -249,7 +249,8 @@ BROKEN = [
     pytest.param(DEPS, "WEB-99", "WEB-99", id="unknown-dependency"),
     pytest.param(DEPS, "WEB-2", "cycle", id="cycle"),
     pytest.param(None, None, "cells", id="bad-cell-count"),
-    pytest.param(STATUS, "in-progress", "cannot go from done to in-progress", id="illegal-transition"),
+    # done -> in-progress by the file alone is held back with a conflict marker instead (issue 17,
+    # tests/integration/test_sync_file_ops.py::test_file_alone_never_moves_a_task_out_of_done)
 ]
 
 

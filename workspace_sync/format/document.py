@@ -573,6 +573,27 @@ class TasksDocument:
             nodes.append(node)
         self._nodes = nodes
 
+    def set_document_errors(self, messages: list[str]) -> None:
+        """Show document-level problems as ``sync-error`` lines below the title/project line (issue 17).
+
+        Free-standing ``sync-error`` lines from an earlier call are replaced, so the same messages
+        keep the same bytes and fixed problems lose their line.
+        """
+        old = [
+            n
+            for n in self._nodes
+            if isinstance(n, _Line) and n.marker is not None and n.marker.kind is MarkerKind.ERROR
+        ]
+        wanted = [marker_line(MarkerKind.ERROR, text) + self.eol for text in messages]
+        if [n.raw for n in old] == wanted:
+            return
+        self._nodes = [n for n in self._nodes if not any(n is o for o in old)]
+        anchor = self._find_line("project") or self._find_line("title")
+        index = 0 if anchor is None else self._nodes.index(anchor) + 1
+        for offset, raw in enumerate(wanted):
+            marker = Marker(MarkerKind.ERROR, _clean_marker_message(messages[offset]), 0, raw)
+            self._nodes.insert(index + offset, _Line(raw, "marker", marker=marker))
+
     def annotate_errors(self) -> None:
         """Mark every row that has errors with a ``sync-error`` marker and clear it from rows that have none.
 
