@@ -10,7 +10,7 @@ import json
 import os
 import socket
 import uuid
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +85,13 @@ class QueueService:
     def __init__(self, backend: Backend, *, workspace_root: Path | None = None) -> None:
         self.backend = backend
         self.workspace_root = workspace_root
+        #: called with the slug after a project is created or patched here (workspace sync starts its
+        #: file at once instead of at the next rescan; issue 17)
+        self.project_listeners: list[Callable[[str], None]] = []
+
+    def _project_changed(self, slug: str) -> None:
+        for listener in list(self.project_listeners):
+            listener(slug)
 
     # -- projects ---------------------------------------------------------------------------
     async def create_project(self, data: ProjectCreate | Mapping[str, Any]) -> Project:
@@ -96,7 +103,9 @@ class QueueService:
         create = validated(ProjectCreate, data)
         if create.workspace is None and self.workspace_root is not None:
             create = create.model_copy(update={"workspace": str(self.workspace_root / create.slug)})
-        return await self.backend.records.create_project(create)
+        project = await self.backend.records.create_project(create)
+        self._project_changed(project.slug)
+        return project
 
     async def get_project(self, slug: str) -> Project:
         """Return a project by slug."""
@@ -108,7 +117,9 @@ class QueueService:
 
     async def update_project(self, slug: str, data: ProjectUpdate | Mapping[str, Any]) -> Project:
         """Patch a project (name, workspace)."""
-        return await self.backend.records.update_project(validate_slug(slug), validated(ProjectUpdate, data))
+        project = await self.backend.records.update_project(validate_slug(slug), validated(ProjectUpdate, data))
+        self._project_changed(project.slug)
+        return project
 
     # -- missions ---------------------------------------------------------------------------
     async def create_mission(self, project: str, data: MissionCreate | Mapping[str, Any]) -> Mission:

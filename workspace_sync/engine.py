@@ -1055,11 +1055,17 @@ def collect_errors(doc: TasksDocument) -> list[dict[str, Any]]:
 def public_status(mission: str, path: Path, state: dict[str, Any]) -> dict[str, Any]:
     """The part of a stored sync state shown by the API and ``queue-service sync --status``."""
     base = state.get("base") or {}
+    try:
+        current: str | None = content_hash(path.read_bytes())
+    except OSError:
+        current = None
     return {
         "mission": mission,
         "path": str(path),
-        "exists": path.is_file(),
+        "exists": current is not None,
         "synced": bool(base),
+        # the file differs from the one last synced: a hand edit no cycle has merged yet
+        "pending": bool(base) and current is not None and current != base.get("file_hash"),
         "synced_at": state.get("synced_at"),
         "tasks": len(base.get("rows", {})),
         "problem": state.get("problem"),

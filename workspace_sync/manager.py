@@ -31,7 +31,7 @@ from queue_service.settings import Settings
 from workspace_sync.engine import FileSync, SyncReport, mission_path, public_status
 from workspace_sync.watcher import DirectoryWatcher
 
-__all__ = ["WorkspaceSyncManager", "sync_status"]
+__all__ = ["WorkspaceSyncManager", "sync_once", "sync_status"]
 
 logger = logging.getLogger("workspace_sync")
 
@@ -57,6 +57,25 @@ async def sync_status(service: QueueService, project: str) -> dict[str, Any]:
             state = await service.get_sync_state(project, str(path)) or {}
             files.append(public_status(mission.id, path, state))
     return {"project": proj.slug, "workspace": proj.workspace, "files": files}
+
+
+async def sync_once(service: QueueService, *, lock_timeout: float = 2.0) -> list[SyncReport]:
+    """One cycle for every mission file of every project with a workspace (the serverless CLI, issue 17).
+
+    A file whose lock is held (a server or a watcher syncs it) or whose cycle fails is left to them.
+    """
+    reports: list[SyncReport] = []
+    for project in await service.list_projects():
+        if not project.workspace:
+            continue
+        for mission in await service.list_missions(project.slug):
+            path = mission_path(project.workspace, mission)
+            file_sync = FileSync(service, project.slug, mission.id, path, lock_timeout=lock_timeout)
+            try:
+                reports.append(await file_sync.sync())
+            except (exceptions.QueueServiceError, OSError) as exc:
+                logger.warning("workspace sync of %s failed: %s", path, exc)
+    return reports
 
 
 class _Worker:
@@ -181,6 +200,7 @@ class WorkspaceSyncManager:
             return
         loop = asyncio.get_running_loop()
         self._watcher = DirectoryWatcher(loop, self._on_file_event, polling=self.polling)
+        self.service.project_listeners.append(self._on_project_changed)
         self._supervisor = asyncio.create_task(self._supervise(), name="workspace-sync supervisor")
         waiter = asyncio.create_task(self._discovered.wait())
         await asyncio.wait({waiter, self._supervisor}, return_when=asyncio.FIRST_COMPLETED)
@@ -188,6 +208,8 @@ class WorkspaceSyncManager:
 
     async def stop(self) -> None:
         """Stop every worker, subscription and the watcher (a running cycle is cancelled between writes)."""
+        with contextlib.suppress(ValueError):
+            self.service.project_listeners.remove(self._on_project_changed)
         tasks = [t for t in (self._supervisor, *self._subscriptions.values()) if t is not None]
         self._supervisor = None
         self._subscriptions.clear()
@@ -346,6 +368,9 @@ class WorkspaceSyncManager:
         except (OSError, RuntimeError) as exc:
             # missing or unreadable: the cycle reports it in the status; watch again at the next rescan
             self._log_problem(str(directory), f"cannot watch {directory}: {exc}")
+
+    def _on_project_changed(self, _slug: str) -> None:
+        self._rediscover.set()  # a new project's file appears at once, not at the next rescan
 
     def _on_file_event(self, path: str) -> None:
         worker = self._by_path.get(path)

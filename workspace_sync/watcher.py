@@ -12,6 +12,7 @@ with one warning.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import logging
 import os
@@ -74,6 +75,8 @@ class DirectoryWatcher:
         self._poll_interval = poll_interval
         self._observer: Any = None
         self._watches: dict[str, Any] = {}
+        #: (st_dev, st_ino) of each watched directory: a recreated directory needs a new watch
+        self._identity: dict[str, tuple[int, int]] = {}
         self._mutex = threading.Lock()
         self._handler = _Handler(self._deliver)
         #: why the watcher fell back to polling (None while on inotify)
@@ -135,11 +138,19 @@ class DirectoryWatcher:
         key = os.path.normpath(str(directory))
         if self._observer is None:
             self.start()  # lazily: an app with no workspace never starts an observer thread
+        info = os.stat(key)
+        identity = (info.st_dev, info.st_ino)
         with self._mutex:
-            if key in self._watches:
+            if key in self._watches and self._identity.get(key) == identity and self._alive(self._watches[key]):
                 return
             if self._observer is None:
                 raise RuntimeError("the watcher was stopped")
+            old = self._watches.pop(key, None)
+            if old is not None:
+                # the directory was recreated or moved away and back: its inotify watch died with it
+                with contextlib.suppress(KeyError, OSError):
+                    self._observer.unschedule(old)
+            self._identity[key] = identity
             try:
                 self._watches[key] = self._observer.schedule(self._handler, key, recursive=False)
             except OSError as exc:
@@ -147,6 +158,12 @@ class DirectoryWatcher:
                     raise
                 self._watches[key] = None
                 self._fall_back(exc)
+
+    def _alive(self, watch: Any) -> bool:
+        """Whether *watch* still has a running emitter (inotify stops it when the directory goes away)."""
+        if watch is None or self._observer is None:
+            return True  # a placeholder while falling back to polling
+        return any(e.watch == watch and e.is_alive() for e in self._observer.emitters)
 
     def unwatch(self, directory: Path) -> None:
         """Stop watching *directory* (no-op if not watched)."""

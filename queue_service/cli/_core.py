@@ -153,6 +153,8 @@ class CliState:
     json: bool = False
     #: tests may inject their own connection (e.g. one shared in-memory backend)
     connect: ConnectFactory | None = None
+    #: local mode syncs workspace files after the command (off for `sync` itself: --status only reads)
+    solo_sync: bool = True
     _settings: Settings | None = field(default=None, repr=False)
 
     def settings(self) -> Settings:
@@ -185,6 +187,11 @@ async def _local(state: CliState) -> AsyncIterator[Connection]:
         yield Connection(
             ops=service, mode="local", source=backend.name, sweep=backend.dispatch.sweep, settings=settings
         )
+        if settings.sync and state.solo_sync:
+            # solo mode (no server): keep every workspace's TASKS.md in step after each command (issue 17)
+            from workspace_sync.manager import sync_once
+
+            await sync_once(service)
 
 
 @contextlib.asynccontextmanager

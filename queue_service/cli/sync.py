@@ -46,6 +46,8 @@ def _print_status(status: dict[str, Any]) -> None:
         stdout.print(f"  watching by polling: {status['watch_fallback']}", markup=False)
     for entry in status.get("files", []):
         state = "synced " + str(entry.get("synced_at")) if entry.get("synced") else "never synced"
+        if entry.get("pending"):
+            state += "; the file changed since (edits pending: run `qs sync` or start the server)"
         stdout.print(f"  {entry['path']} (mission {entry['mission']}): {state}, {entry['tasks']} tasks", markup=False)
         if entry.get("problem"):
             stdout.print(f"    problem: {entry['problem']}", markup=False)
@@ -108,6 +110,13 @@ def sync(
         bool, typer.Option("--strict-coord", help="Write new files with exactly coord's nine columns.")
     ] = False,
     polling: Annotated[bool, typer.Option("--polling", help="Watch by polling instead of inotify.")] = False,
+    accept_file: Annotated[
+        bool,
+        typer.Option(
+            "--accept-file",
+            help="Apply what the file says even where it goes backwards (changes held with a conflict marker).",
+        ),
+    ] = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Sync PROJECT's TASKS.md files with the service (two-way, conflict-safe).
@@ -119,6 +128,7 @@ def sync(
     Example: qs sync web --watch
     """
     state = state_of(ctx)
+    state.solo_sync = False  # this command syncs by itself; --status must not merge anything
     if status and state.url and state.connect is None:
         result = asyncio.run(_remote_status(state.url, state.token, project))
         emit(ctx, json_out, result, lambda: _print_status(result))
@@ -163,7 +173,7 @@ def sync(
         for mission in await service.list_missions(project):
             path = mission_path(proj.workspace, mission)
             file_sync = FileSync(service, project, mission.id, path, strict_coord=strict_coord)
-            reports.append((await file_sync.sync(force=True)).to_dict())
+            reports.append((await file_sync.sync(force=True, accept_file=accept_file)).to_dict())
         return {"project": project, "reports": reports}
 
     result = call(ctx, body)

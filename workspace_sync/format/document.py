@@ -728,7 +728,8 @@ class TasksDocument:
                 heading = next((h for h in headings if h.milestone.name == milestone), None)
         found: Table | None = None
         for node in self._nodes:
-            if isinstance(node, Table) and node.section is heading:
+            # a milestone without a section gets one: never the table of rows without a milestone (issue 17)
+            if isinstance(node, Table) and node.section is heading and (heading is not None or milestone is None):
                 found = node
         if found is not None:
             return found
