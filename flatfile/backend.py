@@ -23,7 +23,7 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Self, TypeVar
@@ -245,11 +245,20 @@ class _Records(RecordStore):
     async def get_sync_state(self, project: str, path: str) -> dict[str, Any] | None:
         return await self.b.read(project, lambda s: copy.deepcopy(s.sync_state.get(path)))
 
-    async def put_sync_state(self, project: str, path: str, state: dict[str, Any]) -> None:
+    async def put_sync_state(
+        self, project: str, path: str, state: dict[str, Any], rows: Mapping[str, dict[str, Any] | None] | None = None
+    ) -> None:
+        # only the changed rows are copied and journaled (issue 17: cost grows with the change)
+        delta = {path: copy.deepcopy(dict(rows))} if rows else {}
+
         def op(txn: Txn) -> None:
-            txn.commit(Changes(sync_state={path: copy.deepcopy(state)}))
+            txn.commit(Changes(sync_state={path: copy.deepcopy(state)}, sync_rows=delta))
 
         await self.b.write(project, op)
+
+    async def get_sync_rows(self, project: str, path: str) -> dict[str, dict[str, Any]]:
+        # entries are replaced, never mutated, by put_sync_state: a shallow copy is safe
+        return await self.b.read(project, lambda s: dict(s.sync_rows.get(path, {})))
 
     async def add_api_token(self, token: ApiToken) -> None:
         await self.b.blocking(lambda: self.b.tokens.add(token), "store an API token")

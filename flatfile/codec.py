@@ -129,6 +129,8 @@ def encode_changes(changes: Changes) -> bytes:
         obj["next_seq"] = changes.next_seq
     if changes.sync_state:
         obj["sync_state"] = changes.sync_state
+    if changes.sync_rows:
+        obj["sync_rows"] = changes.sync_rows
     return _json(obj)
 
 
@@ -137,7 +139,18 @@ def decode_changes(obj: dict[str, Any]) -> Changes:
     version = obj.get("v")
     if version != JOURNAL_VERSION:
         raise Malformed(f"unknown journal entry version {version!r} (this build reads {JOURNAL_VERSION})")
-    unknown = set(obj) - {"v", "project", "missions", "tasks", "tokens", "notes", "events", "next_seq", "sync_state"}
+    unknown = set(obj) - {
+        "v",
+        "project",
+        "missions",
+        "tasks",
+        "tokens",
+        "notes",
+        "events",
+        "next_seq",
+        "sync_state",
+        "sync_rows",
+    }
     if unknown:
         raise Malformed(f"unknown field(s) {', '.join(sorted(unknown))}")
     changes = Changes()
@@ -162,7 +175,15 @@ def decode_changes(obj: dict[str, Any]) -> Changes:
         if not isinstance(value, dict):
             raise Malformed(f"sync state of {path!r} must be an object")
         changes.sync_state[path] = value
+    for path, value in _mapping(obj, "sync_rows").items():
+        changes.sync_rows[path] = _sync_rows(path, value, deletions=True)
     return changes
+
+
+def _sync_rows(path: str, value: Any, *, deletions: bool) -> dict[str, dict[str, Any] | None]:
+    if not isinstance(value, dict) or not all(isinstance(v, dict) or (deletions and v is None) for v in value.values()):
+        raise Malformed(f"sync rows of {path!r} must map task keys to objects")
+    return value
 
 
 # -- snapshots -------------------------------------------------------------------------------
@@ -200,6 +221,8 @@ def encode_snapshot(state: ProjectState, generation: int) -> Iterator[bytes]:
         batch.append(_json({"type": "event", "event": _dump(event)}))
     for path, value in state.sync_state.items():
         batch.append(_json({"type": "sync", "path": path, "state": value}))
+    for path, rows in state.sync_rows.items():
+        batch.append(_json({"type": "sync_rows", "path": path, "rows": rows}))
     for start in range(0, len(batch), 1000):
         yield b"\n".join(batch[start : start + 1000]) + b"\n"
 
@@ -262,6 +285,11 @@ class SnapshotReader:
                 raise Malformed("sync record needs a string 'path' and an object 'state'")
             self.changes.sync_state[path] = value
             self.found["sync"] += 1
+        elif kind == "sync_rows":
+            path = obj.get("path")
+            if not isinstance(path, str):
+                raise Malformed("sync_rows record needs a string 'path'")
+            self.changes.sync_rows[path] = _sync_rows(path, obj.get("rows"), deletions=False)
         else:
             raise Malformed(f"unknown record type {kind!r}")
 

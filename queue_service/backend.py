@@ -22,7 +22,7 @@ unchanged (all-or-nothing). Driver errors never escape: they become ``BackendErr
 from __future__ import annotations
 
 import abc
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -211,8 +211,18 @@ class RecordStore(abc.ABC):
         """The last synced base stored for a workspace file, or None."""
 
     @abc.abstractmethod
-    async def put_sync_state(self, project: str, path: str, state: dict[str, Any]) -> None:
-        """Store (replace) the synced base for a workspace file."""
+    async def put_sync_state(
+        self, project: str, path: str, state: dict[str, Any], rows: Mapping[str, dict[str, Any] | None] | None = None
+    ) -> None:
+        """Store (replace) the sync state of a workspace file and, in the same write, change its base rows.
+
+        *rows* maps task keys to their new base row (None removes it); keys not named keep theirs, so
+        a cycle stores what changed (issue 17).
+        """
+
+    @abc.abstractmethod
+    async def get_sync_rows(self, project: str, path: str) -> dict[str, dict[str, Any]]:
+        """The base rows stored for a workspace file, by task key (empty when none)."""
 
     # -- API tokens -------------------------------------------------------------------------
     @abc.abstractmethod

@@ -144,9 +144,15 @@ class QueueService:
         """The stored sync state (base, errors) of a workspace file, or None."""
         return await self.backend.records.get_sync_state(validate_slug(project), path)
 
-    async def put_sync_state(self, project: str, path: str, state: dict[str, Any]) -> None:
-        """Store (replace) the sync state of a workspace file."""
-        await self.backend.records.put_sync_state(validate_slug(project), path, state)
+    async def put_sync_state(
+        self, project: str, path: str, state: dict[str, Any], rows: Mapping[str, dict[str, Any] | None] | None = None
+    ) -> None:
+        """Store (replace) the sync state of a workspace file; *rows* changes its base rows (None removes one)."""
+        await self.backend.records.put_sync_state(validate_slug(project), path, state, rows)
+
+    async def get_sync_rows(self, project: str, path: str) -> dict[str, dict[str, Any]]:
+        """The base rows of a workspace file by task key (row values and history; issue 17)."""
+        return await self.backend.records.get_sync_rows(validate_slug(project), path)
 
     # -- tasks ------------------------------------------------------------------------------
     async def create_task(self, project: str, data: TaskCreate | Mapping[str, Any]) -> Task:

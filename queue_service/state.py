@@ -86,13 +86,24 @@ class Changes:
     missions: dict[str, Mission] = field(default_factory=dict)
     next_seq: int | None = None
     sync_state: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: per synced file, the base rows that changed (None: removed); issue 17 keeps them apart from the
+    #: state so a cycle stores what changed, not the whole base
+    sync_rows: dict[str, dict[str, dict[str, Any] | None]] = field(default_factory=dict)
     #: tasks that became ready (for waking claimers / queueing)
     ready: list[str] = field(default_factory=list)
 
     def is_empty(self) -> bool:
         """True when nothing would change."""
         return (
-            not (self.tasks or self.notes or self.events or self.project or self.missions or self.sync_state)
+            not (
+                self.tasks
+                or self.notes
+                or self.events
+                or self.project
+                or self.missions
+                or self.sync_state
+                or self.sync_rows
+            )
             and self.next_seq is None
         )
 
@@ -136,6 +147,8 @@ class ProjectState:
         self.notes: dict[str, list[Note]] = {}
         self.events: list[Event] = []
         self.sync_state: dict[str, dict[str, Any]] = {}
+        #: per synced file, its base rows by task key (workspace sync's row history, issue 17)
+        self.sync_rows: dict[str, dict[str, dict[str, Any]]] = {}
         self.next_seq = 1
         # derived indexes (rebuilt by apply; never persisted)
         self.dependents: dict[str, set[str]] = {}
@@ -822,6 +835,13 @@ class ProjectState:
         if changes.next_seq is not None:
             self.next_seq = changes.next_seq
         self.sync_state.update(changes.sync_state)
+        for path, delta in changes.sync_rows.items():
+            rows = self.sync_rows.setdefault(path, {})
+            for key, entry in delta.items():
+                if entry is None:
+                    rows.pop(key, None)
+                else:
+                    rows[key] = entry
         for note in changes.notes:
             self.notes.setdefault(note.task, []).append(note)
             self.last_note_id = max(self.last_note_id, note.id)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextlib
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -182,9 +182,14 @@ class _Records(RecordStore):
     async def get_sync_state(self, project: str, path: str) -> dict[str, Any] | None:
         return self.b.state(project).sync_state.get(path)
 
-    async def put_sync_state(self, project: str, path: str, state: dict[str, Any]) -> None:
+    async def put_sync_state(
+        self, project: str, path: str, state: dict[str, Any], rows: Mapping[str, dict[str, Any] | None] | None = None
+    ) -> None:
         st = self.b.state(project)
-        st.apply(Changes(sync_state={path: state}))
+        st.apply(Changes(sync_state={path: state}, sync_rows={path: dict(rows)} if rows else {}))
+
+    async def get_sync_rows(self, project: str, path: str) -> dict[str, dict[str, Any]]:
+        return dict(self.b.state(project).sync_rows.get(path, {}))
 
     async def add_api_token(self, token: ApiToken) -> None:
         if token.id in self.b.api_tokens:

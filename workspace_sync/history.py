@@ -26,6 +26,7 @@ __all__ = [
     "RECENT_FILES",
     "base_entry",
     "push_hash",
+    "status_held",
     "was_synced",
 ]
 
@@ -35,8 +36,18 @@ HISTORY_DEPTH = 4
 RECENT_FILES = 16
 #: the file alone never cancels more tasks than this in one cycle
 MAX_CANCELS_PER_CYCLE = 3
-#: the file alone never moves a task out of these statuses
+#: the file alone never moves a task out of these statuses ...
 GUARDED_STATUSES = frozenset({TaskStatus.DONE, TaskStatus.IN_PROGRESS})
+#: ... except forward: finishing running work by hand (in-progress -> done or needs-qa) is an edit,
+#: unless the row had that status before (then it is an old copy)
+FORWARD = {TaskStatus.IN_PROGRESS: frozenset({"done", "needs-qa"})}
+
+
+def status_held(current: TaskStatus, wanted: Any, entry: Mapping[str, Any] | None) -> bool:
+    """Whether the file alone may not move a task from *current* to the status *wanted*."""
+    if current not in GUARDED_STATUSES:
+        return False
+    return wanted not in FORWARD.get(current, ()) or was_synced(entry, "status", wanted)
 
 
 def base_entry(task: Task, previous: Mapping[str, Any] | None, *, added: bool = False) -> dict[str, Any]:

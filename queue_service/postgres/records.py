@@ -1245,8 +1245,10 @@ class PostgresRecordStore(RecordStore):
                 return None
             return dict(state)
 
-    async def put_sync_state(self, project: str, path: str, state: dict[str, Any]) -> None:
-        """Store (replace) the synced base for a workspace file."""
+    async def put_sync_state(
+        self, project: str, path: str, state: dict[str, Any], rows: Mapping[str, dict[str, Any] | None] | None = None
+    ) -> None:
+        """Store (replace) the sync state of a workspace file and apply the changed base *rows*."""
         now = self.clock()
         async with self._tx() as (conn, _effects):
             await self._require_project(conn, project)
@@ -1257,6 +1259,33 @@ class PostgresRecordStore(RecordStore):
                     set_={"state": stmt.excluded.state, "updated_at": stmt.excluded.updated_at},
                 )
             )
+            if not rows:
+                return
+            gone = [key for key, entry in rows.items() if entry is None]
+            if gone:
+                sr = t.sync_rows.c
+                await conn.execute(delete(t.sync_rows).where(sr.project == project, sr.path == path, sr.key.in_(gone)))
+            kept = [
+                {"project": project, "path": path, "key": key, "entry": entry}
+                for key, entry in rows.items()
+                if entry is not None
+            ]
+            if kept:
+                upsert = pg_insert(t.sync_rows)
+                await conn.execute(
+                    upsert.on_conflict_do_update(
+                        index_elements=[t.sync_rows.c.project, t.sync_rows.c.path, t.sync_rows.c.key],
+                        set_={"entry": upsert.excluded.entry},
+                    ),
+                    kept,
+                )
+
+    async def get_sync_rows(self, project: str, path: str) -> dict[str, dict[str, Any]]:
+        """The base rows stored for a workspace file, by task key."""
+        async with self._read() as conn:
+            sr = t.sync_rows.c
+            result = await conn.execute(select(sr.key, sr.entry).where(sr.project == project, sr.path == path))
+            return {r.key: dict(r.entry) for r in result}
 
     # -- API tokens -------------------------------------------------------------------------
     async def add_api_token(self, token: ApiToken) -> None:

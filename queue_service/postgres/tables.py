@@ -41,6 +41,7 @@ __all__ = [
     "MissionRow",
     "NoteRow",
     "ProjectRow",
+    "SyncRowRow",
     "SyncStateRow",
     "TaskDependencyRow",
     "TaskRow",
@@ -51,6 +52,7 @@ __all__ = [
     "missions",
     "notes",
     "projects",
+    "sync_rows",
     "sync_state",
     "task_dependencies",
     "tasks",
@@ -271,6 +273,18 @@ class SyncStateRow(Base):
     updated_at: Mapped[datetime] = mapped_column(_TZ, server_default=func.now())
 
 
+class SyncRowRow(Base):
+    """One task's row in the synced base of a workspace file, with its history (issue 17)."""
+
+    __tablename__ = "sync_rows"
+    __table_args__ = (PrimaryKeyConstraint("project", "path", "key"),)
+
+    project: Mapped[str] = mapped_column(Text, ForeignKey("projects.slug", ondelete="CASCADE"))
+    path: Mapped[str] = mapped_column(Text)
+    key: Mapped[str] = mapped_column(Text)
+    entry: Mapped[dict[str, Any]] = mapped_column(JSONB)
+
+
 class ApiTokenRow(Base):
     """A bearer token record; only the hash is stored. ``project`` NULL means every project."""
 
@@ -299,4 +313,5 @@ task_dependencies: Table = cast(Table, TaskDependencyRow.__table__)
 notes: Table = cast(Table, NoteRow.__table__)
 events: Table = cast(Table, EventRow.__table__)
 sync_state: Table = cast(Table, SyncStateRow.__table__)
+sync_rows: Table = cast(Table, SyncRowRow.__table__)
 api_tokens: Table = cast(Table, ApiTokenRow.__table__)

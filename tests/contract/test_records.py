@@ -304,6 +304,24 @@ async def test_events_since_id(svc: QueueService, web: str) -> None:
     assert [e.kind for e in later] == ["updated"]
 
 
+async def test_sync_rows_are_stored_as_deltas_beside_the_state(backend, svc: QueueService, web: str) -> None:
+    """Issue 17: a cycle stores only the base rows that changed; the others keep theirs."""
+    records = backend.records
+    assert await records.get_sync_rows(web, "/ws/TASKS.md") == {}
+    one = {"v": 1, "f": {"title": "a"}}
+    two = {"v": 3, "f": {"title": "b"}, "h": [{"title": "old b"}], "a": 1}
+    await records.put_sync_state(web, "/ws/TASKS.md", {"gen": 1}, {"WEB-1": one, "WEB-2": two})
+    await records.put_sync_state(web, "/ws/other.md", {"gen": 1}, {"WEB-9": one})
+    assert await records.get_sync_rows(web, "/ws/TASKS.md") == {"WEB-1": one, "WEB-2": two}
+    changed = {"v": 2, "f": {"title": "a2"}, "h": [{"title": "a"}]}
+    await records.put_sync_state(web, "/ws/TASKS.md", {"gen": 2}, {"WEB-1": changed, "WEB-2": None})
+    assert await records.get_sync_rows(web, "/ws/TASKS.md") == {"WEB-1": changed}
+    assert await records.get_sync_state(web, "/ws/TASKS.md") == {"gen": 2}
+    await records.put_sync_state(web, "/ws/TASKS.md", {"gen": 3})  # no rows: the rows stay
+    assert await records.get_sync_rows(web, "/ws/TASKS.md") == {"WEB-1": changed}
+    assert await records.get_sync_rows(web, "/ws/other.md") == {"WEB-9": one}
+
+
 async def test_sync_state_and_tokens(backend, svc: QueueService, web: str) -> None:
     from queue_service.models import ApiToken, TokenRole, utcnow
 

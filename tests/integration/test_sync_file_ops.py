@@ -203,6 +203,26 @@ async def test_file_alone_never_moves_a_task_out_of_done(svc: QueueService, work
     assert await _notes(svc, "WEB-1")
 
 
+async def test_file_alone_never_moves_running_work_back(svc: QueueService, workspace: Path) -> None:
+    path = await started(svc, workspace, "Design the schema", "Write the login page")
+    async with running(svc) as manager:
+        text = await shows(path, "WEB-2")
+        claim = await svc.claim("web", "agent-1")
+        assert claim is not None
+        text = await shows(path, "| in-progress |")
+        await manager.wait_idle()
+        editor_save(path, set_cell(text, "WEB-1", STATUS, "todo"))
+        text = await shows(path, "sync-conflict")
+        await _settled(manager)
+        task = await svc.get_task("web", "WEB-1")
+        assert task.status is TaskStatus.IN_PROGRESS
+        assert task.lease_holder == "agent-1"
+        assert "kept in-progress" in line_before(text, "WEB-1")
+        # forward is an edit: a person may finish running work by hand
+        editor_save(path, set_cell(path.read_text(), "WEB-1", STATUS, "done"))
+        await task_is(svc, "WEB-1", status=TaskStatus.DONE)
+
+
 async def test_more_than_three_removed_rows_cancel_nothing(svc: QueueService, workspace: Path) -> None:
     path = await started(svc, workspace, *(f"Task {i}" for i in range(1, 7)))
     async with running(svc) as manager:

@@ -78,7 +78,6 @@ async def test_end_to_end_on_postgres(svc: QueueService, tmp_path: Path) -> None
         assert task.depends_on == ("CR-02-01",)
 
         async def in_base() -> bool:
-            state = await svc.get_sync_state("checkout", str(path))
-            return state is not None and "CR-1" in state["base"]["rows"]
+            return "CR-1" in await svc.get_sync_rows("checkout", str(path))
 
         await eventually(in_base, "the new task in the stored base")
