@@ -637,6 +637,17 @@ class ApiToken(_Frozen):
     created_at: datetime
 
 
+class SyncFileState(_Frozen):
+    """The workspace-sync state of one TASKS.md and its base rows with their history (issue 17)."""
+
+    project: str
+    #: the file's absolute path (the key its state is stored under)
+    path: str
+    state: dict[str, Any]
+    #: task key -> base row (synced values, version, earlier versions)
+    rows: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+
 class ProjectSnapshot(_Frozen):
     """Everything a project holds, for export/import between backends."""
 
@@ -646,3 +657,5 @@ class ProjectSnapshot(_Frozen):
     notes: tuple[Note, ...]
     events: tuple[Event, ...]
     next_seq: int
+    #: workspace sync states (issue 17); empty in exports from before it
+    sync: tuple[SyncFileState, ...] = ()

@@ -8,6 +8,7 @@ Layout (UTF-8, one JSON object per line, ``\\n`` line ends)::
     {"type":"task",...}           # by seq
     {"type":"note",...}           # by id
     {"type":"event",...}          # by id
+    {"type":"sync",...}           # by path: a TASKS.md's sync state and base rows (issue 17; only when any)
 
 The output is deterministic: record keys are sorted (``type`` first), nested objects too, no
 whitespace, and every timestamp is written in one canonical UTC form
@@ -39,7 +40,16 @@ from typing import IO, Any
 import pydantic
 
 from queue_service import exceptions
-from queue_service.models import Event, Mission, Note, Project, ProjectSnapshot, Task, validation_error_from
+from queue_service.models import (
+    Event,
+    Mission,
+    Note,
+    Project,
+    ProjectSnapshot,
+    SyncFileState,
+    Task,
+    validation_error_from,
+)
 
 __all__ = [
     "FORMAT",
@@ -62,8 +72,8 @@ VOLATILE_FIELDS: Mapping[str, frozenset[str]] = {
     "task": frozenset({"lease_holder", "lease_expires_at"}),
 }
 
-_RECORD_TYPES = ("project", "mission", "task", "note", "event")
-_COUNTED = ("missions", "tasks", "notes", "events")
+_RECORD_TYPES = ("project", "mission", "task", "note", "event", "sync")
+_COUNTED = ("missions", "tasks", "notes", "events", "sync")
 
 
 class SnapshotError(exceptions.ValidationError):
@@ -135,18 +145,29 @@ def dump(
     tasks = sorted(snapshot.tasks, key=lambda t: (t.seq, t.key))
     notes = sorted(snapshot.notes, key=lambda n: n.id)
     events = sorted(snapshot.events, key=lambda e: e.id)
+    syncs = sorted(snapshot.sync, key=lambda s: s.path)
+    counts = {"missions": len(missions), "tasks": len(tasks), "notes": len(notes), "events": len(events)}
+    if syncs:
+        counts["sync"] = len(syncs)
     header: dict[str, Any] = {
         "format": FORMAT,
         "version": VERSION,
         "project": snapshot.project.slug,
-        "counts": {"missions": len(missions), "tasks": len(tasks), "notes": len(notes), "events": len(events)},
+        "counts": counts,
         "exported_at": _timestamp(exported_at or datetime.now(UTC)),
         "source": source,
     }
     stream.write(_line(header))
     stream.write(_record("project", snapshot.project, next_seq=snapshot.next_seq))
     lines = 2
-    for kind, items in (("mission", missions), ("task", tasks), ("note", notes), ("event", events)):
+    records: tuple[tuple[str, Iterable[pydantic.BaseModel]], ...] = (
+        ("mission", missions),
+        ("task", tasks),
+        ("note", notes),
+        ("event", events),
+        ("sync", syncs),
+    )
+    for kind, items in records:
         for item in items:
             stream.write(_record(kind, item))
             lines += 1
@@ -214,6 +235,7 @@ def load(stream: IO[str] | Iterable[str]) -> ProjectSnapshot:
     tasks: dict[str, Task] = {}
     notes: dict[int, Note] = {}
     events: dict[int, Event] = {}
+    syncs: dict[str, SyncFileState] = {}
     lineno = 0
     for lineno, raw in enumerate(stream, start=1):
         text = raw.strip()
@@ -260,6 +282,11 @@ def load(stream: IO[str] | Iterable[str]) -> ProjectSnapshot:
             if note.id in notes:
                 raise _fail(lineno, f"duplicate note id {note.id}")
             notes[note.id] = note
+        elif kind == "sync":
+            sync: SyncFileState = _validate(lineno, SyncFileState, obj, f"sync state {obj.get('path')!r}")
+            if sync.path in syncs:
+                raise _fail(lineno, f"duplicate sync state for {sync.path!r}")
+            syncs[sync.path] = sync
         else:
             event: Event = _validate(lineno, Event, obj, f"event {obj.get('id')!r}")
             if event.id in events:
@@ -269,7 +296,13 @@ def load(stream: IO[str] | Iterable[str]) -> ProjectSnapshot:
         raise SnapshotError("line 1: empty input, expected a queue-service export header", line=1)
     if project is None or next_seq is None:
         raise _fail(lineno + 1, "end of input before the project record")
-    found = {"missions": len(missions), "tasks": len(tasks), "notes": len(notes), "events": len(events)}
+    found = {
+        "missions": len(missions),
+        "tasks": len(tasks),
+        "notes": len(notes),
+        "events": len(events),
+        "sync": len(syncs),
+    }
     for name, expected in counts.items():
         if found[name] != expected:
             raise _fail(
@@ -283,6 +316,7 @@ def load(stream: IO[str] | Iterable[str]) -> ProjectSnapshot:
         notes=tuple(notes.values()),
         events=tuple(events.values()),
         next_seq=next_seq,
+        sync=tuple(syncs.values()),
     )
 
 

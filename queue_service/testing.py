@@ -31,6 +31,7 @@ from queue_service.models import (
     ProjectUpdate,
     QueueStats,
     SweepReport,
+    SyncFileState,
     Task,
     TaskCreate,
     TaskFilter,
@@ -53,6 +54,10 @@ def snapshot_of(state: ProjectState) -> ProjectSnapshot:
         notes=tuple(n for key in state.tasks for n in state.notes.get(key, [])),
         events=tuple(state.events),
         next_seq=state.next_seq,
+        sync=tuple(
+            SyncFileState(project=state.project.slug, path=path, state=value, rows=state.sync_rows.get(path, {}))
+            for path, value in sorted(state.sync_state.items())
+        ),
     )
 
 
@@ -75,6 +80,8 @@ def state_from_snapshot(snapshot: ProjectSnapshot) -> tuple[ProjectState, Change
         project=snapshot.project,
         missions={m.id: m for m in snapshot.missions},
         next_seq=snapshot.next_seq,
+        sync_state={s.path: dict(s.state) for s in snapshot.sync},
+        sync_rows={s.path: dict(s.rows) for s in snapshot.sync if s.rows},
     )
     state.apply(changes)
     return state, changes

@@ -70,6 +70,7 @@ from queue_service.models import (
     ProjectSnapshot,
     ProjectUpdate,
     QueueStats,
+    SyncFileState,
     Task,
     TaskCreate,
     TaskFilter,
@@ -1354,6 +1355,15 @@ class PostgresRecordStore(RecordStore):
                     select(t.events).where(t.events.c.project == project).order_by(t.events.c.id)
                 )
             ]
+            sync_rows: dict[str, dict[str, dict[str, Any]]] = {}
+            for r in await conn.execute(select(t.sync_rows).where(t.sync_rows.c.project == project)):
+                sync_rows.setdefault(r.path, {})[r.key] = dict(r.entry)
+            syncs = [
+                SyncFileState(project=project, path=r.path, state=dict(r.state), rows=sync_rows.get(r.path, {}))
+                for r in await conn.execute(
+                    select(t.sync_state).where(t.sync_state.c.project == project).order_by(t.sync_state.c.path)
+                )
+            ]
             return ProjectSnapshot(
                 project=_project_from_row(proj),
                 missions=tuple(missions),
@@ -1361,6 +1371,7 @@ class PostgresRecordStore(RecordStore):
                 notes=tuple(notes),
                 events=tuple(events),
                 next_seq=proj.next_seq,
+                sync=tuple(syncs),
             )
 
     async def list_missions_on(self, conn: AsyncConnection, project: str) -> list[Mission]:
@@ -1500,6 +1511,15 @@ class PostgresRecordStore(RecordStore):
                         for e in sorted(snapshot.events, key=lambda e: e.id)
                     ],
                 )
+            for sync in snapshot.sync:
+                await conn.execute(
+                    insert(t.sync_state).values(project=p.slug, path=sync.path, state=dict(sync.state), updated_at=now)
+                )
+                if sync.rows:
+                    await conn.execute(
+                        insert(t.sync_rows),
+                        [{"project": p.slug, "path": sync.path, "key": k, "entry": v} for k, v in sync.rows.items()],
+                    )
             # Old events are history, not news: only the ready tasks go to dispatch.
             effects.events.clear()
             return _project_from_row(row)

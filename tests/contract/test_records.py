@@ -322,6 +322,26 @@ async def test_sync_rows_are_stored_as_deltas_beside_the_state(backend, svc: Que
     assert await records.get_sync_rows(web, "/ws/other.md") == {"WEB-9": one}
 
 
+async def test_sync_state_and_rows_travel_with_export_and_import(backend, svc: QueueService, web: str) -> None:
+    from queue_service import snapshot as snapshot_format
+
+    rows = {"WEB-1": {"v": 2, "f": {"title": "a"}, "h": [{"title": "old"}], "a": 1}}
+    await svc.put_sync_state(web, "/ws/TASKS.md", {"gen": 4, "base": {"file_hash": "h", "count": 1}}, rows)
+    snap = snapshot_format.loads(snapshot_format.dumps(await svc.export_project(web)))
+    assert [(s.path, s.state["gen"], s.rows) for s in snap.sync] == [("/ws/TASKS.md", 4, rows)]
+    await svc.create_project({"slug": "web3"})
+    moved = snap.model_copy(
+        update={
+            "project": snap.project.model_copy(update={"slug": "web4"}),
+            "missions": tuple(m.model_copy(update={"project": "web4"}) for m in snap.missions),
+            "sync": tuple(s.model_copy(update={"project": "web4"}) for s in snap.sync),
+        }
+    )
+    await svc.import_project(moved)
+    assert await svc.get_sync_rows("web4", "/ws/TASKS.md") == rows
+    assert (await svc.get_sync_state("web4", "/ws/TASKS.md") or {})["gen"] == 4
+
+
 async def test_sync_state_and_tokens(backend, svc: QueueService, web: str) -> None:
     from queue_service.models import ApiToken, TokenRole, utcnow
 
