@@ -474,7 +474,12 @@ def _compact(node: Any) -> Any:
         return [_compact(item) for item in node]
     if not isinstance(node, dict):
         return node
-    out = {k: _compact(v) for k, v in node.items() if k != "title"}
+    out = {
+        # under "properties" the keys are argument names (``title`` is one), not schema keywords
+        k: {name: _compact(sub) for name, sub in v.items()} if k == "properties" else _compact(v)
+        for k, v in node.items()
+        if k != "title"
+    }
     options = out.get("anyOf")
     if isinstance(options, list) and len(options) == 2 and {"type": "null"} in options:
         (kept,) = [o for o in options if o != {"type": "null"}]

@@ -112,4 +112,3 @@ def error_of(result: CallToolResult) -> dict[str, Any]:
     assert text.startswith(f"{error['code']}: {error['message']}")
     assert isinstance(error, dict)
     return error
-
