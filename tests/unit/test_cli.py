@@ -45,6 +45,7 @@ EXPECTED_COMMANDS = {
     "migrate",
     "token",
     "sync",  # registered by the workspace-sync engineer (queue_service/cli/sync.py)
+    "mcp",  # the MCP tools over stdio (issue 11, queue_service/cli/mcp.py)
 }
 
 
