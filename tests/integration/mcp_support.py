@@ -46,7 +46,7 @@ async def seed(service: QueueService, project: str = "web", tasks: int = 3) -> N
     await service.create_tasks(project, items)
 
 
-def stdio_client(data_dir: Path, *args: str, env: dict[str, str] | None = None) -> Client:
+def stdio_client(data_dir: Path, *args: str, env: dict[str, str] | None = None, mode: str = "auto") -> Client:
     """The SDK client driving ``python -m queue_service mcp ARGS`` on a flatfile data dir."""
     base = {k: v for k, v in os.environ.items() if not k.startswith(("QUEUE_", "MOSAIC_"))}
     params = StdioServerParameters(
@@ -54,7 +54,7 @@ def stdio_client(data_dir: Path, *args: str, env: dict[str, str] | None = None) 
         args=["-m", "queue_service", "mcp", *args],
         env={**base, "QUEUE_DATA_DIR": str(data_dir), **(env or {})},
     )
-    return Client(params)
+    return Client(params, mode=mode)
 
 
 def free_port() -> int:
@@ -82,11 +82,14 @@ async def running_app(settings: Settings, backend: Backend) -> AsyncIterator[str
 
 
 @contextlib.asynccontextmanager
-async def http_client(base_url: str, token: str | None = None) -> AsyncIterator[Client]:
-    """The SDK client over streamable HTTP at ``/mcp``, sending *token* as the bearer token."""
+async def http_client(base_url: str, token: str | None = None, mode: str = "auto") -> AsyncIterator[Client]:
+    """The SDK client over streamable HTTP at ``/mcp``, sending *token* as the bearer token.
+
+    *mode* ``legacy`` speaks the initialize handshake of today's agent CLIs; ``auto`` the newest protocol.
+    """
     headers = {"Authorization": f"Bearer {token}"} if token else None
     async with create_mcp_http_client(headers=headers) as http:
-        async with Client(streamable_http_client(f"{base_url}/mcp", http_client=http)) as client:
+        async with Client(streamable_http_client(f"{base_url}/mcp", http_client=http), mode=mode) as client:
             yield client
 
 

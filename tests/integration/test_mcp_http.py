@@ -29,11 +29,12 @@ async def served(backend: Backend) -> AsyncIterator[tuple[str, dict[str, str]]]:
         yield url, tokens
 
 
+@pytest.mark.parametrize("mode", ["auto", "legacy"])
 async def test_agent_lists_claims_notes_and_completes_in_three_calls(
-    served: tuple[str, dict[str, str]], backend: Backend
+    served: tuple[str, dict[str, str]], backend: Backend, mode: str
 ) -> None:
     url, tokens = served
-    async with http_client(url, tokens["agent"]) as client:
+    async with http_client(url, tokens["agent"], mode) as client:
         names = {t.name for t in (await client.list_tools()).tools}
         claimed = record_of(await call(client, "claim_next", project="web"))
         key, token = claimed["task"]["key"], claimed["token"]
@@ -51,9 +52,12 @@ async def test_agent_lists_claims_notes_and_completes_in_three_calls(
     assert note.text == "on it"
 
 
-async def test_viewer_token_is_refused_on_claim_next(served: tuple[str, dict[str, str]], backend: Backend) -> None:
+@pytest.mark.parametrize("mode", ["auto", "legacy"])
+async def test_viewer_token_is_refused_on_claim_next(
+    served: tuple[str, dict[str, str]], backend: Backend, mode: str
+) -> None:
     url, tokens = served
-    async with http_client(url, tokens["viewer"]) as client:
+    async with http_client(url, tokens["viewer"], mode) as client:
         refused = error_of(await call(client, "claim_next", project="web"))
         ready = record_of(await call(client, "ready"))  # the token's project is the default
     assert refused["code"] == "forbidden" and "viewer" in refused["message"]

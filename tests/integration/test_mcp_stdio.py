@@ -44,9 +44,10 @@ async def test_core_profile_lists_exactly_the_nine_tools_within_budget(data_dir:
     assert set(claim.input_schema["properties"]) == {"project", "agent", "role"}
 
 
-async def test_claim_note_complete_in_three_calls_then_a_stale_token_is_refused(data_dir: Path) -> None:
+@pytest.mark.parametrize("mode", ["auto", "legacy"])
+async def test_claim_note_complete_in_three_calls_then_a_stale_token_is_refused(data_dir: Path, mode: str) -> None:
     calls = 0
-    async with stdio_client(data_dir, "web") as client:
+    async with stdio_client(data_dir, "web", mode=mode) as client:
         claimed = record_of(await call(client, "claim_next"))
         calls += 1
         key, token = claimed["task"]["key"], claimed["token"]
