@@ -42,6 +42,9 @@ def mcp(
     settings = state.settings()
     # stdout is the protocol channel: anything logged goes to stderr
     logging.basicConfig(stream=sys.stderr, level=settings.log_level.upper())
+    if logging.getLogger().level > logging.DEBUG:
+        # the SDK logs every request at INFO: noise in the agent CLI's server log
+        logging.getLogger("mcp").setLevel(logging.WARNING)
     asyncio.run(_serve(settings, slug))
 
 

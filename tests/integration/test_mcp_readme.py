@@ -45,12 +45,18 @@ async def _three_calls(client: Client) -> str:
     return str(key)
 
 
-def test_claude_mcp_add_registers_the_stdio_entry_shown() -> None:
-    (bash,) = _blocks("bash")
-    words = shlex.split(bash.strip())
-    assert words[:3] == ["claude", "mcp", "add"]
-    stdio = next(s for s in _servers() if "command" in s)
-    assert words[words.index("--") + 1 :] == [stdio["command"], *stdio["args"]]
+def test_claude_mcp_add_commands_register_the_entries_shown() -> None:
+    """Each ``claude mcp add`` line and the ``.mcp.json`` entry shown after it say the same thing (the
+    shapes are what Claude Code 2.1 writes for these lines)."""
+    stdio_line, http_line = (shlex.split(block.strip()) for block in _blocks("bash"))
+    stdio, remote = _servers()
+    assert stdio_line[:3] == ["claude", "mcp", "add"] and stdio["type"] == "stdio"
+    assert stdio_line[stdio_line.index("--") + 1 :] == [stdio["command"], *stdio["args"]]
+    assert http_line[:3] == ["claude", "mcp", "add"] and remote["type"] == "http"
+    assert http_line[http_line.index("--transport") + 1] == "http"
+    assert remote["url"] in http_line
+    name, value = http_line[http_line.index("--header") + 1].split(": ", 1)
+    assert remote["headers"] == {name: value}
 
 
 async def test_the_stdio_entry_runs_and_completes_a_task_in_three_calls(tmp_path: Path) -> None:
