@@ -25,7 +25,7 @@ _README = Path(__file__).resolve().parents[2] / "README.md"
 
 def _mcp_section() -> str:
     text = _README.read_text(encoding="utf-8")
-    start = text.index("### MCP")
+    start = text.index("### MCP")  # a subsection of "For agents"
     return text[start : text.index("\n## ", start)]
 
 
