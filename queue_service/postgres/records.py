@@ -633,11 +633,17 @@ class PostgresRecordStore(RecordStore):
             deps_of[keys[i]] = deps
         ext_rows: dict[str, Any] = {}
         if external:
+            # FOR SHARE, in id order: a dependency's status read here cannot change until this
+            # transaction commits, and a completion in flight is waited for (its recount of
+            # dependents then sees the new edges). See docs/plans/dispatch.md, "Readiness".
             rows = await conn.execute(
-                select(t.tasks.c.id, t.tasks.c.key, t.tasks.c.status).where(
+                select(t.tasks.c.id, t.tasks.c.key, t.tasks.c.status)
+                .where(
                     t.tasks.c.project == project,
                     t.tasks.c.key == func.any(bindparam("dk", sorted(external), _TEXTS)),
                 )
+                .order_by(t.tasks.c.id)
+                .with_for_update(read=True)
             )
             ext_rows = {r.key: r for r in rows}
             for i in fresh:
@@ -859,6 +865,8 @@ class PostgresRecordStore(RecordStore):
         """
         now = self.clock()
         async with self._tx() as (conn, effects):
+            if patch.depends_on:
+                await self._share_lock_deps(conn, project, patch.depends_on)
             row = await self._task_row(conn, project, key, lock="update")
             old = task_from_row(row)
             if expected_version is not None and expected_version != old.version:
@@ -944,6 +952,18 @@ class PostgresRecordStore(RecordStore):
                 )
             await self._maybe_ready(conn, effects, stored, row.id, now)
             return stored
+
+    @staticmethod
+    async def _share_lock_deps(conn: AsyncConnection, project: str, deps: Sequence[str]) -> None:
+        """Lock the (existing) tasks named in a new ``depends_on`` ``FOR SHARE``, in id order, before
+        the task itself: their statuses cannot change until this transaction commits, and the lock
+        order matches completions (dependency first, then its dependents)."""
+        await conn.execute(
+            select(t.tasks.c.id)
+            .where(t.tasks.c.project == project, t.tasks.c.key == func.any(bindparam("sk", list(deps), _TEXTS)))
+            .order_by(t.tasks.c.id)
+            .with_for_update(read=True)
+        )
 
     @staticmethod
     def _status_side_fields(old: Task, new_status: TaskStatus, now: datetime) -> dict[str, Any]:
