@@ -30,7 +30,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import asyncpg
-from sqlalchemy import Text, bindparam, func, select, update
+from sqlalchemy import BigInteger, Text, bindparam, func, select, text, update
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from queue_service import domain, exceptions
@@ -121,6 +122,23 @@ _RELEASE = (
 _LOCK_FOR_FAILURE = select(_tasks.c.id, _tasks.c.attempts, _tasks.c.max_attempts).where(_LEASE_MATCH).with_for_update()
 
 
+#: Not-started tasks whose pending count disagrees with their dependencies (see
+#: :meth:`PostgresValkeyDispatcher._repair_pending_counts`).
+_MISCOUNTED = text(
+    """
+    SELECT t.id FROM tasks t
+    WHERE t.status = 'not-started' AND t.pending_deps <> (
+        SELECT count(*) FROM task_dependencies d JOIN tasks p ON p.id = d.depends_on_id
+        WHERE d.task_id = t.id AND p.status <> 'done'
+    )
+    ORDER BY t.id LIMIT 500
+    """
+)
+_LOCK_MISCOUNTED = text(
+    "SELECT id FROM tasks WHERE id = ANY(:ids) AND status = 'not-started' ORDER BY id FOR UPDATE SKIP LOCKED"
+).bindparams(bindparam("ids", type_=ARRAY(BigInteger)))
+
+
 def event_payload(event: Event) -> dict[str, Any]:
     """The JSON published on the project's channel: ``{project, task, status, version, at}`` plus
     ``id``, ``kind`` and ``data`` (enough to rebuild the :class:`Event`)."""
@@ -200,6 +218,9 @@ class PostgresValkeyDispatcher(Dispatcher):
         #: last ready depth per project and role, refreshed by every sweep (for /metrics)
         self.depth_gauges: dict[str, dict[str, int]] = {}
         self._last_full_reconcile = 0.0
+        #: not-started tasks whose pending_deps the full reconcile found wrong and recounted (a
+        #: safety net: by construction this stays 0; the history checker asserts it)
+        self.repaired_counts = 0
         #: how often the leader re-checks every ready task against the lists, seconds
         self.reconcile_seconds = float(config.extra.get("reconcile_seconds", max(30.0, 10 * config.sweep_seconds)))
 
@@ -711,7 +732,7 @@ class PostgresValkeyDispatcher(Dispatcher):
         values: dict[str, Any] = {
             "attempts": attempts,
             "last_error": error,
-            "updated_at": now,
+            "updated_at": _DB_NOW,
             "version": _tasks.c.version + 1,
             **_END_LEASE,
         }
@@ -880,6 +901,8 @@ class PostgresValkeyDispatcher(Dispatcher):
             periodic = await self.broker.acquire_leader(self.node_id, leader_ttl)
             if periodic:
                 self._last_full_reconcile = time.monotonic()
+        if rebuilt or periodic:
+            n += await self._repair_pending_counts(now)
         ready_counts = await self._ready_counts(now)
         for project in projects:
             depth = await self.broker.depth(project)
@@ -901,6 +924,23 @@ class PostgresValkeyDispatcher(Dispatcher):
         for gone in set(self.depth_gauges) - set(projects):
             del self.depth_gauges[gone]
         return n
+
+    async def _repair_pending_counts(self, now: datetime) -> int:
+        """Safety net (not the mechanism): recount not-started tasks whose ``pending_deps`` disagrees
+        with their dependencies, and queue those that are ready. Runs with the full reconcile only
+        (it reads every not-started task). ``SKIP LOCKED``: a task some writer holds is that
+        writer's to settle, and the net never waits while holding other rows."""
+        async with wrap_errors(), self.engine.begin() as conn:
+            ids = list((await conn.execute(_MISCOUNTED)).scalars())
+            if not ids:
+                return 0
+            locked = list((await conn.execute(_LOCK_MISCOUNTED, {"ids": ids})).scalars())
+            effects = await transitions.recompute_pending_deps(conn, locked, now)
+        if locked:
+            self.repaired_counts += len(locked)
+            logger.warning("recounted pending_deps of %d task(s) that disagreed with their dependencies", len(locked))
+            await self.apply_effects(effects)
+        return len(effects.ready)
 
     async def _ready_counts(self, now: datetime) -> dict[str, dict[str, int]]:
         """Ready tasks per project and role, as Postgres counts them."""

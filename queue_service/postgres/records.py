@@ -127,6 +127,23 @@ def _due(now: datetime) -> ColumnElement[bool]:
     return or_(t.tasks.c.not_before.is_(None), t.tasks.c.not_before <= now)
 
 
+#: Runs of a PATCH chosen as a deadlock victim (see :meth:`PostgresRecordStore.update_task`).
+_DEADLOCK_ATTEMPTS = 3
+
+
+def _is_deadlock(exc: BaseException) -> bool:
+    """Whether a translated error came from Postgres's deadlock detector (SQLSTATE 40P01)."""
+    seen: BaseException | None = exc
+    for _ in range(4):
+        if seen is None:
+            return False
+        for candidate in (seen, getattr(seen, "orig", None)):
+            if getattr(candidate, "sqlstate", None) == "40P01" or getattr(candidate, "pgcode", None) == "40P01":
+                return True
+        seen = seen.__cause__
+    return False
+
+
 def task_from_row(row: Any) -> Task:
     """Build the domain Task from a row selected with :data:`task_columns`."""
     return Task(
@@ -862,7 +879,22 @@ class PostgresRecordStore(RecordStore):
         dispatch: done promotes dependents, failed/cancelled blocks them, a return to not-started
         unblocks dependents blocked because of this task. A patch that changes nothing returns the
         task unchanged (no version bump, no event).
+
+        Two PATCHes that would close a dependency cycle between them lock each other's rows and one
+        is chosen as a deadlock victim; it is run again once and then sees the other's edges (and
+        raises DependencyCycle), so neither caller gets a database error.
         """
+        for attempt in range(_DEADLOCK_ATTEMPTS):
+            try:
+                return await self._update_task_once(project, key, patch, expected_version, actor)
+            except exceptions.BackendError as exc:
+                if attempt + 1 == _DEADLOCK_ATTEMPTS or not _is_deadlock(exc):
+                    raise
+        raise AssertionError("unreachable")
+
+    async def _update_task_once(
+        self, project: str, key: str, patch: TaskUpdate, expected_version: int | None, actor: str
+    ) -> Task:
         now = self.clock()
         async with self._tx() as (conn, effects):
             if patch.depends_on:

@@ -33,7 +33,7 @@ from typing import Any
 from sqlalchemy import bindparam, text
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncConnection
-from sqlalchemy.types import BigInteger, DateTime, Integer, Text
+from sqlalchemy.types import BigInteger, DateTime, Text
 
 from queue_service.domain import DEPENDENCY_BLOCK_PREFIX, TERMINAL_FAILURE, dependency_block_reason
 from queue_service.models import Event, TaskStatus
@@ -342,9 +342,7 @@ async def on_status_changes(
         return effects
 
     # 0. Lock every direct dependent in id order before touching any of them.
-    locked = sorted(
-        {r.id for r in await conn.execute(_LOCK_DEPENDENTS, {"ids": [c.task_id for c in real]})}
-    )
+    locked = sorted({r.id for r in await conn.execute(_LOCK_DEPENDENTS, {"ids": [c.task_id for c in real]})})
 
     # 1. Dependents of tasks entering or leaving done: pending_deps recounted from their
     # dependencies as they are now (a derived count, never a delta on a stale view).

@@ -80,8 +80,8 @@ async def _run(replicas: list[QueueService], chaos: Chaos, default_seconds: floa
         f"\nhistory checker {label}: seed={seed} rounds={len(rounds)} operations={ops} violations={violations}\n"
         f"  outcomes: {dict(sorted(outcomes.items()))}"
     )
-    assert not failures, (
-        f"{violations} violation(s); replay with QUEUE_CHECKER_SEED={seed}:\n" + "\n".join(failures[:40])
+    assert not failures, f"{violations} violation(s); replay with QUEUE_CHECKER_SEED={seed}:\n" + "\n".join(
+        failures[:40]
     )
 
 

@@ -138,15 +138,17 @@ async def test_sweep_and_completion_sharing_dependents_do_not_deadlock(
     x = await svc.create_task("web", {"title": "X", "role": "c"})
     d1 = await svc.create_task("web", {"title": "D1", "depends_on": [t2.key, x.key]})
     d2 = await svc.create_task("web", {"title": "D2", "depends_on": [t1.key, x.key]})
-    await claim_key(svc, t1.key, role="a", lease=0.2)  # expires first: the old sweep took it first
-    await claim_key(svc, t2.key, role="b", lease=0.3)
+    await claim_key(svc, t1.key, role="a")
+    await claim_key(svc, t2.key, role="b")
     x_token = await claim_key(svc, x.key, role="c")
-    while await gate.fetchval(
-        "SELECT count(*) FROM tasks WHERE project = 'web' AND lease_expires_at > clock_timestamp() "
-        "AND key = ANY($1::text[])",
-        [t1.key, t2.key],
-    ):
-        await asyncio.sleep(0.05)
+    # Both leases run out (T1's first: the old sweep took leases in expiry order), by the database's clock.
+    for key, ago in ((t1.key, 2), (t2.key, 1)):
+        await gate.probe.execute(
+            "UPDATE tasks SET lease_expires_at = clock_timestamp() - make_interval(secs => $2) "
+            "WHERE project = 'web' AND key = $1",
+            key,
+            float(ago),
+        )
     # The sweep blocks D2 (dependent of T1) and is parked holding D2's lock; the completion of X then
     # locks its dependents D1 (free) and D2 (held). The old sweep went on to lock D1: deadlock.
     await gate.arm("blocked", d2.key)
