@@ -36,10 +36,12 @@ CONFIG = DispatchConfig(
     sweep_seconds=0.2,
 )
 ROUND_SECONDS = 10.0
+#: Read at import: the root conftest hides every QUEUE_* variable from the tests themselves.
+_ENV = {name: os.environ.get(name, "") for name in ("QUEUE_CHECKER_SECONDS", "QUEUE_CHECKER_SEED")}
 
 
 def _budget(default: float) -> float:
-    raw = os.environ.get("QUEUE_CHECKER_SECONDS")
+    raw = _ENV["QUEUE_CHECKER_SECONDS"]
     if not raw:
         return default
     try:
@@ -52,7 +54,7 @@ def _budget(default: float) -> float:
 
 
 def _seed() -> int:
-    raw = os.environ.get("QUEUE_CHECKER_SEED")
+    raw = _ENV["QUEUE_CHECKER_SEED"]
     if not raw:
         return random.SystemRandom().randrange(1, 10**9)
     if not raw.isdigit() or len(raw) > 12:
