@@ -53,6 +53,11 @@ def _budget(default: float) -> float:
     return value
 
 
+def _timeout(default: float) -> float:
+    """pytest-timeout for a checker test: its history budget plus room for setup and the checks."""
+    return 2 * _budget(default) + 120
+
+
 def _seed() -> int:
     raw = _ENV["QUEUE_CHECKER_SEED"]
     if not raw:
@@ -87,11 +92,13 @@ async def _run(replicas: list[QueueService], chaos: Chaos, default_seconds: floa
     )
 
 
+@pytest.mark.timeout(_timeout(10.0))
 async def test_history_checker_memory() -> None:
     async with InMemoryBackend(config=CONFIG) as backend:
         await _run([QueueService(backend)], Chaos(), 10.0, "memory")
 
 
+@pytest.mark.timeout(_timeout(10.0))
 async def test_history_checker_flatfile(tmp_path: Path) -> None:
     from flatfile.backend import FlatfileBackend
 
@@ -110,6 +117,7 @@ async def replicas(pg_url: str, valkey_url: str, valkey_prefix: str) -> AsyncIte
 
 
 @pytest.mark.postgres
+@pytest.mark.timeout(_timeout(20.0))
 async def test_history_checker_postgres_two_replicas(
     replicas: list[Backend], pg_url: str, valkey_url: str, valkey_prefix: str
 ) -> None:

@@ -14,6 +14,7 @@ from datetime import timedelta
 
 import pytest
 
+from queue_service import exceptions
 from queue_service.models import TaskStatus, utcnow
 from queue_service.postgres.backend import PostgresValkeyBackend
 from queue_service.service import QueueService
@@ -203,3 +204,24 @@ async def test_a_fast_replica_clock_does_not_steal_or_refuse_a_live_lease(
         assert u_claim.lease.expires_at - utcnow() <= timedelta(seconds=lease + 1)
         assert (await svc.complete("web", u.key, u_claim.lease.token)).status is S.DONE
         assert (await fast_svc.complete("web", t.key, token)).status is S.DONE
+
+
+# -- found by the checker's soak: PATCH cycle detection on a dense DAG ----------------------------
+
+
+async def test_patch_cycle_check_on_a_dense_dag_visits_each_task_once(svc: QueueService) -> None:
+    # 30 layers of 2 tasks, each depending on both tasks of the layer below: 2^30 paths from the top
+    # to the bottom. The old check enumerated paths and never finished; it must visit tasks, not paths.
+    items: list[dict[str, object]] = [{"title": "bottom-a"}, {"title": "bottom-b"}]
+    for layer in range(1, 30):
+        below = [f"#{2 * (layer - 1)}", f"#{2 * (layer - 1) + 1}"]
+        items += [{"title": f"l{layer}a", "depends_on": below}, {"title": f"l{layer}b", "depends_on": below}]
+    tasks = await svc.create_tasks("web", items)
+    bottom, top = tasks[0], tasks[-1]
+    other = await svc.create_task("web", {"title": "unrelated"})
+    with pytest.raises(exceptions.DependencyCycle) as info:
+        await svc.update_task("web", bottom.key, {"depends_on": [top.key]})
+    cycle = info.value.details["cycle"]
+    assert cycle[0] == bottom.key and cycle[1] == top.key and cycle[-1] == bottom.key
+    assert len(cycle) == 31  # bottom -> top (layer 29) -> one task of each layer 28..1 -> bottom
+    assert (await svc.update_task("web", bottom.key, {"depends_on": [other.key]})).depends_on == (other.key,)
