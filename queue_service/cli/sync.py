@@ -129,6 +129,7 @@ def sync(
     async def body(conn: Connection) -> dict[str, Any]:
         from queue_service.service import QueueService
         from queue_service.workspaces import locate_tasks_file, locate_workspace
+        from workspace_sync import safe_files
         from workspace_sync.engine import FileSync, SyncReport, mission_path
         from workspace_sync.manager import WorkspaceSyncManager, sync_status
 
@@ -163,6 +164,9 @@ def sync(
         located = locate_workspace(service.workspaces, proj, await service.list_projects())
         if isinstance(located, str):
             raise exceptions.ValidationError(f"project {project}: {located}")
+        if located.parts:  # below QUEUE_WORKSPACE: created as the server's sync would
+            with contextlib.suppress(OSError, safe_files.UnsafeFile):
+                await asyncio.to_thread(safe_files.ensure_directory, located)
         reports = []
         for mission in await service.list_missions(project):
             target = locate_tasks_file(service.workspaces, located, mission)
