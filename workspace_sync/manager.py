@@ -308,12 +308,12 @@ class WorkspaceSyncManager:
         for project in await self._projects():
             try:
                 await self._locate(project, everyone, wanted)
+                self._log_problem(f"project:{project.slug}", None)
             except (OSError, exceptions.QueueServiceError) as exc:
                 # one project's trouble (ENAMETOOLONG, a vanished project) never stops the others
                 self._log_problem(f"project:{project.slug}", f"project {project.slug}: {exc}")
         for key, worker in list(self._workers.items()):
-            target = wanted.get(key)
-            if target is None or target.path != worker.sync.path:
+            if wanted.get(key) != worker.sync.target:
                 await worker.stop()
                 del self._workers[key]
                 self._by_path.pop(str(worker.sync.path), None)
