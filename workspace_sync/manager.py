@@ -156,7 +156,8 @@ class WorkspaceSyncManager:
 
     Args:
         service: the QueueService facade.
-        settings: ``sync_rescan_seconds``, ``sync_debounce_seconds`` and the workspace root are read.
+        settings: ``sync_rescan_seconds`` and ``sync_debounce_seconds`` are read (the workspace rules come
+            from ``service.workspaces``).
         projects: sync only these project slugs (``queue-service sync PROJECT --watch``).
         polling: force watchdog's polling observer (default: inotify, polling only as a fallback).
         strict_coord: render fresh files with exactly coord's nine columns.
