@@ -32,6 +32,7 @@ from queue_service.backend import Backend
 from queue_service.orchestrator import Orchestrator
 from queue_service.service import QueueService
 from queue_service.settings import Settings, is_loopback
+from queue_service.workspaces import WorkspacePolicy
 from workspace_sync.manager import WorkspaceSyncManager
 
 __all__ = ["check_exposure", "create_app"]
@@ -77,7 +78,8 @@ def create_app(settings: Settings, backend: Backend | None = None) -> FastAPI:
         try:
             await be.open()
             await check_exposure(settings, be)
-            service = QueueService(be, workspace_root=settings.workspace)
+            # API callers name workspaces only relative to QUEUE_WORKSPACE (issue 9)
+            service = QueueService(be, workspaces=WorkspacePolicy.from_settings(settings, operator=False))
             app.state.qs = AppState(
                 settings=settings,
                 backend=be,

@@ -46,6 +46,7 @@ __all__ = [
     "TaskUpdate",
     "TokenRole",
     "parse_status",
+    "tasks_file_problem",
     "utcnow",
     "validate_key",
     "validate_slug",
@@ -402,6 +403,35 @@ class Milestone(_Frozen):
     status: MissionStatus = MissionStatus.PENDING
 
 
+#: one directory or file name of a mission's tasks_file (issue 9: no spaces, no ``~``, no control characters)
+TASKS_FILE_SEGMENT_RE = re.compile(r"[A-Za-z0-9._-]{1,100}")
+#: most path segments a tasks_file may have (``docs/plans/web/TASKS.md``)
+TASKS_FILE_MAX_SEGMENTS = 4
+
+
+def tasks_file_problem(value: str) -> str | None:
+    """Why *value* is not an acceptable mission ``tasks_file`` (None when it is).
+
+    The rule: relative to the workspace, at most 4 segments of ``[A-Za-z0-9._-]``, none of them
+    ``.`` or ``..``, ending in ``.md``. Also applied to stored missions before their file is synced.
+    """
+    if value.startswith("/"):
+        return f"tasks_file {value!r} must be relative to the workspace"
+    segments = value.split("/")
+    if any(s == "" for s in segments):
+        return f"tasks_file {value!r} has an empty segment"
+    if any(s in (".", "..") for s in segments):
+        return f"tasks_file {value!r}: '.' and '..' segments are refused"
+    bad = next((s for s in segments if not TASKS_FILE_SEGMENT_RE.fullmatch(s)), None)
+    if bad is not None:
+        return f"tasks_file {value!r}: each segment must match [A-Za-z0-9._-] (1-100 characters), not {bad!r}"
+    if len(segments) > TASKS_FILE_MAX_SEGMENTS:
+        return f"tasks_file {value!r} has {len(segments)} segments; at most {TASKS_FILE_MAX_SEGMENTS} are allowed"
+    if not value.endswith(".md") or segments[-1] == ".md":
+        return f"tasks_file {value!r} must name a .md file (such as docs/TASKS.md)"
+    return None
+
+
 class Mission(_Frozen):
     """A mission: a plan inside a project with ordered milestones and its own TASKS.md."""
 
@@ -430,8 +460,9 @@ class MissionCreate(_Input):
     def _relative_path(cls, value: str | None) -> str | None:
         if value is None:
             return None
-        if value.startswith("/") or ".." in value.split("/") or not value.strip():
-            raise ValueError(f"tasks_file {value!r} must be a relative path inside the workspace")
+        problem = tasks_file_problem(value)
+        if problem:
+            raise ValueError(problem)
         return value
 
     @pydantic.field_validator("milestones")

@@ -38,6 +38,7 @@ from queue_service.models import (
     validate_slug,
     validated,
 )
+from queue_service.workspaces import WorkspacePolicy
 
 __all__ = ["QueueService", "new_agent_id"]
 
@@ -82,9 +83,13 @@ def new_agent_id(name: str | None = None) -> str:
 class QueueService:
     """Every task operation, written only against :class:`~queue_service.backend.Backend`."""
 
-    def __init__(self, backend: Backend, *, workspace_root: Path | None = None) -> None:
+    def __init__(
+        self, backend: Backend, *, workspace_root: Path | None = None, workspaces: WorkspacePolicy | None = None
+    ) -> None:
         self.backend = backend
-        self.workspace_root = workspace_root
+        #: where workspaces may live (issue 9); API-strict unless the caller says it is the operator
+        self.workspaces = workspaces or WorkspacePolicy(root=workspace_root)
+        self.workspace_root = self.workspaces.root
 
     # -- projects ---------------------------------------------------------------------------
     async def create_project(self, data: ProjectCreate | Mapping[str, Any]) -> Project:
@@ -94,8 +99,14 @@ class QueueService:
         ``<root>/<slug>``.
         """
         create = validated(ProjectCreate, data)
-        if create.workspace is None and self.workspace_root is not None:
-            create = create.model_copy(update={"workspace": str(self.workspace_root / create.slug)})
+        workspace = (
+            self.workspaces.default_for(create.slug)
+            if create.workspace is None
+            else self.workspaces.place(create.workspace)
+        )
+        if workspace is not None:
+            self.workspaces.check_overlap(workspace, create.slug, await self.backend.records.list_projects())
+            create = create.model_copy(update={"workspace": workspace})
         return await self.backend.records.create_project(create)
 
     async def get_project(self, slug: str) -> Project:
@@ -107,8 +118,13 @@ class QueueService:
         return await self.backend.records.list_projects()
 
     async def update_project(self, slug: str, data: ProjectUpdate | Mapping[str, Any]) -> Project:
-        """Patch a project (name, workspace)."""
-        return await self.backend.records.update_project(validate_slug(slug), validated(ProjectUpdate, data))
+        """Patch a project (name, workspace); a workspace is checked against :attr:`workspaces`."""
+        slug, patch = validate_slug(slug), validated(ProjectUpdate, data)
+        if patch.workspace is not None:
+            workspace = self.workspaces.place(patch.workspace)
+            self.workspaces.check_overlap(workspace, slug, await self.backend.records.list_projects())
+            patch = patch.model_copy(update={"workspace": workspace})
+        return await self.backend.records.update_project(slug, patch)
 
     # -- missions ---------------------------------------------------------------------------
     async def create_mission(self, project: str, data: MissionCreate | Mapping[str, Any]) -> Mission:

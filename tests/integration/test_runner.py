@@ -39,6 +39,7 @@ from queue_service.runner import (
 )
 from queue_service.service import QueueService
 from queue_service.testing import InMemoryBackend
+from queue_service.workspaces import WorkspacePolicy
 
 FAST = DispatchConfig(
     lease_seconds=5.0,
@@ -76,7 +77,7 @@ async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 30.0
 @pytest.fixture
 async def svc() -> AsyncIterator[QueueService]:
     async with InMemoryBackend(config=FAST) as backend:
-        service = QueueService(backend)
+        service = QueueService(backend, workspaces=WorkspacePolicy(operator=True))
         await service.create_project({"slug": "web", "key_prefix": "WEB"})
         yield service
 

@@ -26,6 +26,7 @@ from queue_service.cli import app
 from queue_service.cli._core import CliState, Connection
 from queue_service.service import QueueService
 from queue_service.testing import InMemoryBackend
+from queue_service.workspaces import WorkspacePolicy
 
 EXPECTED_COMMANDS = {
     "project",
@@ -60,7 +61,12 @@ class Cli:
 
         @contextlib.asynccontextmanager
         async def conn() -> AsyncIterator[Connection]:
-            yield Connection(ops=QueueService(backend), mode="local", source="memory", sweep=backend.dispatch.sweep)
+            yield Connection(
+                ops=QueueService(backend, workspaces=WorkspacePolicy(operator=True)),
+                mode="local",
+                source="memory",
+                sweep=backend.dispatch.sweep,
+            )
 
         return conn()
 
