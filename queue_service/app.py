@@ -27,6 +27,7 @@ from queue_service.api import (
 )
 from queue_service.api.auth import Authenticator
 from queue_service.api.deps import AppState
+from queue_service.api.edge import EdgeMiddleware
 from queue_service.api.metrics import Metrics
 from queue_service.backend import Backend
 from queue_service.orchestrator import Orchestrator
@@ -117,6 +118,8 @@ def create_app(settings: Settings, backend: Backend | None = None) -> FastAPI:
         description="Task orchestration for teams of AI agents. Errors are `{error: {code, message, details}}`.",
         lifespan=lifespan,
     )
+    # inside the catch-all (added next), so a failure in an edge check is still a JSON error
+    app.add_middleware(EdgeMiddleware, settings=settings)
     errors.install_error_handlers(app)
     for module in (
         routes_health,

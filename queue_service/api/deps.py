@@ -17,6 +17,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from queue_service import exceptions
 from queue_service.api.auth import Authenticator
+from queue_service.api.edge import PRINCIPAL_SCOPE_KEY
 from queue_service.api.metrics import Metrics
 from queue_service.auth import Action, Principal
 from queue_service.backend import Backend
@@ -74,7 +75,14 @@ _bearer = HTTPBearer(auto_error=False, description="an API token: `Authorization
 async def get_principal(
     request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 ) -> Principal:
-    """The caller (401 if auth is on and the token is missing or unknown)."""
+    """The caller (401 if auth is on and the token is missing or unknown).
+
+    On ``/v1`` and ``/mcp`` the HTTP edge has already authenticated the request, before its body was
+    read (``api.edge``); its answer is reused.
+    """
+    checked = request.scope.get(PRINCIPAL_SCOPE_KEY)
+    if isinstance(checked, Principal):
+        return checked
     return await get_state(request).authenticator.authenticate(credentials.credentials if credentials else None)
 
 

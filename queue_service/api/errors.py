@@ -26,7 +26,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from queue_service import exceptions, models
 
-__all__ = ["CatchAllMiddleware", "error_response", "install_error_handlers"]
+__all__ = ["CatchAllMiddleware", "domain_error_response", "error_response", "install_error_handlers"]
 
 logger = logging.getLogger("queue_service.api")
 
@@ -97,6 +97,11 @@ def _domain_error_response(exc: exceptions.QueueServiceError) -> Response:
         logger.error("request failed: %s: %s %r", exc.code, exc.message, exc.details, exc_info=exc)
         return error_response(status, exc.code, exc.message, {}, headers)
     return error_response(status, exc.code, exc.message, exc.details, headers)
+
+
+def domain_error_response(exc: exceptions.QueueServiceError) -> Response:
+    """The response for a domain error raised outside a route (the HTTP edge)."""
+    return _domain_error_response(exc)
 
 
 def _problems(errors: Sequence[Any]) -> list[dict[str, Any]]:
