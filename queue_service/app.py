@@ -28,6 +28,7 @@ from queue_service.api import (
 from queue_service.api.auth import Authenticator
 from queue_service.api.deps import AppState
 from queue_service.api.edge import EdgeMiddleware
+from queue_service.api.limits import StreamSlots
 from queue_service.api.metrics import Metrics
 from queue_service.backend import Backend
 from queue_service.orchestrator import Orchestrator
@@ -85,6 +86,7 @@ def create_app(settings: Settings, backend: Backend | None = None) -> FastAPI:
                 service=service,
                 authenticator=Authenticator(be.records),
                 metrics=Metrics(),
+                streams=StreamSlots(settings.max_event_streams),
             )
             if settings.orchestrator:
                 orchestrator = _make_orchestrator(be, settings.sweep_seconds)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 from fastapi import Depends, Path, Request, Response
@@ -18,6 +18,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from queue_service import exceptions
 from queue_service.api.auth import Authenticator
 from queue_service.api.edge import PRINCIPAL_SCOPE_KEY
+from queue_service.api.limits import StreamSlots
 from queue_service.api.metrics import Metrics
 from queue_service.auth import Action, Principal
 from queue_service.backend import Backend
@@ -51,6 +52,8 @@ class AppState:
     service: QueueService
     authenticator: Authenticator
     metrics: Metrics
+    #: open event streams on this replica (QUEUE_MAX_EVENT_STREAMS)
+    streams: StreamSlots = field(default_factory=lambda: StreamSlots(256))
 
 
 def get_state(request: Request) -> AppState:

@@ -192,7 +192,9 @@ async def test_cross_site_json_retry_is_refused(headers: dict[str, str]) -> None
         assert await fingerprint(s.service) == before
 
 
-@pytest.mark.parametrize("content_type", [None, "text/plain", "application/x-www-form-urlencoded", "multipart/form-data"])
+@pytest.mark.parametrize(
+    "content_type", [None, "text/plain", "application/x-www-form-urlencoded", "multipart/form-data"]
+)
 async def test_state_change_needs_json_even_without_origin(content_type: str | None) -> None:
     # an old browser or a page's <form> may send no Origin: the media type alone still refuses it
     async with seeded(allowed_hosts="") as s, http_client(s.app) as http:
