@@ -26,7 +26,7 @@ P = "/v1/projects/web"
 @pytest.mark.parametrize(
     ("path", "body"),
     [
-        (f"{P}/tasks", {"title": "t", "key": "NL-1\n"}),
+        (f"{P}/tasks", {"title": "t", "key": "WEB-9\n"}),
         (f"{P}/tasks", {"title": "t", "role": "dev\n"}),
         (f"{P}/tasks", {"title": "t", "mission": "default\n"}),
         (f"{P}/tasks", {"title": "t", "labels": ["ui\n"]}),
