@@ -24,6 +24,7 @@ from queue_service.api import (
     routes_projects,
     routes_sync,
     routes_tasks,
+    routes_tokens,
 )
 from queue_service.api.auth import Authenticator
 from queue_service.api.deps import AppState
@@ -131,6 +132,7 @@ def create_app(settings: Settings, backend: Backend | None = None) -> FastAPI:
         routes_events,
         routes_coord,
         routes_sync,
+        routes_tokens,
     ):
         app.include_router(module.router)
     return app

@@ -662,6 +662,8 @@ class ApiToken(_Frozen):
     token_hash: str
     name: str | None = None
     created_at: datetime
+    #: set by ``qs token revoke``: the token no longer authenticates, but its record keeps auth on
+    revoked_at: datetime | None = None
 
 
 class ProjectSnapshot(_Frozen):
