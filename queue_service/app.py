@@ -85,7 +85,7 @@ def create_app(settings: Settings, backend: Backend | None = None) -> FastAPI:
                 settings=settings,
                 backend=be,
                 service=service,
-                authenticator=Authenticator(be.records),
+                authenticator=Authenticator(be.records, require_tokens=not is_loopback(settings.host)),
                 metrics=Metrics(),
                 streams=StreamSlots(settings.max_event_streams),
             )

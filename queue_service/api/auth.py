@@ -32,8 +32,12 @@ class Authenticator:
         recheck_seconds: float = 1.0,
         cache_seconds: float = 30.0,
         cache_size: int = 1024,
+        require_tokens: bool = False,
     ) -> None:
         self._records = records
+        #: bound where other machines reach it: with every token purged, refuse everyone instead of
+        #: running open (the start-up check alone would only catch this at the next restart)
+        self._require_tokens = require_tokens
         self._recheck = recheck_seconds
         self._ttl = cache_seconds
         self._cache_size = cache_size
@@ -70,6 +74,11 @@ class Authenticator:
             AuthError: auth is on and the token is missing or unknown.
         """
         if not await self.enabled():
+            if self._require_tokens:
+                raise exceptions.AuthError(
+                    "this service is reachable from other machines and has no API token: "
+                    "an operator must create one (qs token create --role admin --all-projects)"
+                )
             return Principal.open()
         if not credential:
             raise exceptions.AuthError("this service requires a bearer token: send 'Authorization: Bearer qs_…'")

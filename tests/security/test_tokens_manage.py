@@ -16,8 +16,9 @@ from queue_service.app import create_app
 from queue_service.cli import app as cli_app
 from queue_service.client import AsyncClient
 from queue_service.models import TokenRole
-from tests.security.http_support import fingerprint, seeded
-from tests.unit.api_support import BASE, add_token, error_of, http_client, running
+from queue_service.testing import InMemoryBackend
+from tests.security.http_support import fingerprint, seed, seeded
+from tests.unit.api_support import BASE, FAST, add_token, error_of, http_client, running
 from tests.unit.api_support import settings as app_settings
 
 JSON = {"Content-Type": "application/json"}
@@ -132,3 +133,21 @@ async def test_typed_client_reads_queue_token(monkeypatch: pytest.MonkeyPatch) -
             assert [p.slug for p in await client.list_projects()] == ["web"]
             task = await client.retry_task("web", (await client.cancel_task("web", "WEB-2")).key)
             assert task.status.value == "not-started"  # body-less POSTs carry the JSON media type
+
+
+async def test_purge_on_a_reachable_server_refuses_everyone_instead_of_running_open() -> None:
+    async with InMemoryBackend(config=FAST) as backend:
+        root = await add_token(backend, TokenRole.ADMIN)
+        app = create_app(app_settings(host="0.0.0.0", allowed_hosts="qs.test"), backend=backend)
+        async with running(app):
+            await seed(app.state.qs.service)
+            async with http_client(app, root) as http:
+                assert (await http.get("/v1/projects")).status_code == 200
+            assert await backend.records.purge_api_tokens() == 1
+            app.state.qs.authenticator.reset()  # as another replica would after its 30 s
+            before = await fingerprint(app.state.qs.service)
+            async with http_client(app) as anonymous:
+                refused = await anonymous.post("/v1/projects/web/tasks/WEB-1/cancel", headers=JSON)
+                assert refused.status_code == 401
+                assert "no API token" in error_of(refused)["message"]
+            assert await fingerprint(app.state.qs.service) == before
