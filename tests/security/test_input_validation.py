@@ -147,3 +147,29 @@ async def test_not_before_outside_the_utc_range_is_a_422_on_postgres(
     assert "asyncpg" not in created.text + patched.text
     assert await fingerprint(service) == before
     assert json.loads(created.text)["error"]["message"]
+
+
+async def test_a_500_never_carries_driver_text() -> None:
+    from fastapi import FastAPI
+
+    from queue_service import exceptions
+    from queue_service.api.errors import install_error_handlers
+
+    probe = FastAPI()
+    install_error_handlers(probe)
+    leak = 'Postgres error: (asyncpg.exceptions.NumericValueOutOfRangeError) value "9" * 5000 SELECT secret'
+
+    @probe.get("/domain")
+    async def domain() -> None:
+        raise exceptions.BackendError(leak, sql="SELECT secret FROM api_tokens")
+
+    @probe.get("/crash")
+    async def crash() -> None:
+        raise OverflowError(leak)
+
+    async with http_client(probe) as client:
+        for path in ("/domain", "/crash"):
+            response = await client.get(path)
+            assert response.status_code == 500
+            assert "asyncpg" not in response.text and "secret" not in response.text, response.text
+            assert error_of(response)["message"]

@@ -388,7 +388,10 @@ async def test_every_domain_error_maps_to_its_status_and_code(cls: type[exceptio
     assert response.status_code == cls.http_status
     err = error_of(response)
     assert err["code"] == cls.code
-    assert err["message"] == "it went wrong"
+    if cls.http_status < 500 or cls.http_status == 503:
+        assert err["message"] == "it went wrong"
+    else:
+        assert "it went wrong" not in err["message"]  # may quote the driver: logged, never sent
     if cls.http_status < 500 or cls.http_status == 503:
         assert err["details"] == {"task": "WEB-1"}
     else:
