@@ -122,7 +122,7 @@ def test_help_lists_exactly_the_working_commands() -> None:
         "task": {"add", "list", "show", "edit", "cancel", "retry", "note"},
         "project": {"create", "list", "show"},
         "mission": {"create", "list"},
-        "token": {"create"},
+        "token": {"create", "list", "revoke", "purge"},
     }.items():
         sub = CliRunner().invoke(app, [group, "--help"])
         assert sub.exit_code == 0
