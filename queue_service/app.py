@@ -24,9 +24,12 @@ from queue_service.api import (
     routes_projects,
     routes_sync,
     routes_tasks,
+    routes_tokens,
 )
 from queue_service.api.auth import Authenticator
 from queue_service.api.deps import AppState
+from queue_service.api.edge import EdgeMiddleware
+from queue_service.api.limits import StreamSlots
 from queue_service.api.metrics import Metrics
 from queue_service.backend import Backend
 from queue_service.orchestrator import Orchestrator
@@ -84,8 +87,9 @@ def create_app(settings: Settings, backend: Backend | None = None) -> FastAPI:
                 settings=settings,
                 backend=be,
                 service=service,
-                authenticator=Authenticator(be.records),
+                authenticator=Authenticator(be.records, require_tokens=not is_loopback(settings.host)),
                 metrics=Metrics(),
+                streams=StreamSlots(settings.max_event_streams),
             )
             if settings.orchestrator:
                 orchestrator = _make_orchestrator(be, settings.sweep_seconds)
@@ -119,6 +123,8 @@ def create_app(settings: Settings, backend: Backend | None = None) -> FastAPI:
         description="Task orchestration for teams of AI agents. Errors are `{error: {code, message, details}}`.",
         lifespan=lifespan,
     )
+    # inside the catch-all (added next), so a failure in an edge check is still a JSON error
+    app.add_middleware(EdgeMiddleware, settings=settings)
     errors.install_error_handlers(app)
     for module in (
         routes_health,
@@ -128,6 +134,7 @@ def create_app(settings: Settings, backend: Backend | None = None) -> FastAPI:
         routes_events,
         routes_coord,
         routes_sync,
+        routes_tokens,
     ):
         app.include_router(module.router)
     return app

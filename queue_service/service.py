@@ -40,7 +40,7 @@ from queue_service.models import (
 )
 from queue_service.workspaces import WorkspacePolicy
 
-__all__ = ["QueueService", "new_agent_id"]
+__all__ = ["SERVICE_AUTHORS", "QueueService", "check_author", "new_agent_id"]
 
 MAX_BATCH = 10_000
 MAX_PAGE = 1000
@@ -78,6 +78,20 @@ def new_agent_id(name: str | None = None) -> str:
     """
     base = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
     return f"{name}@{base}" if name else base
+
+
+#: names the service writes notes and events under: no caller may sign a note with one (issue 9)
+SERVICE_AUTHORS = frozenset({"workspace-sync", "system", "dispatcher", "orchestrator", "queue-service"})
+
+
+def check_author(author: str) -> str:
+    """Refuse a note author that impersonates the service (``workspace-sync``…)."""
+    if author.strip().lower() in SERVICE_AUTHORS:
+        raise exceptions.ValidationError(
+            f"note author {author.strip()!r} is reserved for the service itself; sign notes with your own name",
+            value=author.strip(),
+        )
+    return author
 
 
 class QueueService:
@@ -217,12 +231,20 @@ class QueueService:
             _check_text("reason", reason)
         return await self.backend.records.cancel_task(validate_slug(project), validate_key(key), reason, actor)
 
-    async def add_note(self, project: str, key: str, author: str, text: str, token: str | None = None) -> Note:
-        """Append a note to a task."""
+    async def add_note(
+        self, project: str, key: str, author: str, text: str, token: str | None = None, *, system: bool = False
+    ) -> Note:
+        """Append a note to a task.
+
+        Args:
+            system: the service itself writes it (the sync); only then may *author* be a service name.
+        """
         if not text or not text.strip():
             raise exceptions.ValidationError("note text must not be empty")
         if not author or not author.strip():
             raise exceptions.ValidationError("note author must not be empty")
+        if not system:
+            check_author(author)
         _check_text("text", text)
         _check_text("author", author)
         return await self.backend.records.add_note(

@@ -198,6 +198,7 @@ def _token_from_row(row: Any) -> ApiToken:
         token_hash=row.token_hash,
         name=row.name,
         created_at=row.created_at,
+        revoked_at=row.revoked_at,
     )
 
 
@@ -1374,9 +1375,34 @@ class PostgresRecordStore(RecordStore):
             return _token_from_row(row) if row is not None else None
 
     async def count_api_tokens(self) -> int:
-        """How many tokens exist (0 means auth is off)."""
+        """How many token records exist, revoked ones included (0 means auth is off)."""
         async with self._read() as conn:
             return int(await conn.scalar(select(func.count()).select_from(t.api_tokens)) or 0)
+
+    async def list_api_tokens(self) -> list[ApiToken]:
+        """Every token record, oldest first (revoked ones included)."""
+        async with self._read() as conn:
+            rows = await conn.execute(select(t.api_tokens).order_by(t.api_tokens.c.created_at, t.api_tokens.c.id))
+            return [_token_from_row(row) for row in rows]
+
+    async def revoke_api_token(self, token_id: str) -> ApiToken:
+        """Mark a token revoked (idempotent). Raises NotFound for an unknown id."""
+        async with self._tx() as (conn, _effects):
+            await conn.execute(
+                update(t.api_tokens)
+                .where(t.api_tokens.c.id == token_id, t.api_tokens.c.revoked_at.is_(None))
+                .values(revoked_at=func.now())
+            )
+            row = (await conn.execute(select(t.api_tokens).where(t.api_tokens.c.id == token_id))).first()
+            if row is None:
+                raise exceptions.NotFound(f"no token with id {token_id!r}", token=token_id)
+            return _token_from_row(row)
+
+    async def purge_api_tokens(self) -> int:
+        """Delete every token record (auth turns off); returns how many there were."""
+        async with self._tx() as (conn, _effects):
+            result = await conn.execute(delete(t.api_tokens))
+            return int(result.rowcount or 0)
 
     # -- snapshots --------------------------------------------------------------------------
     async def export_project(self, project: str) -> ProjectSnapshot:
