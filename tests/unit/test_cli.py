@@ -23,6 +23,7 @@ from typer.testing import CliRunner
 
 from queue_service import snapshot
 from queue_service.cli import app
+from queue_service.backend import DispatchConfig
 from queue_service.cli._core import CliState, Connection
 from queue_service.service import QueueService
 from queue_service.testing import InMemoryBackend
@@ -90,7 +91,9 @@ class Cli:
 
 @pytest.fixture
 def backend() -> InMemoryBackend:
-    return InMemoryBackend()
+    # a failed attempt backs off for a minute: "WEB-1 is backing off" must not depend on how fast
+    # the next invocation starts on a loaded machine
+    return InMemoryBackend(config=DispatchConfig(backoff_base_seconds=60.0, backoff_max_seconds=120.0))
 
 
 @pytest.fixture
