@@ -33,7 +33,7 @@ from flatfile.atomic import ensure_dir
 from flatfile.errors import wrap_errors
 from flatfile.journal import CompactionPolicy, Outcome, ProjectFiles, Txn, create_project_dir
 from flatfile.tokens import TokenFile
-from queue_service import exceptions
+from queue_service import domain, exceptions
 from queue_service.backend import Backend, DispatchConfig, Dispatcher, EventStream, RecordStore
 from queue_service.models import (
     SLUG_RE,
@@ -301,7 +301,7 @@ class _Dispatch(Dispatcher):
         wait: float = 0.0,
         lease_seconds: float | None = None,
     ) -> Claim | None:
-        lease = lease_seconds or self.b.config.lease_seconds
+        lease = domain.lease_length(lease_seconds, self.b.config.lease_seconds)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + max(0.0, wait)
         signal = self.b.signal(project)
@@ -350,7 +350,7 @@ class _Dispatch(Dispatcher):
         lease_seconds: float | None = None,
     ) -> list[Claim]:
         """See :meth:`Dispatcher.claim_many`: one lock, one journal entry for the batch."""
-        lease = lease_seconds or self.b.config.lease_seconds
+        lease = domain.lease_length(lease_seconds, self.b.config.lease_seconds)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + max(0.0, wait)
         signal = self.b.signal(project)
@@ -379,7 +379,7 @@ class _Dispatch(Dispatcher):
                 self.b.unwatch(project)
 
     async def heartbeat(self, project: str, key: str, token: str, lease_seconds: float | None = None) -> Lease:
-        seconds = lease_seconds or self.b.config.lease_seconds
+        seconds = domain.lease_length(lease_seconds, self.b.config.lease_seconds)
 
         def op(txn: Txn) -> Lease:
             changes, lease = txn.state.plan_heartbeat(key, token, seconds, txn.now)
