@@ -17,8 +17,7 @@ import pytest
 from queue_service import exceptions
 from queue_service.app import create_app
 from queue_service.postgres.backend import PostgresValkeyBackend
-from queue_service.postgres.errors import translate
-is_connection_failure = lambda e: True  # noqa
+from queue_service.postgres.errors import is_connection_failure, translate
 from queue_service.postgres.hotpath import asyncpg_dsn
 from queue_service.service import QueueService
 from queue_service.settings import Settings
