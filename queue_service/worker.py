@@ -249,7 +249,12 @@ class Job(_JobBase):
                 self.final = call()
                 break
             except exceptions.BackendUnavailable as exc:
-GIVEUP                delay = _finish_delay(attempt)
+                if attempt >= _FINISH_TRIES:
+                    # the worker lives on; the task is handed out again once its lease runs out
+                    logger.error("task %s: gave up being %s after %d tries: %s", self.key, outcome, attempt, exc)
+                    self.outcome = "lost"
+                    return None
+                delay = _finish_delay(attempt)
                 logger.warning("task %s: could not be %s (%s); retrying in %.2fs", self.key, outcome, exc, delay)
                 time.sleep(delay)
             except exceptions.LeaseError as exc:
@@ -331,7 +336,12 @@ class AsyncJob(_JobBase):
                 self.final = await call()
                 break
             except exceptions.BackendUnavailable as exc:
-GIVEUP                delay = _finish_delay(attempt)
+                if attempt >= _FINISH_TRIES:
+                    # the worker lives on; the task is handed out again once its lease runs out
+                    logger.error("task %s: gave up being %s after %d tries: %s", self.key, outcome, attempt, exc)
+                    self.outcome = "lost"
+                    return None
+                delay = _finish_delay(attempt)
                 logger.warning("task %s: could not be %s (%s); retrying in %.2fs", self.key, outcome, exc, delay)
                 await asyncio.sleep(delay)
             except exceptions.LeaseError as exc:
