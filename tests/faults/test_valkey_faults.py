@@ -144,8 +144,17 @@ async def test_lost_dedupe_removal_does_not_swallow_later_enqueues(
         raise exceptions.BackendUnavailable("valkey: connection reset")
 
     monkeypatch.setattr(broker, "forget", blip)
-    waiter = asyncio.create_task(svc.claim("web", "a", wait=10.0))  # blocks in BLPOP
-    await asyncio.sleep(0.2)
+    blocking = broker._blocking_client
+    real_blpop = blocking.blpop
+    in_blpop = asyncio.Event()
+
+    async def blpop(*args: Any, **kwargs: Any) -> Any:
+        in_blpop.set()
+        return await real_blpop(*args, **kwargs)
+
+    monkeypatch.setattr(blocking, "blpop", blpop)
+    waiter = asyncio.create_task(svc.claim("web", "a", wait=10.0))
+    await in_blpop.wait()  # past its non-blocking pop: the key can only reach it through BLPOP
     task = await svc.create_task("web", {"title": "t"})
     claim = await waiter
     assert claim is not None and claim.task.key == task.key  # the popped key is still claimed
