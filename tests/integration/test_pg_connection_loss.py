@@ -20,9 +20,8 @@ from queue_service.postgres.backend import PostgresValkeyBackend
 from queue_service.postgres.errors import is_connection_failure, translate
 from queue_service.postgres.hotpath import asyncpg_dsn
 from queue_service.service import QueueService
-from queue_service.settings import Settings
 from tests.integration.pgvk import open_backend
-from tests.unit.api_support import http_client, running
+from tests.unit.api_support import http_client, running, settings
 
 pytestmark = pytest.mark.postgres
 
@@ -87,7 +86,7 @@ async def test_terminated_backends_give_unavailable_then_recover(backend: Postgr
 
 
 async def test_terminated_backends_are_503_over_http(backend: PostgresValkeyBackend, pg_url: str) -> None:
-    app = create_app(Settings(backend_url="memory://", orchestrator=False, sync=False), backend=backend)
+    app = create_app(settings(), backend=backend)
     async with running(app), http_client(app) as http:
         r = await http.post("/v1/projects/web/tasks", json={"title": "warm"})
         assert r.status_code == 201, r.text
