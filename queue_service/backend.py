@@ -65,7 +65,8 @@ class DispatchConfig:
 
     #: default lease length for a claim, seconds
     lease_seconds: float = 30.0
-    #: how often agents are expected to heartbeat (the reclaim target is 2× this)
+    #: how often agents are expected to heartbeat (clients default to a third of their lease); the
+    #: server does not use it: a task is reclaimable within lease + ``sweep_seconds`` of its last renewal
     heartbeat_seconds: float = 10.0
     #: first retry delay; doubles each attempt
     backoff_base_seconds: float = 1.0
@@ -275,6 +276,7 @@ class Dispatcher(abc.ABC):
         ``assignee``/``lease_holder`` = *agent*, ``attempts`` unchanged, a fresh random token and
         ``lease_expires_at = now + lease``. Waits up to *wait* seconds for a task to become ready
         (no busy polling); returns None if none did. Tasks of other roles are never returned.
+        *lease_seconds* None means the configured default; zero or negative raises ValidationError.
         """
 
     async def claim_many(
@@ -334,7 +336,8 @@ class Dispatcher(abc.ABC):
 
     @abc.abstractmethod
     async def heartbeat(self, project: str, key: str, token: str, lease_seconds: float | None = None) -> Lease:
-        """Extend the lease to now + lease. Raises LeaseError for a wrong or expired token."""
+        """Extend the lease to now + lease. Raises LeaseError for a wrong or expired token, and
+        ValidationError for a zero or negative *lease_seconds*."""
 
     @abc.abstractmethod
     async def complete(self, project: str, key: str, token: str, result: Any = None) -> Task:

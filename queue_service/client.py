@@ -15,8 +15,9 @@ as the service's own error tree (``queue_service.exceptions``) rebuilt from the 
         def handle(task): ...              # a worker: heartbeats run in a thread meanwhile
         qs.worker("web", roles=["dev"]).run(handle, max_tasks=10)
 
-Retries: idempotent calls (every GET, results, cancel, and creates carrying an idempotency key) are
-retried with exponential backoff on 503 and on transport errors. Other calls are retried only when
+Retries: idempotent calls (every GET, results, cancel, creates carrying an idempotency key, and
+complete/fail, which a lease token can do at most once) are retried with exponential backoff on 503
+and on transport errors. Other calls are retried only when
 the connection could not be made at all (the request never reached the service). Tests inject a
 transport: ``AsyncClient(transport=httpx.ASGITransport(app=create_app(...)))``.
 """
@@ -54,7 +55,7 @@ from queue_service.models import (
     TaskUpdate,
 )
 from queue_service.service import new_agent_id
-from queue_service.worker import AsyncJob, AsyncWorker, Job, PermanentError, Worker
+from queue_service.worker import AsyncJob, AsyncWorker, Job, PermanentError, Worker, completed_with
 
 __all__ = [
     "DEFAULT_URL",
@@ -110,6 +111,8 @@ class _Call:
     headers: dict[str, str] = field(default_factory=dict)
     idempotent: bool = False
     timeout: float | None = None
+    #: how many times it was sent so far (a retried finishing call may have landed the first time)
+    tries: int = 0
 
 
 def _p(value: str) -> str:
@@ -394,6 +397,7 @@ class Client(_BaseClient):
         attempt = 0
         while True:
             attempt += 1
+            call.tries = attempt
             try:
                 response = self._http.request(
                     call.method,
@@ -582,13 +586,25 @@ class Client(_BaseClient):
         return _load(Lease, self._send(_Calls.task_op(project, key, "heartbeat", body)))
 
     def complete(self, project: str, key: str, token: str, result: Any = None) -> Task:
-        """Finish a claimed task with *result* (any JSON value)."""
-        return _load(Task, self._send(_Calls.task_op(project, key, "complete", {"token": token, "result": result})))
+        """Finish a claimed task with *result* (any JSON value).
+
+        Retried on 503 and transport errors (a token completes a task at most once, so a repeat is
+        safe); if a retry is refused because an earlier try did land, the completed task is returned.
+        """
+        call = _Calls.task_op(project, key, "complete", {"token": token, "result": result}, idempotent=True)
+        try:
+            return _load(Task, self._send(call))
+        except exceptions.LeaseError:
+            if call.tries > 1:
+                task = self.get_task(project, key)
+                if completed_with(task, result):
+                    return task
+            raise
 
     def fail(self, project: str, key: str, token: str, error: str, *, retryable: bool = True) -> Task:
-        """Report a failed attempt."""
+        """Report a failed attempt (retried on 503 like :meth:`complete`: a token fails a task once)."""
         body = {"token": token, "error": error, "retryable": retryable}
-        return _load(Task, self._send(_Calls.task_op(project, key, "fail", body)))
+        return _load(Task, self._send(_Calls.task_op(project, key, "fail", body, idempotent=True)))
 
     def release(self, project: str, key: str, token: str) -> Task:
         """Give a claimed task back without counting an attempt."""
@@ -671,8 +687,8 @@ class Client(_BaseClient):
 
         Args:
             agent: agent id (default: a fresh ``new_agent_id()``).
-            lease_seconds: lease per claim (default: the service's).
-            heartbeat_seconds: heartbeat period (default: a third of the lease).
+            lease_seconds: lease per claim (default: 30 s, ``worker.DEFAULT_LEASE_SECONDS``).
+            heartbeat_seconds: heartbeat period (default: a third of the lease length).
             wait_seconds: how long each claim long-polls.
             stop_when_idle: stop iterating when a claim finds nothing.
         """
@@ -741,6 +757,7 @@ class AsyncClient(_BaseClient):
         attempt = 0
         while True:
             attempt += 1
+            call.tries = attempt
             try:
                 response = await self._http.request(
                     call.method,
@@ -932,14 +949,21 @@ class AsyncClient(_BaseClient):
         return _load(Lease, await self._send(_Calls.task_op(project, key, "heartbeat", body)))
 
     async def complete(self, project: str, key: str, token: str, result: Any = None) -> Task:
-        """Finish a claimed task with *result* (any JSON value)."""
-        call = _Calls.task_op(project, key, "complete", {"token": token, "result": result})
-        return _load(Task, await self._send(call))
+        """Finish a claimed task with *result* (any JSON value); retried as :meth:`Client.complete`."""
+        call = _Calls.task_op(project, key, "complete", {"token": token, "result": result}, idempotent=True)
+        try:
+            return _load(Task, await self._send(call))
+        except exceptions.LeaseError:
+            if call.tries > 1:
+                task = await self.get_task(project, key)
+                if completed_with(task, result):
+                    return task
+            raise
 
     async def fail(self, project: str, key: str, token: str, error: str, *, retryable: bool = True) -> Task:
-        """Report a failed attempt."""
+        """Report a failed attempt (retried on 503 like :meth:`complete`)."""
         body = {"token": token, "error": error, "retryable": retryable}
-        return _load(Task, await self._send(_Calls.task_op(project, key, "fail", body)))
+        return _load(Task, await self._send(_Calls.task_op(project, key, "fail", body, idempotent=True)))
 
     async def release(self, project: str, key: str, token: str) -> Task:
         """Give a claimed task back without counting an attempt."""

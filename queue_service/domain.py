@@ -6,6 +6,7 @@ in-memory, Postgres and flatfile backends agree, and the contract suite check th
 
 from __future__ import annotations
 
+import math
 import random
 import re
 from collections.abc import Iterable, Mapping
@@ -15,6 +16,7 @@ from queue_service import exceptions
 from queue_service.models import Task, TaskStatus
 
 __all__ = [
+    "lease_length",
     "HUMAN_TRANSITIONS",
     "TERMINAL_FAILURE",
     "backoff_delay",
@@ -157,3 +159,12 @@ def backoff_delay(
     spread = raw * jitter
     r = rng or random
     return timedelta(seconds=max(0.0, raw + r.uniform(-spread, spread)))
+
+
+def lease_length(requested: float | None, default: float) -> float:
+    """The lease to grant: *requested*, or *default* when None. Zero, negative or non-finite is a
+    ValidationError (422) on every backend: ``0`` must never silently mean "the default"."""
+    lease = float(default if requested is None else requested)
+    if not math.isfinite(lease) or lease <= 0:
+        raise exceptions.ValidationError(f"lease_seconds must be positive, got {requested}", value=requested)
+    return lease

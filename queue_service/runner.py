@@ -48,6 +48,7 @@ import filelock
 from queue_service import exceptions
 from queue_service.models import Claim, Lease, Project, Task, TaskStatus
 from queue_service.service import new_agent_id
+from queue_service.worker import DEFAULT_LEASE_SECONDS, heartbeat_interval
 
 __all__ = [
     "CAPSULE_FILE",
@@ -307,9 +308,9 @@ class RunnerOptions:
     roles: Sequence[str] | None = None
     #: tasks run at the same time
     concurrency: int = 1
-    #: lease length asked for each claim (None: the service default)
+    #: lease length asked for each claim (None: ``worker.DEFAULT_LEASE_SECONDS``, 30 s)
     lease_seconds: float | None = None
-    #: heartbeat period (None: a third of the lease)
+    #: heartbeat period (None: a third of the lease length)
     heartbeat_seconds: float | None = None
     #: stop after this many tasks were claimed (None: no limit)
     max_tasks: int | None = None
@@ -421,6 +422,8 @@ class Runner:
         self.ops = ops
         self.options = options
         self._sweep = sweep
+        #: every claim and heartbeat asks for this lease, so the heartbeat period is known exactly
+        self._lease_seconds = options.lease_seconds if options.lease_seconds is not None else DEFAULT_LEASE_SECONDS
         self.agent = new_agent_id(options.agent_name or "runner")
         self._running: dict[str, _Running] = {}
         self._stopping = False
@@ -590,7 +593,7 @@ class Runner:
                     self.agent,
                     list(opts.roles) if opts.roles else None,
                     self._claim_wait(),
-                    opts.lease_seconds,
+                    self._lease_seconds,
                 )
                 failures = 0
             except exceptions.BackendError as exc:
@@ -679,9 +682,8 @@ class Runner:
             if self._stopping:
                 self._terminate(running)
             logger.info("%s: started %s %s (pid %d)", self._session, key, task.title, proc.pid)
-            interval = opts.heartbeat_seconds or max(
-                0.05, (claim.lease.expires_at - datetime.now(UTC)).total_seconds() / 3
-            )
+            # from the lease length, never from the server's expiry read against our own clock
+            interval = heartbeat_interval(self._lease_seconds, opts.heartbeat_seconds)
             beat_done = asyncio.Event()
             beat = asyncio.create_task(self._heartbeat(running, interval, beat_done))
             payload = json.dumps(task.model_dump(mode="json"), ensure_ascii=False).encode() + b"\n"
@@ -782,7 +784,7 @@ class Runner:
         delay = interval
         while not await _wait_event(done, delay):
             try:
-                await self.ops.heartbeat(opts.project, r.key, r.token, opts.lease_seconds)
+                await self.ops.heartbeat(opts.project, r.key, r.token, self._lease_seconds)
                 delay = interval
             except exceptions.BackendError as exc:
                 # Keep trying (sooner): the lease may still be saved before it runs out.

@@ -44,6 +44,8 @@ __all__ = ["Changes", "ProjectState", "decode_cursor", "encode_cursor", "new_tok
 
 S = TaskStatus
 _PRIORITY_RANK = {Priority.P0: 0, Priority.P1: 1, Priority.P2: 2, Priority.P3: 3}
+#: the event a lease expiry writes (the task goes back to the head of its line)
+EVENT_LEASE_EXPIRED = "lease_expired"
 
 
 def new_token() -> str:
@@ -144,6 +146,8 @@ class ProjectState:
         self.idempotency: dict[str, str] = {}
         self.eligible: dict[str, set[str]] = {}
         self._heaps: dict[str, list[tuple[int, int, str]]] = {}
+        #: entries put at the head of a line sort before every seq (most recent first, like LPUSH)
+        self._front_seq = 0
         self.leased: set[str] = set()
         self.last_seq = 0
         self.last_note_id = 0
@@ -751,8 +755,15 @@ class ProjectState:
         config: DispatchConfig,
         now: datetime,
         kind: str,
+        backoff: bool = True,
     ) -> Task:
         attempts = task.attempts + 1
+        if retryable and attempts < task.max_attempts and not backoff:
+            # an expired lease: the holder vanished, the task is not at fault; ready again at once
+            new = task.model_copy(
+                update={"status": S.NOT_STARTED, "attempts": attempts, "last_error": error, "not_before": None}
+            )
+            return self._transition(changes, task, new, kind, now, token=None, retry_in=0.0)
         if retryable and attempts < task.max_attempts:
             delay = domain.backoff_delay(
                 attempts, config.backoff_base_seconds, config.backoff_max_seconds, config.backoff_jitter
@@ -796,7 +807,7 @@ class ProjectState:
         return changes, self._transition(changes, task, new, "retried", now, actor=actor)
 
     def plan_sweep(self, config: DispatchConfig, now: datetime) -> tuple[Changes, list[str]]:
-        """Expire leases past their expiry (counts an attempt)."""
+        """Expire leases past their expiry (counts an attempt; ready again at once, first in line)."""
         changes = Changes()
         expired: list[str] = []
         for key in sorted(self.leased, key=lambda k: self.tasks[k].seq):
@@ -804,7 +815,14 @@ class ProjectState:
             if task.lease_expires_at is not None and task.lease_expires_at <= now:
                 expired.append(key)
                 self._failure(
-                    changes, task, f"lease of {task.lease_holder} expired", True, config, now, "lease_expired"
+                    changes,
+                    task,
+                    f"lease of {task.lease_holder} expired",
+                    True,
+                    config,
+                    now,
+                    EVENT_LEASE_EXPIRED,
+                    backoff=False,
                 )
         # backoffs that came due: ready now (their heap entries were deferred)
         for role_keys in self.eligible.values():
@@ -836,6 +854,18 @@ class ProjectState:
                 self.tokens[key] = token
         for key, new in changes.tasks.items():
             self._store_task(key, new)
+        # A task whose lease expired goes to the head of its priority's line (it waited its turn
+        # already). Derived from the event, so a journal replay orders it the same way.
+        for event in changes.events:
+            if event.kind == EVENT_LEASE_EXPIRED and event.task is not None:
+                self._to_front(event.task)
+
+    def _to_front(self, key: str) -> None:
+        task = self.tasks.get(key)
+        if task is None or key not in self.eligible.get(task.role, ()):
+            return
+        self._front_seq += 1
+        heapq.heappush(self._heaps.setdefault(task.role, []), (_PRIORITY_RANK[task.priority], -self._front_seq, key))
 
     def _store_task(self, key: str, new: Task) -> None:
         old = self.tasks.get(key)

@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import datetime
 from typing import Any
 
-from queue_service import exceptions
+from queue_service import domain, exceptions
 from queue_service.backend import Backend, DispatchConfig, Dispatcher, EventStream, RecordStore
 from queue_service.models import (
     ApiToken,
@@ -240,7 +240,7 @@ class _Dispatch(Dispatcher):
         lease_seconds: float | None = None,
     ) -> Claim | None:
         state = self.b.state(project)
-        lease = lease_seconds or self.b.config.lease_seconds
+        lease = domain.lease_length(lease_seconds, self.b.config.lease_seconds)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + max(0.0, wait)
         cond = self.b.condition(project)
@@ -272,7 +272,7 @@ class _Dispatch(Dispatcher):
     ) -> list[Claim]:
         """See :meth:`Dispatcher.claim_many`: the whole batch is planned and applied as one change."""
         state = self.b.state(project)
-        lease = lease_seconds or self.b.config.lease_seconds
+        lease = domain.lease_length(lease_seconds, self.b.config.lease_seconds)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + max(0.0, wait)
         cond = self.b.condition(project)
@@ -313,7 +313,8 @@ class _Dispatch(Dispatcher):
 
     async def heartbeat(self, project: str, key: str, token: str, lease_seconds: float | None = None) -> Lease:
         state = self.b.state(project)
-        changes, lease = state.plan_heartbeat(key, token, lease_seconds or self.b.config.lease_seconds, self.b.now())
+        seconds = domain.lease_length(lease_seconds, self.b.config.lease_seconds)
+        changes, lease = state.plan_heartbeat(key, token, seconds, self.b.now())
         self.b.commit(state, changes)
         return lease
 

@@ -46,6 +46,8 @@ def serve(
     if not is_loopback(settings.host):
         # Refuse here, before uvicorn: a failing lifespan would bury this one line under a traceback.
         asyncio.run(_check_exposure(settings))
+    # an unmigrated database: one line and exit 2 here, not a lifespan and sweeps failing in a loop
+    asyncio.run(_check_schema(settings))
     app = create_app(settings)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level.lower())
 
@@ -60,6 +62,23 @@ async def _check_exposure(settings: Settings) -> None:
         await check_exposure(settings, backend)
     finally:
         await backend.close()
+
+
+async def _check_schema(settings: Settings) -> None:
+    """ConfigurationError naming ``queue-service migrate`` unless the Postgres schema is this build's."""
+    url = settings.resolved_backend_url()
+    if not url.startswith("postgres"):
+        return
+    from queue_service.postgres import migrate as pg_migrate
+
+    at = await pg_migrate.current(url)
+    want = pg_migrate.head()
+    if at is None:
+        raise exceptions.ConfigurationError("the database has no queue-service schema yet: run `queue-service migrate`")
+    if at != want:
+        raise exceptions.ConfigurationError(
+            f"the database schema is at revision {at}, this build needs {want}: run `queue-service migrate`"
+        )
 
 
 def migrate(

@@ -25,7 +25,7 @@ def run(
         list[str] | None, typer.Option("--role", "-r", help="Only claim these roles (repeat, or comma-separate).")
     ] = None,
     concurrency: Annotated[int, typer.Option("--concurrency", "-c", help="Tasks run at the same time.")] = 1,
-    lease: Annotated[float | None, typer.Option(help="Lease seconds per claim (default: the service's).")] = None,
+    lease: Annotated[float | None, typer.Option(help="Lease seconds per claim (default: 30).")] = None,
     heartbeat: Annotated[float | None, typer.Option(help="Heartbeat period in seconds (default: lease/3).")] = None,
     once: Annotated[
         bool, typer.Option("--once", help="Run at most one task; exit at once if none is ready (see --idle-exit).")

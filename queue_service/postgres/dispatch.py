@@ -18,6 +18,7 @@ is logged, not raised: the durable change stands and the next sweep repairs the 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import random
@@ -25,9 +26,9 @@ import secrets
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 from sqlalchemy import BigInteger, Text, bindparam, func, select, text, update
@@ -58,7 +59,7 @@ from queue_service.postgres.hotpath import (
 )
 from queue_service.postgres.records import task_columns, task_from_row
 from queue_service.postgres.transitions import Effects, ReadyTask
-from queue_service.postgres.valkey import BrokerBatch, ReadyItem, ValkeyBroker
+from queue_service.postgres.valkey import BrokerBatch, Popped, ReadyItem, ValkeyBroker
 
 __all__ = [
     "EVENT_CLAIMED",
@@ -72,6 +73,8 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
 
 S = TaskStatus
 EVENT_CLAIMED = "claimed"
@@ -223,6 +226,10 @@ class PostgresValkeyDispatcher(Dispatcher):
         self.repaired_counts = 0
         #: how often the leader re-checks every ready task against the lists, seconds
         self.reconcile_seconds = float(config.extra.get("reconcile_seconds", max(30.0, 10 * config.sweep_seconds)))
+        #: shortest interval between two reconciles a claimer starts itself because Valkey had nothing
+        #: for it while Postgres may have ready tasks (no orchestrator: serverless/direct mode)
+        self.idle_check_seconds = float(config.extra.get("idle_check_seconds", max(1.0, config.sweep_seconds)))
+        self._next_idle_check: dict[str, float] = {}
 
     async def close(self) -> None:
         """Close the hot path's connection pool (the engine is the backend's to dispose). Idempotent."""
@@ -309,18 +316,17 @@ class PostgresValkeyDispatcher(Dispatcher):
         """See :meth:`Dispatcher.claim`: pop a key from Valkey, win it with a conditional UPDATE."""
         await self.require_project(None, project)
         role_list = list(dict.fromkeys(roles)) if roles else None
-        lease = float(lease_seconds if lease_seconds is not None else self.config.lease_seconds)
-        if lease <= 0:
-            raise exceptions.ValidationError(f"lease_seconds must be positive, got {lease}", value=lease)
+        lease = domain.lease_length(lease_seconds, self.config.lease_seconds)
         deadline = time.monotonic() + max(0.0, wait)
         while True:
             popped = await self.broker.try_pop(project, role_list)
             if popped is None:
                 # Nothing listed. Backoffs that came due are queued here too, so a waiting claimer
                 # does not depend on the orchestrator's period; and it sleeps in BLPOP only until
-                # the next backoff is due. Postgres is not touched while idle.
+                # the next backoff is due. Postgres is touched while idle only by the rate-limited
+                # check for ready tasks that no list holds (an emptied Valkey without orchestrator).
                 released, next_in = await self.release_due(project)
-                if released:
+                if released or await self._requeue_stranded(project, role_list):
                     continue
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -330,10 +336,55 @@ class PostgresValkeyDispatcher(Dispatcher):
                 popped = await self.broker.pop(project, role_list, timeout=remaining, try_first=False)
                 if popped is None:
                     continue
-            got = await self._claim_key(project, popped.key, agent, role_list, lease)
+            got = await self._or_push_back([popped], self._claim_key(project, popped.key, agent, role_list, lease))
             if got is not None:
                 return got
             # A stale entry (claimed, changed or not ready since it was queued): dropped; try the next.
+
+    async def _or_push_back(self, popped: list[Popped], claiming: Awaitable[_T]) -> _T:
+        """Await the claim of keys just popped from Valkey; if it fails (Postgres error, lost
+        connection) or is cancelled, give the keys back to the head of their lists before raising.
+
+        Whether the claim's UPDATE committed is unknown at that point; giving back is safe either
+        way, because a key whose task is no longer ready is dropped by the next claimer.
+        """
+        try:
+            return await claiming
+        except BaseException:
+            await asyncio.shield(self._push_back(popped))
+            raise
+
+    async def _push_back(self, popped: list[Popped]) -> None:
+        try:
+            await self.broker.push_back(popped)
+        except exceptions.BackendError as exc:
+            logger.warning("could not give back %d popped key(s) (the sweep will reconcile): %s", len(popped), exc)
+
+    async def _requeue_stranded(self, project: str, roles: list[str] | None) -> bool:
+        """Valkey had nothing for a claimer. Without an orchestrator (serverless/direct mode) nothing
+        else would notice ready tasks that no list holds (Valkey emptied or restarted), so the claimer
+        checks Postgres itself: at most once per ``idle_check_seconds`` per process and, through a
+        shared key, across processes. True if it queued something (claim again)."""
+        now_m = time.monotonic()
+        if now_m < self._next_idle_check.get(project, 0.0):
+            return False
+        self._next_idle_check[project] = now_m + self.idle_check_seconds
+        try:
+            if not await self.broker.take_idle_check(project, self.idle_check_seconds):
+                return False
+            now = self._now()
+            ready = _READY_SQL & (_tasks.c.project == project)
+            ready = ready & (_tasks.c.not_before.is_(None) | (_tasks.c.not_before <= now))
+            if roles is not None:
+                ready = ready & _tasks.c.role.in_(roles)
+            async with wrap_errors(), self.engine.connect() as conn:
+                found = (await conn.execute(select(_tasks.c.id).where(ready).limit(1))).first()
+            if found is None:
+                return False
+            return await self.reconcile_project(project, now) > 0
+        except exceptions.BackendError as exc:
+            logger.warning("claimer's reconcile of %s failed: %s", project, exc)
+            return False
 
     async def _claim_key(
         self, project: str, key: str, agent: str, roles: list[str] | None, lease: float
@@ -381,9 +432,7 @@ class PostgresValkeyDispatcher(Dispatcher):
         one conditional UPDATE, then set their locks and publish their events in one pipeline."""
         await self.require_project(None, project)
         role_list = list(dict.fromkeys(roles)) if roles else None
-        lease = float(lease_seconds if lease_seconds is not None else self.config.lease_seconds)
-        if lease <= 0:
-            raise exceptions.ValidationError(f"lease_seconds must be positive, got {lease}", value=lease)
+        lease = domain.lease_length(lease_seconds, self.config.lease_seconds)
         if limit < 1:
             raise exceptions.ValidationError(f"limit must be at least 1, got {limit}", value=limit)
         deadline = time.monotonic() + max(0.0, wait)
@@ -396,31 +445,34 @@ class PostgresValkeyDispatcher(Dispatcher):
         while True:
             want = limit - len(claims)
             try:
-                keys = [p.key for p in await self.broker.try_pop_many(project, role_list, want)]
+                popped = await self.broker.try_pop_many(project, role_list, want)
             except exceptions.BackendError as exc:
                 # claims already won are committed and hold live locks: hand them out, never drop them
                 if not claims:
                     raise
                 logger.warning("claim_many: keeping %d claim(s) already won: %s", len(claims), exc)
                 return done()
-            if not keys:
+            if not popped:
                 if claims:
                     return done()
                 # Idle: as in claim(), queue due backoffs, then block on one key until one arrives.
                 released, next_in = await self.release_due(project)
-                if released:
+                if released or await self._requeue_stranded(project, role_list):
                     continue
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return []
                 if next_in is not None:
                     remaining = min(remaining, next_in + 0.001)
-                popped = await self.broker.pop(project, role_list, timeout=remaining, try_first=False)
-                if popped is None:
+                one = await self.broker.pop(project, role_list, timeout=remaining, try_first=False)
+                if one is None:
                     continue
-                keys = [popped.key]
+                popped = [one]
+            keys = [p.key for p in popped]
             try:
-                claims.extend(await self._claim_keys(project, keys, agent, role_list, lease))
+                claims.extend(
+                    await self._or_push_back(popped, self._claim_keys(project, keys, agent, role_list, lease))
+                )
             except exceptions.BackendError as exc:
                 if not claims:
                     raise
@@ -503,7 +555,7 @@ class PostgresValkeyDispatcher(Dispatcher):
     async def heartbeat(self, project: str, key: str, token: str, lease_seconds: float | None = None) -> Lease:
         """See :meth:`Dispatcher.heartbeat`. Lease bookkeeping only: no version bump, no event."""
         now = self._now()
-        lease = float(lease_seconds if lease_seconds is not None else self.config.lease_seconds)
+        lease = domain.lease_length(lease_seconds, self.config.lease_seconds)
         async with wrap_errors(), self._raw.connection() as raw:
             row = await raw.fetchrow(HEARTBEAT_SQL, project, key, token, lease)
         if row is None:
@@ -726,8 +778,12 @@ class PostgresValkeyDispatcher(Dispatcher):
         kind: str,
         now: datetime,
         data: dict[str, Any],
+        backoff: bool = True,
     ) -> tuple[Any, Effects]:
-        """Count an attempt on a leased task (row locked by the caller): backoff or dead-letter."""
+        """Count an attempt on a leased task (row locked by the caller): backoff or dead-letter.
+
+        Without *backoff* (a lease that expired: the holder vanished, nothing says the task is at
+        fault) a task with attempts left is ready again at once."""
         attempts += 1
         values: dict[str, Any] = {
             "attempts": attempts,
@@ -736,7 +792,10 @@ class PostgresValkeyDispatcher(Dispatcher):
             "version": _tasks.c.version + 1,
             **_END_LEASE,
         }
-        if retryable and attempts < max_attempts:
+        if retryable and attempts < max_attempts and not backoff:
+            values.update(status=S.NOT_STARTED.value, not_before=None)
+            data = {**data, "retry_in": 0.0, "attempt": attempts}
+        elif retryable and attempts < max_attempts:
             delay = self._backoff(attempts)
             values.update(status=S.NOT_STARTED.value, not_before=_DB_NOW + delay)
             data = {**data, "retry_in": delay.total_seconds(), "attempt": attempts}
@@ -758,8 +817,8 @@ class PostgresValkeyDispatcher(Dispatcher):
         1. expire leases past ``lease_expires_at`` (``FOR UPDATE SKIP LOCKED``: each once);
         2. queue scheduled tasks whose backoff is due;
         3. reconcile: a missing epoch marker (Valkey flushed/restarted) triggers a full rebuild of
-           every project's lists, scheduled set and live locks; otherwise each project whose ready
-           count in Postgres exceeds its list depth is reconciled, and the leader re-checks
+           every project's lists, scheduled set and live locks; otherwise each project with a ready
+           task (in Postgres) that none of its lists holds is reconciled, and the leader re-checks
            everything every ``reconcile_seconds``;
         4. refresh the depth gauges.
         """
@@ -813,6 +872,7 @@ class PostgresValkeyDispatcher(Dispatcher):
                     EVENT_LEASE_EXPIRED,
                     now,
                     {"agent": r.lease_holder},
+                    backoff=False,
                 )
             name = f"{r.project}/{r.key}"
             expired.append(name)
@@ -821,6 +881,9 @@ class PostgresValkeyDispatcher(Dispatcher):
             batch = BrokerBatch()
             if r.lease_token:
                 batch.unlocks.append((r.project, r.key, r.lease_token))
+            # the reclaimed task goes to the head of its list: it waited its turn already
+            batch.ready_front.extend(_ready_item(x) for x in effects.ready if (x.project, x.key) == (r.project, r.key))
+            effects.ready = [x for x in effects.ready if (x.project, x.key) != (r.project, r.key)]
             await self.apply_effects(effects, batch)
         if expired:
             logger.info("expired %d lease(s): %s", len(expired), ", ".join(expired[:20]))
@@ -903,13 +966,19 @@ class PostgresValkeyDispatcher(Dispatcher):
                 self._last_full_reconcile = time.monotonic()
         if rebuilt or periodic:
             n += await self._repair_pending_counts(now)
-        ready_counts = await self._ready_counts(now)
+        ready_keys = await self._ready_keys(now)
         for project in projects:
             depth = await self.broker.depth(project)
-            pg = ready_counts.get(project, {})
-            # Cheap check: fewer list entries than ready tasks means something is missing. (Stale
-            # extra entries can hide a missing one; the leader's periodic full pass catches those.)
-            missing = any(count > depth.get(role, 0) for role, count in pg.items())
+            want = ready_keys.get(project, {})
+            pg: dict[str, int] = defaultdict(int)
+            for role, _list in want.values():
+                pg[role] += 1
+            # The check compares key sets, not counts: stale extra entries (claimed tasks still
+            # listed) must not hide a ready task that no list holds.
+            missing = False
+            if want and not rebuilt and not periodic:
+                listed = await self.broker.listed(project)
+                missing = any(list_key not in listed.get(key, ()) for key, (_role, list_key) in want.items())
             if not rebuilt and (periodic or missing):
                 requeued = await self.reconcile_project(project, now)
                 if requeued:
@@ -942,17 +1011,16 @@ class PostgresValkeyDispatcher(Dispatcher):
             await self.apply_effects(effects)
         return len(effects.ready)
 
-    async def _ready_counts(self, now: datetime) -> dict[str, dict[str, int]]:
-        """Ready tasks per project and role, as Postgres counts them."""
-        stmt = (
-            select(_tasks.c.project, _tasks.c.role, func.count())
-            .where(_READY_SQL & (_tasks.c.not_before.is_(None) | (_tasks.c.not_before <= now)))
-            .group_by(_tasks.c.project, _tasks.c.role)
+    async def _ready_keys(self, now: datetime) -> dict[str, dict[str, tuple[str, str]]]:
+        """Ready tasks as Postgres sees them: project → task key → (role, the ready list it belongs in)."""
+        stmt = select(_tasks.c.project, _tasks.c.key, _tasks.c.role, _tasks.c.priority).where(
+            _READY_SQL & (_tasks.c.not_before.is_(None) | (_tasks.c.not_before <= now))
         )
-        out: dict[str, dict[str, int]] = defaultdict(dict)
+        keys = self.broker.keys
+        out: dict[str, dict[str, tuple[str, str]]] = defaultdict(dict)
         async with wrap_errors(), self.engine.connect() as conn:
-            for project, role, count in await conn.execute(stmt):
-                out[project][role] = int(count)
+            for project, key, role, priority in await conn.execute(stmt):
+                out[project][key] = (role, keys.ready(project, role, priority))
         return out
 
     async def reconcile_project(self, project: str, now: datetime | None = None) -> int:

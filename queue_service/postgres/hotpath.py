@@ -38,6 +38,7 @@ from sqlalchemy.engine import URL
 
 from queue_service.models import Priority, Task, TaskStatus
 from queue_service.postgres import tables as t
+from queue_service.postgres.errors import is_connection_failure
 
 __all__ = [
     "BATCH_STATE_SQL",
@@ -308,7 +309,14 @@ class RawPool:
         """A connection for one or a few autocommit statements (errors are the caller's to wrap)."""
         pool = await self._get()
         async with pool.acquire(timeout=self.acquire_timeout) as conn:
-            yield conn
+            try:
+                yield conn
+            except BaseException as exc:
+                # A connection that saw the server go away (or was cancelled mid-statement, leaving
+                # its protocol state unknown) is never handed out again: the pool opens a fresh one.
+                if is_connection_failure(exc) or isinstance(exc, asyncio.CancelledError):
+                    conn.terminate()
+                raise
 
     async def close(self) -> None:
         """Close the pool (connections in use are given a few seconds, then terminated). Idempotent."""

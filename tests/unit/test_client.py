@@ -194,9 +194,9 @@ def test_non_idempotent_calls_are_not_retried_on_503_or_read_errors() -> None:
     seen: list[httpx.Request] = []
     with Client(BASE, transport=_scripted([_down(), httpx.ReadTimeout("slow")], seen), retry=FAST_RETRY) as client:
         with pytest.raises(exceptions.BackendUnavailable):
-            client.complete("web", "WEB-1", "tok")
+            client.release("web", "WEB-1", "tok")
         with pytest.raises(ServiceUnreachable):
-            client.complete("web", "WEB-1", "tok")
+            client.release("web", "WEB-1", "tok")
     assert len(seen) == 2
 
 
