@@ -77,7 +77,9 @@ def create_app(settings: Settings, backend: Backend | None = None) -> FastAPI:
         try:
             await be.open()
             await check_exposure(settings, be)
-            service = QueueService(be, workspace_root=settings.workspace)
+            service = QueueService(
+                be, workspace_root=settings.workspace, agent_lease_seconds=settings.agent_lease_seconds
+            )
             app.state.qs = AppState(
                 settings=settings,
                 backend=be,

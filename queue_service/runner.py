@@ -35,7 +35,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TextIO
 
 import filelock
 
@@ -62,6 +62,8 @@ logger = logging.getLogger("queue_service.runner")
 
 LOCK_FILE = "session.lock"
 CAPSULE_FILE = "next-task.json"
+#: ``run``'s exit code when a task it ran failed (see RunSummary.exit_code)
+EXIT_TASK_FAILED = 4
 SESSIONS_FILE = "sessions.jsonl"
 _GUARD_FILE = ".session.lock.guard"
 
@@ -271,8 +273,13 @@ class RunnerOptions:
     runtime: str | None = None
     #: where to run and write .mosaic/orchestrator (default: the project's workspace, else cwd)
     workspace: Path | None = None
-    #: how much of stdout/stderr to keep for the result / error
+    #: how much of stderr to keep for the error of a failed attempt
     tail_chars: int = 4000
+    #: the completed result keeps stdout up to this size (QUEUE_MAX_RESULT_BYTES), cut at a line
+    #: boundary and marked (issue 11)
+    max_result_bytes: int = 1024 * 1024
+    #: copy each child's output to this stream, every line prefixed with the task key (None: don't)
+    echo: TextIO | None = None
     #: how long one claim waits for a ready task before checking for stop/idle
     poll_seconds: float = 2.0
     #: after SIGTERM to a child, how long before SIGKILL
@@ -324,11 +331,14 @@ class RunSummary:
 
     @property
     def exit_code(self) -> int:
-        """0 after a normal stop, 128+signal after SIGINT/SIGTERM, 1 after a fatal error."""
+        """1 after a fatal error, 128+signal after SIGINT/SIGTERM, 4 when any task it ran did not
+        complete (failed, to be retried, or its lease was lost), else 0 (every task completed)."""
         if self.error:
             return 1
         if self.signal is not None:
             return 128 + self.signal
+        if any(o.outcome in ("retry", "failed", "lost") for o in self.outcomes):
+            return EXIT_TASK_FAILED
         return 0
 
     def to_dict(self) -> dict[str, Any]:
@@ -475,6 +485,7 @@ class Runner:
             summary.stop_reason = self._stop_reason or "stopped"
             summary.signal = self._signal
             summary.error = self._error
+            self._write_end_capsule(summary)
             lock.release(
                 stop_reason=summary.stop_reason,
                 completed=summary.count("completed"),
@@ -582,7 +593,25 @@ class Runner:
         except OSError as exc:
             logger.warning("could not write %s: %s", CAPSULE_FILE, exc)
 
-    def _child_env(self, task: Task) -> dict[str, str]:
+    def _write_end_capsule(self, summary: RunSummary) -> None:
+        """The session ended: next-task.json says so (no task is about to run), with what it did."""
+        capsule = {
+            "session_id": self._session,
+            "project": self.options.project,
+            "project_path": str(self._workspace),
+            "agent": self.agent,
+            "ended_at": _now_iso(),
+            "stop_reason": summary.stop_reason,
+            "task": None,
+            "last_task": summary.outcomes[-1].key if summary.outcomes else None,
+            "counts": {k: summary.count(k) for k in ("completed", "retry", "failed", "released", "lost")},
+        }
+        try:
+            _atomic_write_json(orchestrator_dir(self._workspace) / CAPSULE_FILE, capsule)
+        except OSError as exc:
+            logger.warning("could not write %s: %s", CAPSULE_FILE, exc)
+
+    def _child_env(self, task: Task, token: str) -> dict[str, str]:
         env = dict(os.environ)
         env.update(
             {
@@ -594,6 +623,8 @@ class Runner:
                 "QUEUE_SESSION_ID": self._session,
                 "QUEUE_AGENT": self.agent,
                 "QUEUE_PROJECT_PATH": str(self._workspace),
+                # the holder's token for this task only: notes with it renew the lease
+                "QUEUE_LEASE_TOKEN": token,
             }
         )
         return env
@@ -614,7 +645,7 @@ class Runner:
                     stdout=asyncio.subprocess.PIPE,
                     stderr=asyncio.subprocess.PIPE,
                     cwd=self._workspace,
-                    env=self._child_env(task),
+                    env=self._child_env(task, token),
                     start_new_session=True,
                 )
             except OSError as exc:
@@ -633,7 +664,7 @@ class Runner:
             beat = asyncio.create_task(self._heartbeat(running, interval, beat_done))
             payload = json.dumps(task.model_dump(mode="json"), ensure_ascii=False).encode() + b"\n"
             try:
-                rc, out, err = await self._communicate(proc, payload)
+                rc, out, err = await self._communicate(proc, payload, key)
             except asyncio.CancelledError:
                 self._signal_child(running, signal.SIGKILL)
                 with contextlib.suppress(Exception):
@@ -742,15 +773,15 @@ class Runner:
                 return
 
     async def _communicate(
-        self, proc: asyncio.subprocess.Process, payload: bytes
+        self, proc: asyncio.subprocess.Process, payload: bytes, key: str
     ) -> tuple[int, tuple[str, bool], tuple[str, bool]]:
         assert proc.stdin is not None
         assert proc.stdout is not None
         assert proc.stderr is not None
-        limit = self.options.tail_chars
+        echo = self.options.echo
         readers = [
-            asyncio.create_task(_tail(proc.stdout, limit)),
-            asyncio.create_task(_tail(proc.stderr, limit)),
+            asyncio.create_task(_head(proc.stdout, _stdout_budget(self.options.max_result_bytes), echo, f"{key}| ")),
+            asyncio.create_task(_tail(proc.stderr, self.options.tail_chars, echo, f"{key}! ")),
         ]
         feeder = asyncio.create_task(_feed(proc.stdin, payload))
         try:
@@ -801,15 +832,63 @@ async def _feed(stream: asyncio.StreamWriter, payload: bytes) -> None:
             await stream.wait_closed()
 
 
-async def _tail(stream: asyncio.StreamReader, limit: int) -> tuple[str, bool]:
+def _stdout_budget(max_result_bytes: int) -> int:
+    # room for the rest of the result object and for JSON escaping of ordinary text
+    return max(256, max_result_bytes - 1024)
+
+
+def _echo_lines(echo: TextIO | None, prefix: str, pending: bytearray, chunk: bytes, final: bool = False) -> None:
+    """Copy complete lines of a child's output to *echo*, each prefixed (``WEB-1| …``)."""
+    if echo is None:
+        return
+    pending += chunk
+    *lines, rest = pending.split(b"\n")
+    if final and rest:
+        lines.append(rest)
+        rest = bytearray()
+    del pending[:]
+    pending += rest
+    if lines:
+        text = "".join(f"{prefix}{line.decode('utf-8', errors='replace')}\n" for line in lines)
+        with contextlib.suppress(OSError, ValueError):
+            echo.write(text)
+            echo.flush()
+
+
+async def _head(stream: asyncio.StreamReader, limit: int, echo: TextIO | None, prefix: str) -> tuple[str, bool]:
+    """A stream's text from the start up to *limit* bytes, cut at a line boundary and marked when
+    longer; the whole stream is still read (and echoed) so the child never blocks on a full pipe."""
+    buf = bytearray()
+    pending = bytearray()
+    total = 0
+    while chunk := await stream.read(65536):
+        total += len(chunk)
+        _echo_lines(echo, prefix, pending, chunk)
+        if len(buf) <= limit:
+            buf += chunk[: limit + 1 - len(buf)]
+    _echo_lines(echo, prefix, pending, b"", final=True)
+    if len(buf) <= limit:
+        return buf.decode("utf-8", errors="replace"), False
+    cut = buf.rfind(b"\n", 0, limit + 1)
+    kept = bytes(buf[: cut + 1]) if cut >= 0 else bytes(buf[:limit])
+    text = kept.decode("utf-8", errors="ignore")
+    return text + f"[output cut: {len(kept):,} of {total:,} bytes kept (QUEUE_MAX_RESULT_BYTES)]\n", True
+
+
+async def _tail(
+    stream: asyncio.StreamReader, limit: int, echo: TextIO | None = None, prefix: str = ""
+) -> tuple[str, bool]:
     """The last *limit* bytes of a stream as text, and whether anything was cut off."""
     buf = bytearray()
+    pending = bytearray()
     truncated = False
     while chunk := await stream.read(65536):
+        _echo_lines(echo, prefix, pending, chunk)
         buf += chunk
         if len(buf) > limit:
             del buf[: len(buf) - limit]
             truncated = True
+    _echo_lines(echo, prefix, pending, b"", final=True)
     if truncated:
         while buf and 0x80 <= buf[0] <= 0xBF:  # do not start in the middle of a UTF-8 character
             del buf[0]

@@ -588,7 +588,13 @@ class ProjectState:
                 task=key,
             )
         if task.lease_expires_at is None or task.lease_expires_at <= now:
-            raise exceptions.LeaseError(f"lease on task {key} expired at {task.lease_expires_at}", task=key)
+            raise exceptions.LeaseError(
+                f"lease on task {key} expired at {task.lease_expires_at}",
+                task=key,
+                reason="expired",
+                at=task.lease_expires_at.isoformat() if task.lease_expires_at else None,
+                by=None,
+            )
         return task
 
     def plan_add_note(self, key: str, author: str, text: str, token: str | None, now: datetime) -> tuple[Changes, Note]:
@@ -694,24 +700,83 @@ class ProjectState:
         finally:
             for role, entry in deferred:
                 heapq.heappush(self._heaps[role], entry)
+        chosen = self._dispatch_first(chosen, names, limit, now)
         changes = Changes()
         claims: list[Claim] = []
         expires = now + timedelta(seconds=lease_seconds)
         for task in chosen:
-            token = new_token()
+            token = domain.new_lease_token(lease_seconds)
             new = task.model_copy(
                 update={"status": S.IN_PROGRESS, "assignee": agent, "lease_holder": agent, "lease_expires_at": expires}
             )
             stored = self._transition(changes, task, new, "claimed", now, token=token, agent=agent)
-            claims.append(Claim(task=stored, lease=Lease(token=token, holder=agent, expires_at=expires)))
+            claims.append(
+                Claim(task=stored, lease=Lease(token=token, holder=agent, expires_at=expires, seconds=lease_seconds))
+            )
         return changes, claims
+
+    def unblocks(self, key: str) -> int:
+        """How many not-done tasks depend directly on *key* (the dispatch order's tie-breaker)."""
+        return sum(1 for d in self.dependents.get(key, ()) if self.tasks[d].status is not S.DONE)
+
+    def _ready_now(self, key: str, roles: set[str] | None, now: datetime) -> Task | None:
+        task = self.tasks.get(key)
+        if task is None or task.status is not S.NOT_STARTED or self.pending.get(key, 0) != 0:
+            return None
+        if roles is not None and task.role not in roles:
+            return None
+        if task.not_before is not None and task.not_before > now:
+            return None
+        return task
+
+    def _dispatch_first(self, by_age: list[Task], names: list[str], limit: int, now: datetime) -> list[Task]:
+        """The first *limit* ready tasks in ``domain.dispatch_order``, from *by_age* (the first *limit*
+        by priority then age, off the heaps) plus every ready task that unblocks something.
+
+        Why this is enough: a task that unblocks nothing sorts exactly as on the heap, so any such task
+        in the true first *limit* is already in *by_age*. Only tasks with not-done dependents need a
+        look, and there are usually few of them: walk the smaller of the two candidate sets.
+        """
+        roles = set(names)
+        pool = {t.key: t for t in by_age}
+        eligible_count = sum(len(self.eligible.get(r, ())) for r in names)
+        if len(self.dependents) <= eligible_count:
+            candidates: Iterable[str] = (k for k, deps in self.dependents.items() if deps)
+        else:
+            candidates = (k for r in names for k in self.eligible.get(r, ()) if self.dependents.get(k))
+        for key in candidates:
+            if key not in pool and (task := self._ready_now(key, roles, now)) is not None and self.unblocks(key):
+                pool[key] = task
+        if not pool:
+            return by_age
+        ordered = sorted(pool.values(), key=lambda t: domain.dispatch_order(t, self.unblocks(t.key)))
+        return ordered[:limit]
+
+    def ready_ordered(self, roles: Sequence[str] | None, limit: int, now: datetime) -> tuple[list[Task], int]:
+        """Every ready task of *roles* in dispatch order: the first *limit*, and how many in all."""
+        names = list(roles) if roles else list(self.eligible)
+        wanted = set(names)
+        ready = [t for r in names for k in self.eligible.get(r, ()) if (t := self._ready_now(k, wanted, now))]
+        ready.sort(key=lambda t: domain.dispatch_order(t, self.unblocks(t.key)))
+        return ready[:limit], len(ready)
+
+    def task_events(self, key: str, limit: int) -> list[Event]:
+        """The task's newest events, newest first."""
+        self.require(key)
+        out: list[Event] = []
+        for event in reversed(self.events):
+            if event.task == key:
+                out.append(event)
+                if len(out) >= limit:
+                    break
+        return out
 
     def plan_heartbeat(self, key: str, token: str, lease_seconds: float, now: datetime) -> tuple[Changes, Lease]:
         """Extend a lease. Not a task change: no version bump, no event (lease bookkeeping only)."""
         task = self._check_token(key, token, now)
         expires = now + timedelta(seconds=lease_seconds)
         changes = Changes(tasks={key: task.model_copy(update={"lease_expires_at": expires})})
-        return changes, Lease(token=token, holder=task.lease_holder or "", expires_at=expires)
+        return changes, Lease(token=token, holder=task.lease_holder or "", expires_at=expires, seconds=lease_seconds)
 
     def plan_complete(self, key: str, token: str, result: Any, now: datetime) -> tuple[Changes, Task]:
         """Done with result; dependents promoted."""
@@ -757,10 +822,19 @@ class ProjectState:
                 attempts, config.backoff_base_seconds, config.backoff_max_seconds, config.backoff_jitter
             )
             new = task.model_copy(
-                update={"status": S.NOT_STARTED, "attempts": attempts, "last_error": error, "not_before": now + delay}
+                update={
+                    "status": S.NOT_STARTED,
+                    "attempts": attempts,
+                    "last_error": error,
+                    "not_before": now + delay,
+                    "assignee": None,
+                }
             )
             return self._transition(changes, task, new, kind, now, token=None, retry_in=delay.total_seconds())
-        new = task.model_copy(update={"status": S.FAILED, "attempts": attempts, "last_error": error})
+        update: dict[str, Any] = {"status": S.FAILED, "attempts": attempts, "last_error": error}
+        if kind == "lease_expired":
+            update["assignee"] = None  # an expired holder is not working on it any more
+        new = task.model_copy(update=update)
         return self._transition(changes, task, new, kind, now, token=None, dead_letter=True)
 
     def plan_fail(
@@ -775,7 +849,8 @@ class ProjectState:
         """Give back without counting an attempt."""
         task = self._check_token(key, token, now)
         changes = Changes()
-        new = task.model_copy(update={"status": S.NOT_STARTED})
+        # nobody works on it any more: the old holder no longer shows as its assignee
+        new = task.model_copy(update={"status": S.NOT_STARTED, "assignee": None})
         return changes, self._transition(changes, task, new, "released", now, token=None)
 
     def plan_retry(self, key: str, actor: str, now: datetime) -> tuple[Changes, Task]:

@@ -1,4 +1,4 @@
-"""Agent-facing commands: claim, heartbeat, complete, fail, release; and stats, events."""
+"""Agent-facing commands: heartbeat, complete, fail, release (claim: agent_loop); and stats, events."""
 
 from __future__ import annotations
 
@@ -20,13 +20,11 @@ from queue_service.cli._core import (
     dash,
     emit,
     is_json,
-    split_csv,
     stdout,
     when,
     write_json,
 )
-from queue_service.models import Claim, Event, Lease, QueueStats, Task
-from queue_service.service import new_agent_id
+from queue_service.models import Event, Lease, QueueStats, Task
 
 __all__ = ["register"]
 
@@ -38,43 +36,6 @@ TokenOpt = Annotated[
 ]
 KeyArg = Annotated[str, typer.Argument(help="Task key, e.g. WEB-12.")]
 LeaseOpt = Annotated[float | None, typer.Option("--lease", help="Lease length in seconds (default: the service's).")]
-
-
-def claim(
-    ctx: typer.Context,
-    project: ProjectOpt,
-    role: Annotated[
-        list[str] | None, typer.Option("--role", "-r", help="Only these roles (repeat, or comma-separate).")
-    ] = None,
-    agent: Annotated[
-        str | None, typer.Option(envvar="QUEUE_AGENT", help="Agent id (env QUEUE_AGENT; default a fresh unique id).")
-    ] = None,
-    wait: Annotated[float, typer.Option(help="Seconds to wait for a task to become ready (0-300).")] = 0.0,
-    lease: LeaseOpt = None,
-    json_out: JsonOpt = False,
-) -> None:
-    """Claim the next ready task. Prints the task and its lease token (JSON: {task, lease} or null).
-
-    Example: qs claim web --agent me --role dev
-    """
-    agent_id = agent or new_agent_id("cli")
-
-    async def body(conn: Connection) -> Claim | None:
-        return await conn.ops.claim(project, agent_id, split_csv(role) or None, wait, lease)
-
-    got = call(ctx, body)
-
-    def human() -> None:
-        if got is None:
-            stdout.print("No task is ready.")
-            return
-        t = got.task
-        stdout.print(f"Claimed [bold]{t.key}[/] {t.title}", highlight=False)
-        stdout.print(f"  agent: {got.lease.holder}")
-        stdout.print(f"  lease until: {when(got.lease.expires_at)}")
-        stdout.print(f"  token: {got.lease.token}")
-
-    emit(ctx, json_out, got, human)
 
 
 def heartbeat(
@@ -267,7 +228,6 @@ def events(
 def register(app: typer.Typer) -> None:
     """Add these commands to the root app."""
     for name, fn in (
-        ("claim", claim),
         ("heartbeat", heartbeat),
         ("complete", complete),
         ("fail", fail),

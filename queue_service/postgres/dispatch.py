@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import logging
 import random
-import secrets
 import time
 import uuid
 from collections import defaultdict
@@ -47,6 +46,7 @@ from queue_service.postgres.hotpath import (
     COMPLETE_MANY_SQL,
     COMPLETE_SQL,
     HEARTBEAT_SQL,
+    READY_KEYS_SQL,
     RESTAGE_SQL,
     RawPool,
     asyncpg_dsn,
@@ -110,7 +110,8 @@ _END_LEASE: dict[str, Any] = {"lease_holder": None, "lease_token": None, "lease_
 _RELEASE = (
     update(_tasks)
     .where(_LEASE_MATCH)
-    .values(status=S.NOT_STARTED.value, updated_at=_P_NOW, version=_tasks.c.version + 1, **_END_LEASE)
+    # assignee cleared too: nobody works on a released task any more (issue 11)
+    .values(status=S.NOT_STARTED.value, assignee=None, updated_at=_P_NOW, version=_tasks.c.version + 1, **_END_LEASE)
     .returning(*_TASK_RETURNING)
 )
 _LOCK_FOR_FAILURE = select(_tasks.c.id, _tasks.c.attempts, _tasks.c.max_attempts).where(_LEASE_MATCH).with_for_update()
@@ -233,7 +234,13 @@ class PostgresValkeyDispatcher(Dispatcher):
         if row is None:
             return exceptions.TaskNotFound(f"no task {key!r} in project {project!r}", project=project, task=key)
         if row.status == S.IN_PROGRESS.value and row.lease_expires_at is not None and row.lease_expires_at <= now:
-            return exceptions.LeaseError(f"lease on task {key} expired at {row.lease_expires_at.isoformat()}", task=key)
+            return exceptions.LeaseError(
+                f"lease on task {key} expired at {row.lease_expires_at.isoformat()}",
+                task=key,
+                reason="expired",
+                at=row.lease_expires_at.isoformat(),
+                by=None,
+            )
         return exceptions.LeaseError(
             f"lease token for task {key} is not valid (the task was reclaimed, finished or never claimed "
             "with this token)",
@@ -289,7 +296,7 @@ class PostgresValkeyDispatcher(Dispatcher):
         self, project: str, key: str, agent: str, roles: list[str] | None, lease: float
     ) -> Claim | None:
         now = self._now()
-        token = secrets.token_urlsafe(24)
+        token = domain.new_lease_token(lease)
         expires = now + timedelta(seconds=lease)
         data = {"agent": agent}
         args: list[Any] = [project, key, agent, token, expires, now, data]
@@ -316,8 +323,33 @@ class PostgresValkeyDispatcher(Dispatcher):
         }
         await self._signal(BrokerBatch(locks=[(project, key, token, lease)], events=[(project, payload)]))
         return Claim.model_construct(
-            task=task_from_record(row), lease=Lease.model_construct(token=token, holder=agent, expires_at=expires)
+            task=task_from_record(row),
+            lease=Lease.model_construct(token=token, holder=agent, expires_at=expires, seconds=lease),
         )
+
+    async def claim_next(
+        self, project: str, agent: str, roles: Sequence[str] | None, lease_seconds: float
+    ) -> Claim | None:
+        """See :meth:`Dispatcher.claim_next`: the best ready task by ``domain.dispatch_order``, read
+        from Postgres (the Valkey lists only know priority and arrival), won with the same conditional
+        UPDATE as :meth:`claim`. A racer that wins a candidate first makes ours match nothing: we try
+        the next one. The key's list entry, now stale, is dropped by whoever pops it."""
+        await self.require_project(None, project)
+        role_list = list(dict.fromkeys(roles)) if roles else None
+        lease = float(lease_seconds)
+        if lease <= 0:
+            raise exceptions.ValidationError(f"lease_seconds must be positive, got {lease}", value=lease)
+        await self.release_due(project)
+        for _ in range(3):
+            async with wrap_errors(), self._raw.connection() as conn:
+                rows = await conn.fetch(READY_KEYS_SQL, project, role_list, self._now(), 10)
+            if not rows:
+                return None
+            for row in rows:
+                got = await self._claim_key(project, row["key"], agent, role_list, lease)
+                if got is not None:
+                    return got
+        return None
 
     async def claim_many(
         self,
@@ -388,7 +420,7 @@ class PostgresValkeyDispatcher(Dispatcher):
         """Claim whichever of *keys* are still ready, in one statement; re-file misplaced stale ones."""
         now = self._now()
         keys = sorted(set(keys))  # one lock order for racing batches; a key listed twice counts once
-        tokens = [secrets.token_urlsafe(24) for _ in keys]
+        tokens = [domain.new_lease_token(lease) for _ in keys]
         expires = now + timedelta(seconds=lease)
         data = {"agent": agent}
         args: list[Any] = [project, keys, agent, tokens, expires, now, data]
@@ -433,7 +465,7 @@ class PostgresValkeyDispatcher(Dispatcher):
             claims.append(
                 Claim.model_construct(
                     task=task_from_record(row),
-                    lease=Lease.model_construct(token=token, holder=agent, expires_at=expires),
+                    lease=Lease.model_construct(token=token, holder=agent, expires_at=expires, seconds=lease),
                 )
             )
         await self._signal(restage)
@@ -467,7 +499,7 @@ class PostgresValkeyDispatcher(Dispatcher):
             await self.broker.extend_lock(project, key, token, lease)
         except exceptions.BackendError as exc:
             logger.warning("could not extend the Valkey lock of %s/%s: %s", project, key, exc)
-        return Lease(token=token, holder=holder or "", expires_at=expires)
+        return Lease(token=token, holder=holder or "", expires_at=expires, seconds=lease)
 
     async def complete(self, project: str, key: str, token: str, result: Any = None) -> Task:
         """See :meth:`Dispatcher.complete`; dependents are promoted by the same statement."""
@@ -695,10 +727,12 @@ class PostgresValkeyDispatcher(Dispatcher):
         }
         if retryable and attempts < max_attempts:
             delay = self._backoff(attempts)
-            values.update(status=S.NOT_STARTED.value, not_before=now + delay)
+            values.update(status=S.NOT_STARTED.value, not_before=now + delay, assignee=None)
             data = {**data, "retry_in": delay.total_seconds(), "attempt": attempts}
         else:
             values.update(status=S.FAILED.value)
+            if kind == EVENT_LEASE_EXPIRED:
+                values.update(assignee=None)  # an expired holder is not working on it any more
             data = {**data, "dead_letter": True, "attempt": attempts}
         row = (
             await conn.execute(

@@ -275,7 +275,7 @@ async def test_claim_heartbeat_complete(http: httpx.AsyncClient, project: str) -
     assert (await http.post(f"{P}/claims", json={"agent": "x", "roles": ["qa"]})).status_code == 204
     claim = await _claim(http, roles=["dev"], lease_seconds=5)
     assert set(claim) == {"task", "lease"}
-    assert set(claim["lease"]) == {"token", "holder", "expires_at"}
+    assert set(claim["lease"]) == {"token", "holder", "expires_at", "seconds"}
     assert claim["lease"]["holder"] == "agent-1"
     token = claim["lease"]["token"]
 

@@ -45,6 +45,12 @@ EXPECTED_COMMANDS = {
     "migrate",
     "token",
     "sync",  # registered by the workspace-sync engineer (queue_service/cli/sync.py)
+    # issue 11: the agent loop (queue_service/cli/agent_loop.py)
+    "next",
+    "ready",
+    "prime",
+    "dead-letter",
+    "dep",
 }
 
 
@@ -123,6 +129,7 @@ def test_help_lists_exactly_the_working_commands() -> None:
         "project": {"create", "list", "show"},
         "mission": {"create", "list"},
         "token": {"create"},
+        "dep": {"add", "rm"},
     }.items():
         sub = CliRunner().invoke(app, [group, "--help"])
         assert sub.exit_code == 0
