@@ -26,6 +26,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -689,12 +690,15 @@ class Runner:
             self._record(key, "lost", rc, seconds)
             return
         if rc == 0:
-            result = {
-                "exit_code": 0,
-                "stdout": out[0],
-                "stdout_truncated": out[1],
-                "duration_seconds": round(seconds, 3),
-            }
+            result = fit_result(
+                {
+                    "exit_code": 0,
+                    "stdout": out[0],
+                    "stdout_truncated": out[1],
+                    "duration_seconds": round(seconds, 3),
+                },
+                opts.max_result_bytes,
+            )
             await self._finish(
                 key, "completed", lambda: self.ops.complete(opts.project, key, token, result), rc, seconds
             )
@@ -869,10 +873,38 @@ async def _head(stream: asyncio.StreamReader, limit: int, echo: TextIO | None, p
     _echo_lines(echo, prefix, pending, b"", final=True)
     if len(buf) <= limit:
         return buf.decode("utf-8", errors="replace"), False
-    cut = buf.rfind(b"\n", 0, limit + 1)
-    kept = bytes(buf[: cut + 1]) if cut >= 0 else bytes(buf[:limit])
-    text = kept.decode("utf-8", errors="ignore")
-    return text + f"[output cut: {len(kept):,} of {total:,} bytes kept (QUEUE_MAX_RESULT_BYTES)]\n", True
+    return _cut_mark(buf.decode("utf-8", errors="ignore"), limit, total), True
+
+
+_CUT_MARK = "[output cut at a line: the first {kept:,} of {total:,} bytes are kept (QUEUE_MAX_RESULT_BYTES)]\n"
+
+
+def _cut_mark(text: str, limit: int, total: int) -> str:
+    """*text* cut to at most *limit* UTF-8 bytes at the last line boundary, plus the marker line."""
+    data = text.encode()[:limit]
+    cut = data.rfind(b"\n")
+    kept = data[: cut + 1] if cut >= 0 else data
+    return kept.decode("utf-8", errors="ignore") + _CUT_MARK.format(kept=len(kept), total=total)
+
+
+def fit_result(result: dict[str, Any], max_bytes: int) -> dict[str, Any]:
+    """The result with its ``stdout`` cut (at a line, marked) until the whole JSON fits *max_bytes*:
+    JSON escaping (a newline is two bytes) makes the encoded size larger than the text."""
+    text = str(result.get("stdout") or "")
+    size = len(json.dumps(result, ensure_ascii=False).encode())
+    total = len(text.encode())
+    while size > max_bytes and text:
+        body = text
+        mark = body.rfind("[output cut at a line:")
+        if result.get("stdout_truncated") and mark >= 0:
+            found = re.search(r"of ([\d,]+) bytes", body[mark:])
+            total = int(found.group(1).replace(",", "")) if found else total
+            body = body[:mark]
+        limit = max(0, int(len(body.encode()) * max_bytes / size) - 512)
+        text = _cut_mark(body, limit, total)
+        result = {**result, "stdout": text, "stdout_truncated": True}
+        size = len(json.dumps(result, ensure_ascii=False).encode())
+    return result
 
 
 async def _tail(

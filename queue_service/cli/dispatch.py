@@ -181,18 +181,31 @@ def _print_event(e: Event, as_json: bool) -> None:
     stdout.print(f"{e.id:>6}  {when(e.at)}  {e.kind:<12} {subject:<12} {status:<12} {version}", markup=False)
 
 
+async def _latest_event_id(conn: Connection, project: str) -> int:
+    last = 0
+    while batch := await conn.ops.list_events(project, last, 10_000):
+        last = batch[-1].id
+    return last
+
+
 def events(
     ctx: typer.Context,
     project: ProjectOpt,
     after: Annotated[int, typer.Option(help="Only events after this id (resume point).")] = 0,
-    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new events until Ctrl-C.")] = False,
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Print new events as they happen, from now on, until Ctrl-C.")
+    ] = False,
+    since: Annotated[
+        str | None,
+        typer.Option(help="Start after this event id, or 'all' for the whole history (with --follow: default now)."),
+    ] = None,
     limit: Annotated[int | None, typer.Option(help="Stop after this many events.")] = None,
     poll: Annotated[float, typer.Option(help="With --follow: seconds between checks for new events.")] = 0.5,
     json_out: JsonOpt = False,
 ) -> None:
-    """Print the project's event log (JSON: one event per line), optionally following new events.
+    """Print the project's event log (JSON: one event per line); --follow prints new events from now on.
 
-    Example: qs events web --follow
+    Example: qs events web --follow   (history too: --since all, or --since ID)
     """
     as_json = is_json(ctx, json_out)
     if limit is not None and limit < 1:
@@ -200,10 +213,21 @@ def events(
     if poll <= 0:
         raise exceptions.ValidationError(f"--poll must be positive, got {poll}")
 
+    if since is not None and since != "all" and not since.isdigit():
+        raise exceptions.ValidationError(f"--since takes an event id or 'all', got {since[:40]!r}")
+    start: int | None = after
+    if since == "all":
+        start = 0
+    elif since is not None:
+        start = int(since)
+    elif follow and not after:
+        start = None  # from now: skip the history
+
     async def body(conn: Connection) -> None:
         # Polling the durable log (not the live pub/sub) is what makes --follow lossless and work the
         # same on every backend and through the REST client, across processes.
-        last, printed = after, 0
+        last = start if start is not None else await _latest_event_id(conn, project)
+        printed = 0
         while True:
             want = 1000 if limit is None else min(1000, limit - printed)
             batch = await conn.ops.list_events(project, last, want)
