@@ -143,6 +143,9 @@ class ProjectState:
         self.idempotency: dict[str, str] = {}
         self.eligible: dict[str, set[str]] = {}
         self._heaps: dict[str, list[tuple[int, int, str]]] = {}
+        # eligible tasks that unblock something, in dispatch order (rank, -unblocks, seq, key); entries
+        # go stale when a count changes (a fresh one is pushed) and are dropped when found
+        self._boost: dict[str, list[tuple[int, int, int, str]]] = {}
         self.leased: set[str] = set()
         self.last_seq = 0
         self.last_note_id = 0
@@ -731,26 +734,55 @@ class ProjectState:
 
     def _dispatch_first(self, by_age: list[Task], names: list[str], limit: int, now: datetime) -> list[Task]:
         """The first *limit* ready tasks in ``domain.dispatch_order``, from *by_age* (the first *limit*
-        by priority then age, off the heaps) plus every ready task that unblocks something.
+        by priority then age, off the heaps) plus the first *limit* ready tasks of each role's boost
+        heap (the tasks that unblock something, already in dispatch order).
 
-        Why this is enough: a task that unblocks nothing sorts exactly as on the heap, so any such task
-        in the true first *limit* is already in *by_age*. Only tasks with not-done dependents need a
-        look, and there are usually few of them: walk the smaller of the two candidate sets.
+        Why this is enough: a task that unblocks nothing sorts exactly as on the age heap, so any such
+        task in the true first *limit* is already in *by_age*; the others are at the top of a boost heap.
         """
-        roles = set(names)
         pool = {t.key: t for t in by_age}
-        eligible_count = sum(len(self.eligible.get(r, ())) for r in names)
-        if len(self.dependents) <= eligible_count:
-            candidates: Iterable[str] = (k for k, deps in self.dependents.items() if deps)
-        else:
-            candidates = (k for r in names for k in self.eligible.get(r, ()) if self.dependents.get(k))
-        for key in candidates:
-            if key not in pool and (task := self._ready_now(key, roles, now)) is not None and self.unblocks(key):
+        boosted = False
+        for role in names:
+            heap = self._boost.get(role)
+            kept: list[tuple[int, int, int, str]] = []
+            seen: set[str] = set()
+            found = 0
+            while heap and found < limit:
+                entry = heapq.heappop(heap)
+                key = entry[3]
+                task = self.tasks.get(key)
+                if task is None or key in seen or not self._boost_valid(entry, task, role):
+                    continue  # stale or duplicate: dropped
+                seen.add(key)
+                kept.append(entry)
+                if task.not_before is not None and task.not_before > now:
+                    continue  # backing off: stays, not a candidate yet
                 pool[key] = task
-        if not pool:
+                found += 1
+                boosted = True
+            for entry in kept:
+                heapq.heappush(self._boost.setdefault(role, []), entry)
+        if not boosted:
             return by_age
         ordered = sorted(pool.values(), key=lambda t: domain.dispatch_order(t, self.unblocks(t.key)))
         return ordered[:limit]
+
+    def _boost_valid(self, entry: tuple[int, int, int, str], task: Task, role: str) -> bool:
+        key = entry[3]
+        if key not in self.eligible.get(role, ()) or task.status is not S.NOT_STARTED or task.seq != entry[2]:
+            return False
+        return _PRIORITY_RANK[task.priority] == entry[0] and self.unblocks(key) == -entry[1]
+
+    def _push_boost(self, key: str) -> None:
+        """File an eligible task that unblocks something in its role's boost heap (with its count now)."""
+        task = self.tasks.get(key)
+        if task is None or key not in self.eligible.get(task.role, ()):
+            return
+        count = self.unblocks(key)
+        if count:
+            heapq.heappush(
+                self._boost.setdefault(task.role, []), (_PRIORITY_RANK[task.priority], -count, task.seq, key)
+            )
 
     def ready_ordered(self, roles: Sequence[str] | None, limit: int, now: datetime) -> tuple[list[Task], int]:
         """Every ready task of *roles* in dispatch order: the first *limit*, and how many in all."""
@@ -923,12 +955,16 @@ class ProjectState:
             self.dependents.get(dep, set()).discard(key)
         for dep in new_deps - old_deps:
             self.dependents.setdefault(dep, set()).add(key)
+        for dep in old_deps ^ new_deps:
+            self._push_boost(dep)  # its count of tasks it unblocks changed
         if old is None or old_deps != new_deps:
             self.pending[key] = sum(
                 1 for d in new.depends_on if (dt := self.tasks.get(d)) is None or dt.status is not S.DONE
             )
         was_done = old is not None and old.status is S.DONE
         if was_done != (new.status is S.DONE):
+            for dep in new_deps:
+                self._push_boost(dep)  # one more (or one less) not-done task waits on it
             delta = -1 if new.status is S.DONE else 1
             for dependent in self.dependents.get(key, ()):
                 self.pending[dependent] = self.pending.get(dependent, 0) + delta
@@ -950,5 +986,6 @@ class ProjectState:
                 heapq.heappush(
                     self._heaps.setdefault(task.role, []), (_PRIORITY_RANK[task.priority], task.seq, task.key)
                 )
+                self._push_boost(task.key)
         else:
             eligible.discard(task.key)

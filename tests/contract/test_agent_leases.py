@@ -172,6 +172,19 @@ async def test_plain_claim_follows_the_order_on_state_backends(svc: QueueService
     assert [c.task.title for c in got] == ["hub", "leaf"]
 
 
+async def test_order_follows_dependents_added_and_finished_later(svc: QueueService, web: str) -> None:
+    _, b = await svc.create_tasks(web, [{"title": "a"}, {"title": "b"}])
+    assert [t.title for t in (await svc.ready(web)).tasks] == ["a", "b"]
+    # a task created later that waits on b makes b the better pick
+    await svc.create_task(web, {"title": "needs b", "depends_on": [b.key]})
+    assert [t.title for t in (await svc.ready(web)).tasks] == ["b", "a"]
+    # ... and taking the dependency away makes it ordinary again
+    dep = (await svc.dependents(web, b.key))[0]
+    await svc.update_task(web, dep.key, {"depends_on": []})
+    c = await svc.claim_next(web, "agent")
+    assert c is not None and c.task.title == "a"
+
+
 async def test_ready_filters_roles_and_unknown_project(svc: QueueService, web: str) -> None:
     await svc.create_tasks(web, [{"title": "d", "role": "dev"}, {"title": "q", "role": "qa"}])
     ready = await svc.ready(web, ["qa"])

@@ -22,6 +22,7 @@ import pytest
 from typer.testing import CliRunner
 
 from queue_service import snapshot
+from queue_service.backend import DispatchConfig
 from queue_service.cli import app
 from queue_service.cli._core import CliState, Connection
 from queue_service.service import QueueService
@@ -87,9 +88,14 @@ class Cli:
         return str(lines[0]).removeprefix("error: ")
 
 
+#: A backoff far longer than any run of CLI invocations, so "WEB-1 is backing off" holds on a busy
+#: machine too (each in-process invocation can take half a second under load).
+SLOW_BACKOFF = DispatchConfig(backoff_base_seconds=600.0, backoff_max_seconds=600.0, backoff_jitter=0.0)
+
+
 @pytest.fixture
 def backend() -> InMemoryBackend:
-    return InMemoryBackend()
+    return InMemoryBackend(config=SLOW_BACKOFF)
 
 
 @pytest.fixture
@@ -358,7 +364,11 @@ def test_every_command_with_a_project_option_is_a_project_command() -> None:
             for name, sub in subcommands.items():
                 walk(sub, (*path, name))
             return
-        if any("--project" in getattr(p, "opts", ()) for p in command.params) and path != ("token", "create"):
+        # token create: --project scopes the token; run: PROJECT or -p before '--' (its own parser)
+        if any("--project" in getattr(p, "opts", ()) for p in command.params) and path not in {
+            ("token", "create"),
+            ("run",),
+        }:
             assert isinstance(command, ProjectCommand), path
             found.add(path)
 
@@ -713,7 +723,7 @@ def test_flatfile_default_mode_across_invocations(monkeypatch: pytest.MonkeyPatc
     summary = json.loads(ok("run", "solo", "--once", "--json", "--", sys.executable, "-c", code).stdout)
     assert [t["outcome"] for t in summary["tasks"]] == ["completed"]
     assert (tmp_path / "ws" / ".mosaic" / "orchestrator" / "next-task.json").exists()
-    page = json.loads(ok("task", "list", "-p", "solo", "--json").stdout)
+    page = json.loads(ok("task", "list", "-p", "solo", "--json", "--full").stdout)
     assert [(t["key"], t["status"]) for t in page["items"]] == [("SOLO-1", "done"), ("SOLO-2", "done")]
     assert page["items"][1]["result"]["stdout"] == "Second\n"
     dump = ok("export", "solo").stdout

@@ -15,7 +15,7 @@ import pytest
 
 from queue_service.cli.agent_loop import prime_text
 from queue_service.testing import InMemoryBackend
-from tests.unit.test_cli import Cli
+from tests.unit.test_cli import SLOW_BACKOFF, Cli
 
 QS = str(Path(sys.executable).with_name("qs"))
 
@@ -28,7 +28,7 @@ def _qs(line: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
 
 @pytest.fixture
 def cli() -> Cli:
-    c = Cli(InMemoryBackend())
+    c = Cli(InMemoryBackend(config=SLOW_BACKOFF))
     c("project", "create", "web", "--prefix", "WEB")
     return c
 
