@@ -327,7 +327,7 @@ def _change_deps(ctx: typer.Context, project: str, key: str, deps: list[str], ad
 def dep_add(
     ctx: typer.Context,
     key: Annotated[str, typer.Argument(help="The task that waits.")],
-    deps: Annotated[list[str], typer.Argument(help="Keys it should wait for.")],
+    deps: Annotated[list[str], typer.Argument(metavar="DEP...", help="Keys it should wait for.")],
     project: ProjectOpt,
     json_out: JsonOpt = False,
 ) -> None:
@@ -342,7 +342,7 @@ def dep_add(
 def dep_rm(
     ctx: typer.Context,
     key: Annotated[str, typer.Argument(help="The task that waits.")],
-    deps: Annotated[list[str], typer.Argument(help="Keys it should no longer wait for.")],
+    deps: Annotated[list[str], typer.Argument(metavar="DEP...", help="Keys it should no longer wait for.")],
     project: ProjectOpt,
     json_out: JsonOpt = False,
 ) -> None:

@@ -334,9 +334,15 @@ PER_PROJECT = {
     ("release",): "PROJECT KEY",
     ("stats",): "PROJECT",
     ("events",): "PROJECT",
-    ("run",): "PROJECT",  # these three always took it positionally
+    ("run",): "PROJECT",  # run takes PROJECT (or -p/QUEUE_PROJECT) before '--'
     ("export",): "PROJECT",
     ("sync",): "PROJECT",
+    ("next",): "PROJECT",
+    ("ready",): "PROJECT",
+    ("prime",): "PROJECT",
+    ("dead-letter",): "PROJECT",
+    ("dep", "add"): "PROJECT KEY DEP...",
+    ("dep", "rm"): "PROJECT KEY DEP...",
 }
 
 
@@ -373,7 +379,7 @@ def test_every_command_with_a_project_option_is_a_project_command() -> None:
             found.add(path)
 
     walk(root, ())
-    assert found == {k for k in PER_PROJECT if k not in {("run",), ("export",), ("sync",)}}
+    assert found == {k for k in PER_PROJECT if k != ("run",)}
 
 
 def test_task_add_batch(cli: Cli, tmp_path: Path) -> None:
@@ -496,9 +502,12 @@ def test_events(cli: Cli) -> None:
     after = [json.loads(x)["id"] for x in cli("events", "-p", "web", "--json", "--after", str(ids[1])).stdout.split()]
     assert after == ids[2:]
     assert len(cli("events", "-p", "web", "--json", "--limit", "2").stdout.splitlines()) == 2
-    # --follow stops after --limit events
-    out = cli("events", "-p", "web", "--json", "--follow", "--limit", "3", "--poll", "0.01").stdout
+    # --follow starts at now; --since all (or an id) replays history first; it stops after --limit events
+    out = cli("events", "-p", "web", "--json", "--follow", "--since", "all", "--limit", "3", "--poll", "0.01").stdout
     assert len(out.splitlines()) == 3
+    since = cli("events", "-p", "web", "--json", "--follow", "--since", str(ids[1]), "--limit", "1", "--poll", "0.01")
+    assert [json.loads(x)["id"] for x in since.stdout.split()] == [ids[2]]
+    assert "--since takes an event id or 'all'" in cli.error("events", "-p", "web", "--since", "yesterday")
     assert "claimed" in cli("events", "-p", "web").stdout
 
 
