@@ -24,14 +24,18 @@ from queue_service.api import (
     routes_projects,
     routes_sync,
     routes_tasks,
+    routes_tokens,
 )
 from queue_service.api.auth import Authenticator
 from queue_service.api.deps import AppState
+from queue_service.api.edge import EdgeMiddleware
+from queue_service.api.limits import StreamSlots
 from queue_service.api.metrics import Metrics
 from queue_service.backend import Backend
 from queue_service.orchestrator import Orchestrator
 from queue_service.service import QueueService
 from queue_service.settings import Settings, is_loopback
+from queue_service.workspaces import WorkspacePolicy
 from workspace_sync.manager import WorkspaceSyncManager
 
 __all__ = ["check_exposure", "create_app"]
@@ -77,15 +81,19 @@ def create_app(settings: Settings, backend: Backend | None = None) -> FastAPI:
         try:
             await be.open()
             await check_exposure(settings, be)
+            # API callers name workspaces only relative to QUEUE_WORKSPACE (issue 9)
             service = QueueService(
-                be, workspace_root=settings.workspace, agent_lease_seconds=settings.agent_lease_seconds
+                be,
+                workspaces=WorkspacePolicy.from_settings(settings, operator=False),
+                agent_lease_seconds=settings.agent_lease_seconds,
             )
             app.state.qs = AppState(
                 settings=settings,
                 backend=be,
                 service=service,
-                authenticator=Authenticator(be.records),
+                authenticator=Authenticator(be.records, require_tokens=not is_loopback(settings.host)),
                 metrics=Metrics(),
+                streams=StreamSlots(settings.max_event_streams),
             )
             if settings.orchestrator:
                 orchestrator = _make_orchestrator(be, settings.sweep_seconds)
@@ -119,6 +127,8 @@ def create_app(settings: Settings, backend: Backend | None = None) -> FastAPI:
         description="Task orchestration for teams of AI agents. Errors are `{error: {code, message, details}}`.",
         lifespan=lifespan,
     )
+    # inside the catch-all (added next), so a failure in an edge check is still a JSON error
+    app.add_middleware(EdgeMiddleware, settings=settings)
     errors.install_error_handlers(app)
     for module in (
         routes_health,
@@ -128,6 +138,7 @@ def create_app(settings: Settings, backend: Backend | None = None) -> FastAPI:
         routes_events,
         routes_coord,
         routes_sync,
+        routes_tokens,
     ):
         app.include_router(module.router)
     return app

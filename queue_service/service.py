@@ -39,8 +39,16 @@ from queue_service.models import (
     validate_slug,
     validated,
 )
+from queue_service.workspaces import WorkspacePolicy
 
-__all__ = ["DEFAULT_AGENT_LEASE_SECONDS", "LeaseProfile", "QueueService", "new_agent_id"]
+__all__ = [
+    "DEFAULT_AGENT_LEASE_SECONDS",
+    "SERVICE_AUTHORS",
+    "LeaseProfile",
+    "QueueService",
+    "check_author",
+    "new_agent_id",
+]
 
 #: Lease of agent-facing claims (CLI ``claim``/``next --claim``, MCP ``claim_next``) unless
 #: configured (``QUEUE_AGENT_LEASE_SECONDS``): LLM agents think in minutes, not seconds.
@@ -93,6 +101,20 @@ def new_agent_id(name: str | None = None) -> str:
     return f"{name}@{base}" if name else base
 
 
+#: names the service writes notes and events under: no caller may sign a note with one (issue 9)
+SERVICE_AUTHORS = frozenset({"workspace-sync", "system", "dispatcher", "orchestrator", "queue-service"})
+
+
+def check_author(author: str) -> str:
+    """Refuse a note author that impersonates the service (``workspace-sync``…)."""
+    if author.strip().lower() in SERVICE_AUTHORS:
+        raise exceptions.ValidationError(
+            f"note author {author.strip()!r} is reserved for the service itself; sign notes with your own name",
+            value=author.strip(),
+        )
+    return author
+
+
 class QueueService:
     """Every task operation, written only against :class:`~queue_service.backend.Backend`."""
 
@@ -101,11 +123,14 @@ class QueueService:
         backend: Backend,
         *,
         workspace_root: Path | None = None,
+        workspaces: WorkspacePolicy | None = None,
         agent_lease_seconds: float = DEFAULT_AGENT_LEASE_SECONDS,
     ) -> None:
         _check_lease(agent_lease_seconds)
         self.backend = backend
-        self.workspace_root = workspace_root
+        #: where workspaces may live (issue 9); API-strict unless the caller says it is the operator
+        self.workspaces = workspaces or WorkspacePolicy(root=workspace_root)
+        self.workspace_root = self.workspaces.root
         self.agent_lease_seconds = float(agent_lease_seconds)
 
     def agent_lease(self, lease_seconds: float | None = None) -> float:
@@ -140,8 +165,14 @@ class QueueService:
         ``<root>/<slug>``.
         """
         create = validated(ProjectCreate, data)
-        if create.workspace is None and self.workspace_root is not None:
-            create = create.model_copy(update={"workspace": str(self.workspace_root / create.slug)})
+        workspace = (
+            self.workspaces.default_for(create.slug)
+            if create.workspace is None
+            else self.workspaces.place(create.workspace)
+        )
+        if workspace is not None:
+            self.workspaces.check_overlap(workspace, create.slug, await self.backend.records.list_projects())
+            create = create.model_copy(update={"workspace": workspace})
         return await self.backend.records.create_project(create)
 
     async def get_project(self, slug: str) -> Project:
@@ -153,8 +184,13 @@ class QueueService:
         return await self.backend.records.list_projects()
 
     async def update_project(self, slug: str, data: ProjectUpdate | Mapping[str, Any]) -> Project:
-        """Patch a project (name, workspace)."""
-        return await self.backend.records.update_project(validate_slug(slug), validated(ProjectUpdate, data))
+        """Patch a project (name, workspace); a workspace is checked against :attr:`workspaces`."""
+        slug, patch = validate_slug(slug), validated(ProjectUpdate, data)
+        if patch.workspace is not None:
+            workspace = self.workspaces.place(patch.workspace)
+            self.workspaces.check_overlap(workspace, slug, await self.backend.records.list_projects())
+            patch = patch.model_copy(update={"workspace": workspace})
+        return await self.backend.records.update_project(slug, patch)
 
     # -- missions ---------------------------------------------------------------------------
     async def create_mission(self, project: str, data: MissionCreate | Mapping[str, Any]) -> Mission:
@@ -247,12 +283,20 @@ class QueueService:
             _check_text("reason", reason)
         return await self.backend.records.cancel_task(validate_slug(project), validate_key(key), reason, actor)
 
-    async def add_note(self, project: str, key: str, author: str, text: str, token: str | None = None) -> Note:
-        """Append a note to a task."""
+    async def add_note(
+        self, project: str, key: str, author: str, text: str, token: str | None = None, *, system: bool = False
+    ) -> Note:
+        """Append a note to a task.
+
+        Args:
+            system: the service itself writes it (the sync); only then may *author* be a service name.
+        """
         if not text or not text.strip():
             raise exceptions.ValidationError("note text must not be empty")
         if not author or not author.strip():
             raise exceptions.ValidationError("note author must not be empty")
+        if not system:
+            check_author(author)
         _check_text("text", text)
         _check_text("author", author)
         slug, key = validate_slug(project), validate_key(key)

@@ -186,6 +186,7 @@ def state_of(ctx: typer.Context) -> CliState:
 @contextlib.asynccontextmanager
 async def _local(state: CliState) -> AsyncIterator[Connection]:
     from queue_service.service import QueueService
+    from queue_service.workspaces import WorkspacePolicy
 
     settings = state.settings()
     url = settings.resolved_backend_url()
@@ -194,8 +195,11 @@ async def _local(state: CliState) -> AsyncIterator[Connection]:
     except ImportError as exc:
         raise exceptions.ConfigurationError(f"the backend for {url!r} is not available: {exc}") from None
     async with backend:
+        # no server: the user is the operator of this machine (see queue_service.workspaces)
         service = QueueService(
-            backend, workspace_root=settings.workspace, agent_lease_seconds=settings.agent_lease_seconds
+            backend,
+            workspaces=WorkspacePolicy.from_settings(settings, operator=True),
+            agent_lease_seconds=settings.agent_lease_seconds,
         )
         yield Connection(
             ops=service, mode="local", source=backend.name, sweep=backend.dispatch.sweep, settings=settings
