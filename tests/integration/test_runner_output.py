@@ -81,7 +81,10 @@ def test_child_adds_a_note_with_its_token_through_the_cli(tmp_path: Path) -> Non
     script = tmp_path / "agent.sh"
     script.write_text('#!/bin/sh\nexec qs task note "$QUEUE_TASK_KEY" "working on it"\n')
     script.chmod(0o755)
-    done = run("run", "-p", "web", "--once", "--workspace", str(tmp_path / "ws"), "--", str(script))
+    (tmp_path / "ws").mkdir()
+    # the child reaches the same local data (children get no QUEUE_* paths unless passed, issue 9)
+    ws = str(tmp_path / "ws")
+    done = run("run", "-p", "web", "--once", "--workspace", ws, "--pass-env", "QUEUE_DATA_DIR", "--", str(script))
     assert done.returncode == 0, done.stderr
     shown = json.loads(run("--json", "task", "show", "web", "WEB-1").stdout)
     assert shown["task"]["status"] == "done"
