@@ -13,6 +13,7 @@ import logging
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
+from starlette.routing import Route
 
 from queue_service import __version__, exceptions
 from queue_service.api import (
@@ -32,6 +33,7 @@ from queue_service.api.edge import EdgeMiddleware
 from queue_service.api.limits import StreamSlots
 from queue_service.api.metrics import Metrics
 from queue_service.backend import Backend
+from queue_service.mcp_server.http import MCP_PATH, McpEndpoint
 from queue_service.orchestrator import Orchestrator
 from queue_service.service import QueueService
 from queue_service.settings import Settings, is_loopback
@@ -72,12 +74,15 @@ def create_app(settings: Settings, backend: Backend | None = None) -> FastAPI:
             idempotent) but does not close it: whoever made it owns it.
     """
 
+    mcp_endpoint = McpEndpoint()
+
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         owned = backend is None
         be = backend or settings.build_backend()
         orchestrator: Orchestrator | None = None
         workspace_sync: WorkspaceSyncManager | None = None
+        mcp_running: contextlib.AbstractAsyncContextManager[None] | None = None
         try:
             await be.open()
             await check_exposure(settings, be)
@@ -95,6 +100,9 @@ def create_app(settings: Settings, backend: Backend | None = None) -> FastAPI:
                 metrics=Metrics(),
                 streams=StreamSlots(settings.max_event_streams),
             )
+            # /mcp: the MCP tools over streamable HTTP, on this app's service (issue 11)
+            mcp_running = mcp_endpoint.running(app.state.qs)
+            await mcp_running.__aenter__()
             if settings.orchestrator:
                 orchestrator = _make_orchestrator(be, settings.sweep_seconds)
                 orchestrator.start()
@@ -106,6 +114,11 @@ def create_app(settings: Settings, backend: Backend | None = None) -> FastAPI:
             logger.info("queue-service ready on backend %s", be.name)
             yield
         finally:
+            if mcp_running is not None:
+                try:
+                    await mcp_running.__aexit__(None, None, None)
+                except Exception:
+                    logger.exception("stopping the MCP endpoint failed")
             if workspace_sync is not None:
                 try:
                     await workspace_sync.stop()
@@ -141,4 +154,6 @@ def create_app(settings: Settings, backend: Backend | None = None) -> FastAPI:
         routes_tokens,
     ):
         app.include_router(module.router)
+    # a plain route, not a mount: MCP clients POST to /mcp itself (a mount would redirect to /mcp/)
+    app.router.routes.append(Route(MCP_PATH, endpoint=mcp_endpoint, include_in_schema=False))
     return app

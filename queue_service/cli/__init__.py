@@ -22,7 +22,7 @@ import typer
 from typer.core import TyperGroup
 
 from queue_service import exceptions
-from queue_service.cli import admin, agent_loop, dispatch, sync, transfer
+from queue_service.cli import admin, agent_loop, dispatch, mcp, sync, transfer
 from queue_service.cli import run as run_cmd
 from queue_service.cli._core import (
     EXIT_DOMAIN,
@@ -157,6 +157,7 @@ app.add_typer(task_app, name="task", rich_help_panel="Plan")
 agent_loop.register(app)  # claim, next, ready, prime (Agents); dead-letter (Observe); dep (Plan)
 dispatch.register(app)  # heartbeat, complete, fail, release (Agents); stats, events (Observe)
 run_cmd.register(app)  # run (Agents)
+mcp.register(app)  # mcp (Agents): the MCP tools over stdio
 transfer.register(app)  # export, import (Move)
 admin.register(app)  # serve, migrate, token (Operate)
 sync.register(app)  # sync (Plan): TASKS.md <-> service, see workspace_sync

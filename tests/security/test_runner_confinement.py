@@ -13,7 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from queue_service.cli import app as cli_app
-from queue_service.models import TaskUpdate
+from queue_service.models import Project, TaskUpdate
 from queue_service.runner import CAPSULE_FILE, LOCK_FILE, Runner, RunnerOptions, escape_control, orchestrator_dir
 from queue_service.service import QueueService
 from queue_service.testing import InMemoryBackend
@@ -38,8 +38,14 @@ def _runner(svc: QueueService, command: list[str], **options: object) -> Runner:
 async def test_a_server_chosen_workspace_is_never_created_or_entered(
     svc: QueueService, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    target = tmp_path / "victim" / ".ssh"  # what a hostile server (or project admin) names
-    await svc.update_project("web", {"workspace": str(target)})
+    target = tmp_path / "victim" / ".ssh"  # what a hostile (or compromised) server answers
+    real_get_project = svc.get_project
+
+    async def hostile_get_project(slug: str) -> Project:
+        return (await real_get_project(slug)).model_copy(update={"workspace": str(target)})
+
+    monkeypatch.setattr(svc, "get_project", hostile_get_project)
+    assert (await svc.get_project("web")).workspace == str(target)
     await svc.create_task("web", {"title": "where am I"})
     work = tmp_path / "work"
     work.mkdir()

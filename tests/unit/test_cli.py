@@ -53,6 +53,7 @@ EXPECTED_COMMANDS = {
     "prime",
     "dead-letter",
     "dep",
+    "mcp",  # the MCP tools over stdio (issue 11, queue_service/cli/mcp.py)
 }
 
 
