@@ -50,6 +50,7 @@ from queue_service.models import (
     ProjectSnapshot,
     ProjectUpdate,
     QueueStats,
+    ReadyList,
     SweepReport,
     Task,
     TaskCreate,
@@ -245,6 +246,16 @@ class _Records(RecordStore):
 
     async def stats(self, project: str) -> QueueStats:
         return await self.b.run(project, lambda txn: txn.state.stats(txn.now), exclusive=False)
+
+    async def ready_tasks(self, project: str, roles: Sequence[str] | None = None, limit: int = 20) -> ReadyList:
+        def op(txn: Txn) -> ReadyList:
+            tasks, total = txn.state.ready_ordered(roles, limit, txn.now)
+            return ReadyList(tasks=tasks, total=total, unblocks={t.key: txn.state.unblocks(t.key) for t in tasks})
+
+        return await self.b.run(project, op, exclusive=False)
+
+    async def task_events(self, project: str, key: str, limit: int = 20) -> list[Event]:
+        return await self.b.read(project, lambda s: s.task_events(key, limit))
 
     async def list_events(self, project: str, after_id: int = 0, limit: int = 1000) -> list[Event]:
         return await self.b.read(project, lambda s: _events_after(s, after_id, limit))

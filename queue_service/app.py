@@ -87,7 +87,11 @@ def create_app(settings: Settings, backend: Backend | None = None) -> FastAPI:
             await be.open()
             await check_exposure(settings, be)
             # API callers name workspaces only relative to QUEUE_WORKSPACE (issue 9)
-            service = QueueService(be, workspaces=WorkspacePolicy.from_settings(settings, operator=False))
+            service = QueueService(
+                be,
+                workspaces=WorkspacePolicy.from_settings(settings, operator=False),
+                agent_lease_seconds=settings.agent_lease_seconds,
+            )
             app.state.qs = AppState(
                 settings=settings,
                 backend=be,

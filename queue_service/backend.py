@@ -41,6 +41,7 @@ from queue_service.models import (
     ProjectSnapshot,
     ProjectUpdate,
     QueueStats,
+    ReadyList,
     SweepReport,
     Task,
     TaskCreate,
@@ -201,6 +202,45 @@ class RecordStore(abc.ABC):
     async def stats(self, project: str) -> QueueStats:
         """Counts per status, ready tasks per role, in-flight leases, dead-letter size."""
 
+    async def ready_tasks(self, project: str, roles: Sequence[str] | None = None, limit: int = 20) -> ReadyList:
+        """Ready tasks of *roles* (all when None) in the dispatch order (``domain.dispatch_order``:
+        priority, then how many not-done tasks each unblocks, then age), the first *limit* of them.
+
+        This default reads every ready task through :meth:`list_tasks` (correct, not fast);
+        backends override it.
+        """
+        from queue_service.domain import dispatch_order
+
+        found: list[Task] = []
+        cursor: str | None = None
+        while True:
+            page = await self.list_tasks(project, TaskFilter(ready=True), 1000, cursor)
+            found.extend(t for t in page.items if roles is None or t.role in roles)
+            cursor = page.next_cursor
+            if not cursor:
+                break
+        counts = {}
+        for t in found:
+            counts[t.key] = sum(1 for d in await self.dependents(project, t.key) if d.status.value != "done")
+        found.sort(key=lambda t: dispatch_order(t, counts[t.key]))
+        return ReadyList(tasks=found[:limit], total=len(found), unblocks={t.key: counts[t.key] for t in found[:limit]})
+
+    async def task_events(self, project: str, key: str, limit: int = 20) -> list[Event]:
+        """The task's newest events, newest first, at most *limit* (why a lease was refused).
+
+        This default scans the project's whole log; backends override it.
+        """
+        await self.get_task(project, key)
+        mine: list[Event] = []
+        after = 0
+        while True:
+            batch = await self.list_events(project, after, 1000)
+            mine.extend(e for e in batch if e.task == key)
+            if len(batch) < 1000:
+                break
+            after = batch[-1].id
+        return mine[::-1][:limit]
+
     # -- events -----------------------------------------------------------------------------
     @abc.abstractmethod
     async def list_events(self, project: str, after_id: int = 0, limit: int = 1000) -> list[Event]:
@@ -333,6 +373,16 @@ class Dispatcher(abc.ABC):
             except exceptions.TaskNotFound as exc:
                 out.append(exceptions.LeaseError(exc.message, task=key))
         return out
+
+    async def claim_next(
+        self, project: str, agent: str, roles: Sequence[str] | None, lease_seconds: float
+    ) -> Claim | None:
+        """Claim the single best ready task (``domain.dispatch_order``) of *roles* at once, or None.
+
+        Exactly one claimer wins a task, as for :meth:`claim`. This default is :meth:`claim`, right
+        for backends whose claim already follows the dispatch order; others override it.
+        """
+        return await self.claim(project, agent, roles, 0.0, lease_seconds)
 
     @abc.abstractmethod
     async def heartbeat(self, project: str, key: str, token: str, lease_seconds: float | None = None) -> Lease:

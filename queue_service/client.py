@@ -35,6 +35,7 @@ from urllib.parse import quote
 
 import httpx
 import pydantic
+import pydantic_core
 
 from queue_service import __version__, exceptions
 from queue_service.api.schemas import HealthStatus, ResultsResponse
@@ -49,6 +50,7 @@ from queue_service.models import (
     ProjectCreate,
     ProjectUpdate,
     QueueStats,
+    ReadyList,
     Task,
     TaskCreate,
     TaskPage,
@@ -123,7 +125,13 @@ def _p(value: str) -> str:
 def _dump(data: pydantic.BaseModel | Mapping[str, Any]) -> Any:
     if isinstance(data, pydantic.BaseModel):
         return data.model_dump(mode="json", exclude_unset=True)
-    return dict(data)
+    # a mapping may hold models (a MissionCreate's milestones) or datetimes: make it plain JSON
+    return pydantic_core.to_jsonable_python(dict(data))
+
+
+def _task_body(data: TaskCreate | Mapping[str, Any] | str) -> TaskCreate | Mapping[str, Any]:
+    """``create_task(project, "title")`` is a task with just that title."""
+    return {"title": data} if isinstance(data, str) else data
 
 
 def _task_filters(
@@ -263,8 +271,8 @@ class _Calls:
     """Every endpoint as a request description; the clients only differ in how they send it."""
 
     @staticmethod
-    def create_task(project: str, data: TaskCreate | Mapping[str, Any]) -> _Call:
-        body = _dump(data)
+    def create_task(project: str, data: TaskCreate | Mapping[str, Any] | str) -> _Call:
+        body = _dump(_task_body(data))
         return _Call("POST", f"/v1/projects/{_p(project)}/tasks", body, idempotent=bool(body.get("idempotency_key")))
 
     @staticmethod
@@ -289,9 +297,16 @@ class _Calls:
 
     @staticmethod
     def claim(
-        project: str, agent: str, roles: Sequence[str] | None, wait_seconds: float, lease_seconds: float | None
+        project: str,
+        agent: str,
+        roles: Sequence[str] | None,
+        wait_seconds: float,
+        lease_seconds: float | None,
+        lease_profile: str = "worker",
     ) -> _Call:
         body: dict[str, Any] = {"agent": agent, "wait_seconds": wait_seconds}
+        if lease_profile != "worker":
+            body["lease_profile"] = lease_profile
         if roles:
             body["roles"] = list(roles)
         if lease_seconds is not None:
@@ -462,8 +477,8 @@ class Client(_BaseClient):
         return _load(Mission, self._send(_Calls.get(f"/v1/projects/{_p(project)}/missions/{_p(mission)}")))
 
     # -- tasks ------------------------------------------------------------------------------
-    def create_task(self, project: str, data: TaskCreate | Mapping[str, Any]) -> Task:
-        """Create one task."""
+    def create_task(self, project: str, data: TaskCreate | Mapping[str, Any] | str) -> Task:
+        """Create one task (*data* may be just its title)."""
         return _load(Task, self._send(_Calls.create_task(project, data)))
 
     def create_tasks(self, project: str, items: Iterable[TaskCreate | Mapping[str, Any]]) -> list[Task]:
@@ -563,6 +578,13 @@ class Client(_BaseClient):
         call = _Calls.get(f"/v1/projects/{_p(project)}/dead-letter", {"limit": limit})
         return _load_items(Task, self._send(call))
 
+    def ready_tasks(self, project: str, roles: Sequence[str] | None = None, limit: int = 20) -> ReadyList:
+        """Ready tasks in the dispatch order (the first *limit*, and the total)."""
+        params: dict[str, Any] = {"limit": limit}
+        if roles:
+            params["role"] = ",".join(roles)
+        return _load(ReadyList, self._send(_Calls.get(f"/v1/projects/{_p(project)}/ready", params)))
+
     # -- dispatch ---------------------------------------------------------------------------
     def claim(
         self,
@@ -572,9 +594,13 @@ class Client(_BaseClient):
         roles: Sequence[str] | None = None,
         wait_seconds: float = 0.0,
         lease_seconds: float | None = None,
+        lease_profile: str = "worker",
     ) -> Claim | None:
-        """Claim the next ready task (waiting up to *wait_seconds*), or None."""
-        call = _Calls.claim(project, agent or self.agent_id, roles, wait_seconds, lease_seconds)
+        """Claim the next ready task (waiting up to *wait_seconds*), or None.
+
+        ``lease_profile="agent"``: an agent-facing claim (the best ready task, the server's agent lease).
+        """
+        call = _Calls.claim(project, agent or self.agent_id, roles, wait_seconds, lease_seconds, lease_profile)
         response = self._send(call)
         return None if response.status_code == 204 else _load(Claim, response)
 
@@ -822,8 +848,8 @@ class AsyncClient(_BaseClient):
         return _load(Mission, await self._send(_Calls.get(f"/v1/projects/{_p(project)}/missions/{_p(mission)}")))
 
     # -- tasks ------------------------------------------------------------------------------
-    async def create_task(self, project: str, data: TaskCreate | Mapping[str, Any]) -> Task:
-        """Create one task."""
+    async def create_task(self, project: str, data: TaskCreate | Mapping[str, Any] | str) -> Task:
+        """Create one task (*data* may be just its title)."""
         return _load(Task, await self._send(_Calls.create_task(project, data)))
 
     async def create_tasks(self, project: str, items: Iterable[TaskCreate | Mapping[str, Any]]) -> list[Task]:
@@ -926,6 +952,13 @@ class AsyncClient(_BaseClient):
         call = _Calls.get(f"/v1/projects/{_p(project)}/dead-letter", {"limit": limit})
         return _load_items(Task, await self._send(call))
 
+    async def ready_tasks(self, project: str, roles: Sequence[str] | None = None, limit: int = 20) -> ReadyList:
+        """Ready tasks in the dispatch order (the first *limit*, and the total)."""
+        params: dict[str, Any] = {"limit": limit}
+        if roles:
+            params["role"] = ",".join(roles)
+        return _load(ReadyList, await self._send(_Calls.get(f"/v1/projects/{_p(project)}/ready", params)))
+
     # -- dispatch ---------------------------------------------------------------------------
     async def claim(
         self,
@@ -935,9 +968,13 @@ class AsyncClient(_BaseClient):
         roles: Sequence[str] | None = None,
         wait_seconds: float = 0.0,
         lease_seconds: float | None = None,
+        lease_profile: str = "worker",
     ) -> Claim | None:
-        """Claim the next ready task (waiting up to *wait_seconds*), or None."""
-        call = _Calls.claim(project, agent or self.agent_id, roles, wait_seconds, lease_seconds)
+        """Claim the next ready task (waiting up to *wait_seconds*), or None.
+
+        ``lease_profile="agent"``: an agent-facing claim (the best ready task, the server's agent lease).
+        """
+        call = _Calls.claim(project, agent or self.agent_id, roles, wait_seconds, lease_seconds, lease_profile)
         response = await self._send(call)
         return None if response.status_code == 204 else _load(Claim, response)
 

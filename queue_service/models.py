@@ -37,6 +37,7 @@ __all__ = [
     "ProjectSnapshot",
     "ProjectUpdate",
     "QueueStats",
+    "ReadyList",
     "SweepReport",
     "Task",
     "TaskCreate",
@@ -654,6 +655,8 @@ class Lease(_Frozen):
     token: str
     holder: str
     expires_at: datetime
+    #: the lease length granted (or renewed) by this call, seconds (issue 11)
+    seconds: float | None = None
 
 
 class Claim(_Frozen):
@@ -661,6 +664,16 @@ class Claim(_Frozen):
 
     task: Task
     lease: Lease
+
+
+class ReadyList(_Frozen):
+    """Ready tasks in dispatch order (priority, then tasks unblocked, then age), with the total."""
+
+    tasks: list[Task]
+    #: how many tasks are ready in all (``tasks`` holds the first ``limit`` of them)
+    total: int
+    #: per listed key: how many not-done tasks depend on it
+    unblocks: dict[str, int] = Field(default_factory=dict)
 
 
 class QueueStats(_Frozen):

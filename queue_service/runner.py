@@ -41,12 +41,13 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TextIO
 
 import filelock
 
 from queue_service import exceptions
 from queue_service.models import Claim, Lease, Project, Task, TaskStatus
+from queue_service.run_output import echo_lines, fit_result, read_head, stdout_budget
 from queue_service.service import new_agent_id
 from queue_service.worker import DEFAULT_LEASE_SECONDS, heartbeat_interval
 
@@ -113,6 +114,8 @@ def child_environment(environ: dict[str, str] | os._Environ[str], pass_env: Sequ
 
 LOCK_FILE = "session.lock"
 CAPSULE_FILE = "next-task.json"
+#: ``run``'s exit code when a task it ran failed (see RunSummary.exit_code)
+EXIT_TASK_FAILED = 4
 SESSIONS_FILE = "sessions.jsonl"
 _GUARD_FILE = ".session.lock.guard"
 
@@ -325,8 +328,13 @@ class RunnerOptions:
     workspace: Path | None = None
     #: environment variables passed to children although private (``--pass-env QUEUE_TOKEN``)
     pass_env: Sequence[str] = ()
-    #: how much of stdout/stderr to keep for the result / error
+    #: how much of stderr to keep for the error of a failed attempt
     tail_chars: int = 4000
+    #: the completed result keeps stdout up to this size (QUEUE_MAX_RESULT_BYTES), cut at a line
+    #: boundary and marked (issue 11)
+    max_result_bytes: int = 1024 * 1024
+    #: copy each child's output to this stream, every line prefixed with the task key (None: don't)
+    echo: TextIO | None = None
     #: how long one claim waits for a ready task before checking for stop/idle
     poll_seconds: float = 2.0
     #: after SIGTERM to a child, how long before SIGKILL
@@ -378,11 +386,14 @@ class RunSummary:
 
     @property
     def exit_code(self) -> int:
-        """0 after a normal stop, 128+signal after SIGINT/SIGTERM, 1 after a fatal error."""
+        """1 after a fatal error, 128+signal after SIGINT/SIGTERM, 4 when any task it ran did not
+        complete (failed, to be retried, or its lease was lost), else 0 (every task completed)."""
         if self.error:
             return 1
         if self.signal is not None:
             return 128 + self.signal
+        if any(o.outcome in ("retry", "failed", "lost") for o in self.outcomes):
+            return EXIT_TASK_FAILED
         return 0
 
     def to_dict(self) -> dict[str, Any]:
@@ -531,6 +542,7 @@ class Runner:
             summary.stop_reason = self._stop_reason or "stopped"
             summary.signal = self._signal
             summary.error = self._error
+            self._write_end_capsule(summary)
             lock.release(
                 stop_reason=summary.stop_reason,
                 completed=summary.count("completed"),
@@ -638,7 +650,25 @@ class Runner:
         except OSError as exc:
             logger.warning("could not write %s: %s", CAPSULE_FILE, exc)
 
-    def _child_env(self, task: Task) -> dict[str, str]:
+    def _write_end_capsule(self, summary: RunSummary) -> None:
+        """The session ended: next-task.json says so (no task is about to run), with what it did."""
+        capsule = {
+            "session_id": self._session,
+            "project": self.options.project,
+            "project_path": str(self._workspace),
+            "agent": self.agent,
+            "ended_at": _now_iso(),
+            "stop_reason": summary.stop_reason,
+            "task": None,
+            "last_task": summary.outcomes[-1].key if summary.outcomes else None,
+            "counts": {k: summary.count(k) for k in ("completed", "retry", "failed", "released", "lost")},
+        }
+        try:
+            _atomic_write_json(orchestrator_dir(self._workspace) / CAPSULE_FILE, capsule)
+        except OSError as exc:
+            logger.warning("could not write %s: %s", CAPSULE_FILE, exc)
+
+    def _child_env(self, task: Task, token: str) -> dict[str, str]:
         env = child_environment(os.environ, self.options.pass_env)
         env.update(
             {
@@ -650,6 +680,8 @@ class Runner:
                 "QUEUE_SESSION_ID": self._session,
                 "QUEUE_AGENT": self.agent,
                 "QUEUE_PROJECT_PATH": str(self._workspace),
+                # the holder's token for this task only: notes with it renew the lease
+                "QUEUE_LEASE_TOKEN": token,
             }
         )
         return env
@@ -670,7 +702,7 @@ class Runner:
                     stdout=asyncio.subprocess.PIPE,
                     stderr=asyncio.subprocess.PIPE,
                     cwd=self._workspace,
-                    env=self._child_env(task),
+                    env=self._child_env(task, token),
                     start_new_session=True,
                 )
             except OSError as exc:
@@ -688,7 +720,7 @@ class Runner:
             beat = asyncio.create_task(self._heartbeat(running, interval, beat_done))
             payload = json.dumps(task.model_dump(mode="json"), ensure_ascii=False).encode() + b"\n"
             try:
-                rc, out, err = await self._communicate(proc, payload)
+                rc, out, err = await self._communicate(proc, payload, key)
             except asyncio.CancelledError:
                 self._signal_child(running, signal.SIGKILL)
                 with contextlib.suppress(Exception):
@@ -713,12 +745,15 @@ class Runner:
             self._record(key, "lost", rc, seconds)
             return
         if rc == 0:
-            result = {
-                "exit_code": 0,
-                "stdout": out[0],
-                "stdout_truncated": out[1],
-                "duration_seconds": round(seconds, 3),
-            }
+            result = fit_result(
+                {
+                    "exit_code": 0,
+                    "stdout": out[0],
+                    "stdout_truncated": out[1],
+                    "duration_seconds": round(seconds, 3),
+                },
+                opts.max_result_bytes,
+            )
             await self._finish(
                 key, "completed", lambda: self.ops.complete(opts.project, key, token, result), rc, seconds
             )
@@ -797,15 +832,15 @@ class Runner:
                 return
 
     async def _communicate(
-        self, proc: asyncio.subprocess.Process, payload: bytes
+        self, proc: asyncio.subprocess.Process, payload: bytes, key: str
     ) -> tuple[int, tuple[str, bool], tuple[str, bool]]:
         assert proc.stdin is not None
         assert proc.stdout is not None
         assert proc.stderr is not None
-        limit = self.options.tail_chars
+        echo = self.options.echo
         readers = [
-            asyncio.create_task(_tail(proc.stdout, limit)),
-            asyncio.create_task(_tail(proc.stderr, limit)),
+            asyncio.create_task(read_head(proc.stdout, stdout_budget(self.options.max_result_bytes), echo, f"{key}| ")),
+            asyncio.create_task(_tail(proc.stderr, self.options.tail_chars, echo, f"{key}! ")),
         ]
         feeder = asyncio.create_task(_feed(proc.stdin, payload))
         try:
@@ -856,15 +891,20 @@ async def _feed(stream: asyncio.StreamWriter, payload: bytes) -> None:
             await stream.wait_closed()
 
 
-async def _tail(stream: asyncio.StreamReader, limit: int) -> tuple[str, bool]:
+async def _tail(
+    stream: asyncio.StreamReader, limit: int, echo: TextIO | None = None, prefix: str = ""
+) -> tuple[str, bool]:
     """The last *limit* bytes of a stream as text, and whether anything was cut off."""
     buf = bytearray()
+    pending = bytearray()
     truncated = False
     while chunk := await stream.read(65536):
+        echo_lines(echo, prefix, pending, chunk)
         buf += chunk
         if len(buf) > limit:
             del buf[: len(buf) - limit]
             truncated = True
+    echo_lines(echo, prefix, pending, b"", final=True)
     if truncated:
         while buf and 0x80 <= buf[0] <= 0xBF:  # do not start in the middle of a UTF-8 character
             del buf[0]

@@ -148,6 +148,9 @@ class ProjectState:
         self._heaps: dict[str, list[tuple[int, int, str]]] = {}
         #: entries put at the head of a line sort before every seq (most recent first, like LPUSH)
         self._front_seq = 0
+        # eligible tasks that unblock something, in dispatch order (rank, -unblocks, seq, key); entries
+        # go stale when a count changes (a fresh one is pushed) and are dropped when found
+        self._boost: dict[str, list[tuple[int, int, int, str]]] = {}
         self.leased: set[str] = set()
         self.last_seq = 0
         self.last_note_id = 0
@@ -593,7 +596,13 @@ class ProjectState:
                 task=key,
             )
         if task.lease_expires_at is None or task.lease_expires_at <= now:
-            raise exceptions.LeaseError(f"lease on task {key} expired at {task.lease_expires_at}", task=key)
+            raise exceptions.LeaseError(
+                f"lease on task {key} expired at {task.lease_expires_at}",
+                task=key,
+                reason="expired",
+                at=task.lease_expires_at.isoformat() if task.lease_expires_at else None,
+                by=None,
+            )
         return task
 
     def plan_add_note(self, key: str, author: str, text: str, token: str | None, now: datetime) -> tuple[Changes, Note]:
@@ -699,24 +708,112 @@ class ProjectState:
         finally:
             for role, entry in deferred:
                 heapq.heappush(self._heaps[role], entry)
+        chosen = self._dispatch_first(chosen, names, limit, now)
         changes = Changes()
         claims: list[Claim] = []
         expires = now + timedelta(seconds=lease_seconds)
         for task in chosen:
-            token = new_token()
+            token = domain.new_lease_token(lease_seconds)
             new = task.model_copy(
                 update={"status": S.IN_PROGRESS, "assignee": agent, "lease_holder": agent, "lease_expires_at": expires}
             )
             stored = self._transition(changes, task, new, "claimed", now, token=token, agent=agent)
-            claims.append(Claim(task=stored, lease=Lease(token=token, holder=agent, expires_at=expires)))
+            claims.append(
+                Claim(task=stored, lease=Lease(token=token, holder=agent, expires_at=expires, seconds=lease_seconds))
+            )
         return changes, claims
+
+    def unblocks(self, key: str) -> int:
+        """How many not-done tasks depend directly on *key* (the dispatch order's tie-breaker)."""
+        return sum(1 for d in self.dependents.get(key, ()) if self.tasks[d].status is not S.DONE)
+
+    def _ready_now(self, key: str, roles: set[str] | None, now: datetime) -> Task | None:
+        task = self.tasks.get(key)
+        if task is None or task.status is not S.NOT_STARTED or self.pending.get(key, 0) != 0:
+            return None
+        if roles is not None and task.role not in roles:
+            return None
+        if task.not_before is not None and task.not_before > now:
+            return None
+        return task
+
+    def _dispatch_first(self, by_age: list[Task], names: list[str], limit: int, now: datetime) -> list[Task]:
+        """The first *limit* ready tasks in ``domain.dispatch_order``, from *by_age* (the first *limit*
+        by priority then age, off the heaps) plus the first *limit* ready tasks of each role's boost
+        heap (the tasks that unblock something, already in dispatch order).
+
+        Why this is enough: a task that unblocks nothing sorts exactly as on the age heap, so any such
+        task in the true first *limit* is already in *by_age*; the others are at the top of a boost heap.
+        """
+        pool = {t.key: t for t in by_age}
+        boosted = False
+        for role in names:
+            heap = self._boost.get(role)
+            kept: list[tuple[int, int, int, str]] = []
+            seen: set[str] = set()
+            found = 0
+            while heap and found < limit:
+                entry = heapq.heappop(heap)
+                key = entry[3]
+                task = self.tasks.get(key)
+                if task is None or key in seen or not self._boost_valid(entry, task, role):
+                    continue  # stale or duplicate: dropped
+                seen.add(key)
+                kept.append(entry)
+                if task.not_before is not None and task.not_before > now:
+                    continue  # backing off: stays, not a candidate yet
+                pool[key] = task
+                found += 1
+                boosted = True
+            for entry in kept:
+                heapq.heappush(self._boost.setdefault(role, []), entry)
+        if not boosted:
+            return by_age
+        ordered = sorted(pool.values(), key=lambda t: domain.dispatch_order(t, self.unblocks(t.key)))
+        return ordered[:limit]
+
+    def _boost_valid(self, entry: tuple[int, int, int, str], task: Task, role: str) -> bool:
+        key = entry[3]
+        if key not in self.eligible.get(role, ()) or task.status is not S.NOT_STARTED or task.seq != entry[2]:
+            return False
+        return _PRIORITY_RANK[task.priority] == entry[0] and self.unblocks(key) == -entry[1]
+
+    def _push_boost(self, key: str) -> None:
+        """File an eligible task that unblocks something in its role's boost heap (with its count now)."""
+        task = self.tasks.get(key)
+        if task is None or key not in self.eligible.get(task.role, ()):
+            return
+        count = self.unblocks(key)
+        if count:
+            heapq.heappush(
+                self._boost.setdefault(task.role, []), (_PRIORITY_RANK[task.priority], -count, task.seq, key)
+            )
+
+    def ready_ordered(self, roles: Sequence[str] | None, limit: int, now: datetime) -> tuple[list[Task], int]:
+        """Every ready task of *roles* in dispatch order: the first *limit*, and how many in all."""
+        names = list(roles) if roles else list(self.eligible)
+        wanted = set(names)
+        ready = [t for r in names for k in self.eligible.get(r, ()) if (t := self._ready_now(k, wanted, now))]
+        ready.sort(key=lambda t: domain.dispatch_order(t, self.unblocks(t.key)))
+        return ready[:limit], len(ready)
+
+    def task_events(self, key: str, limit: int) -> list[Event]:
+        """The task's newest events, newest first."""
+        self.require(key)
+        out: list[Event] = []
+        for event in reversed(self.events):
+            if event.task == key:
+                out.append(event)
+                if len(out) >= limit:
+                    break
+        return out
 
     def plan_heartbeat(self, key: str, token: str, lease_seconds: float, now: datetime) -> tuple[Changes, Lease]:
         """Extend a lease. Not a task change: no version bump, no event (lease bookkeeping only)."""
         task = self._check_token(key, token, now)
         expires = now + timedelta(seconds=lease_seconds)
         changes = Changes(tasks={key: task.model_copy(update={"lease_expires_at": expires})})
-        return changes, Lease(token=token, holder=task.lease_holder or "", expires_at=expires)
+        return changes, Lease(token=token, holder=task.lease_holder or "", expires_at=expires, seconds=lease_seconds)
 
     def plan_complete(self, key: str, token: str, result: Any, now: datetime) -> tuple[Changes, Task]:
         """Done with result; dependents promoted."""
@@ -769,10 +866,19 @@ class ProjectState:
                 attempts, config.backoff_base_seconds, config.backoff_max_seconds, config.backoff_jitter
             )
             new = task.model_copy(
-                update={"status": S.NOT_STARTED, "attempts": attempts, "last_error": error, "not_before": now + delay}
+                update={
+                    "status": S.NOT_STARTED,
+                    "attempts": attempts,
+                    "last_error": error,
+                    "not_before": now + delay,
+                    "assignee": None,
+                }
             )
             return self._transition(changes, task, new, kind, now, token=None, retry_in=delay.total_seconds())
-        new = task.model_copy(update={"status": S.FAILED, "attempts": attempts, "last_error": error})
+        update: dict[str, Any] = {"status": S.FAILED, "attempts": attempts, "last_error": error}
+        if kind == "lease_expired":
+            update["assignee"] = None  # an expired holder is not working on it any more
+        new = task.model_copy(update=update)
         return self._transition(changes, task, new, kind, now, token=None, dead_letter=True)
 
     def plan_fail(
@@ -787,7 +893,8 @@ class ProjectState:
         """Give back without counting an attempt."""
         task = self._check_token(key, token, now)
         changes = Changes()
-        new = task.model_copy(update={"status": S.NOT_STARTED})
+        # nobody works on it any more: the old holder no longer shows as its assignee
+        new = task.model_copy(update={"status": S.NOT_STARTED, "assignee": None})
         return changes, self._transition(changes, task, new, "released", now, token=None)
 
     def plan_retry(self, key: str, actor: str, now: datetime) -> tuple[Changes, Task]:
@@ -879,12 +986,16 @@ class ProjectState:
             self.dependents.get(dep, set()).discard(key)
         for dep in new_deps - old_deps:
             self.dependents.setdefault(dep, set()).add(key)
+        for dep in old_deps ^ new_deps:
+            self._push_boost(dep)  # its count of tasks it unblocks changed
         if old is None or old_deps != new_deps:
             self.pending[key] = sum(
                 1 for d in new.depends_on if (dt := self.tasks.get(d)) is None or dt.status is not S.DONE
             )
         was_done = old is not None and old.status is S.DONE
         if was_done != (new.status is S.DONE):
+            for dep in new_deps:
+                self._push_boost(dep)  # one more (or one less) not-done task waits on it
             delta = -1 if new.status is S.DONE else 1
             for dependent in self.dependents.get(key, ()):
                 self.pending[dependent] = self.pending.get(dependent, 0) + delta
@@ -906,5 +1017,6 @@ class ProjectState:
                 heapq.heappush(
                     self._heaps.setdefault(task.role, []), (_PRIORITY_RANK[task.priority], task.seq, task.key)
                 )
+                self._push_boost(task.key)
         else:
             eligible.discard(task.key)

@@ -30,6 +30,7 @@ from queue_service.models import (
     ProjectSnapshot,
     ProjectUpdate,
     QueueStats,
+    ReadyList,
     SweepReport,
     Task,
     TaskCreate,
@@ -173,6 +174,14 @@ class _Records(RecordStore):
 
     async def stats(self, project: str) -> QueueStats:
         return self.b.state(project).stats(self.b.now())
+
+    async def ready_tasks(self, project: str, roles: Sequence[str] | None = None, limit: int = 20) -> ReadyList:
+        state = self.b.state(project)
+        tasks, total = state.ready_ordered(roles, limit, self.b.now())
+        return ReadyList(tasks=tasks, total=total, unblocks={t.key: state.unblocks(t.key) for t in tasks})
+
+    async def task_events(self, project: str, key: str, limit: int = 20) -> list[Event]:
+        return self.b.state(project).task_events(key, limit)
 
     async def list_events(self, project: str, after_id: int = 0, limit: int = 1000) -> list[Event]:
         events = self.b.state(project).events

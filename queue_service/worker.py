@@ -429,7 +429,8 @@ class Worker(_WorkerBase):
                     self.project,
                     self.agent,
                     roles=self.roles,
-                    wait_seconds=self.wait_seconds,
+                    # stop_when_idle: an empty queue ends the loop at once, not after a long-poll
+                    wait_seconds=0.0 if self.stop_when_idle else self.wait_seconds,
                     lease_seconds=self.lease_seconds,
                 )
             except exceptions.BackendUnavailable as exc:
@@ -487,7 +488,8 @@ class AsyncWorker(_WorkerBase):
                     self.project,
                     self.agent,
                     roles=self.roles,
-                    wait_seconds=self.wait_seconds,
+                    # stop_when_idle: an empty queue ends the loop at once, not after a long-poll
+                    wait_seconds=0.0 if self.stop_when_idle else self.wait_seconds,
                     lease_seconds=self.lease_seconds,
                 )
             except exceptions.BackendUnavailable as exc:

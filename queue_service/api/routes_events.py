@@ -44,6 +44,9 @@ async def events(
     last_event_id: Annotated[
         str | None, Query(max_length=40, description="resume after this id (same as the Last-Event-ID header)")
     ] = None,
+    after: Annotated[
+        str | None, Query(max_length=40, description="resume after this id (same as last_event_id)")
+    ] = None,
     follow: Annotated[bool, Query(description="keep streaming live events; false: replay, then close")] = True,
 ) -> StreamingResponse:
     """Every change of the project as server-sent events, resumable after ``Last-Event-ID``.
@@ -51,13 +54,15 @@ async def events(
     Without a last id the stream starts with the next change (``follow=false`` replays from the
     start instead).
     """
-    after = _event_id(last_event_id_header, "Last-Event-ID")
-    if after is None:
-        after = _event_id(last_event_id, "last_event_id")
+    start = _event_id(last_event_id_header, "Last-Event-ID")
+    if start is None:
+        start = _event_id(last_event_id, "last_event_id")
+    if start is None:
+        start = _event_id(after, "after")
     await service.get_project(project)  # a 404 now, not a broken stream later
     state.streams.acquire()  # 429 past QUEUE_MAX_EVENT_STREAMS; the response gives it back
     return SlotStreamingResponse(
-        stream_events(service, project, after, follow=follow),
+        stream_events(service, project, start, follow=follow),
         state.streams,
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
@@ -218,6 +218,11 @@ class ClaimRequest(_Body):
         ge=1,
         le=1000,
         description="claim up to this many tasks at once (answer: ClaimBatch); absent: one task (answer: Claim)",
+    )
+    lease_profile: Literal["worker", "agent"] = Field(
+        default="worker",
+        description="'agent': an agent-facing claim (the best ready task by the dispatch order, with the agent "
+        "lease QUEUE_AGENT_LEASE_SECONDS unless lease_seconds is given); 'worker': the short lease kept by heartbeats",
     )
 
     @field_validator("agent")

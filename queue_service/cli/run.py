@@ -5,19 +5,24 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from queue_service.cli._core import Connection, JsonOpt, UsageCommand, call, is_json, split_csv, write_json
 from queue_service.runner import Runner, RunnerOptions, RunSummary
 
+if TYPE_CHECKING:
+    from typer._click.core import Context as ClickContext
+
 __all__ = ["register"]
 
 
 def run(
     ctx: typer.Context,
-    project: Annotated[str, typer.Argument(metavar="PROJECT", help="Project slug.")],
+    project_arg: Annotated[
+        str | None, typer.Argument(metavar="PROJECT", help="Project slug (or -p/--project, or QUEUE_PROJECT).")
+    ] = None,
     command: Annotated[
         list[str] | None, typer.Argument(metavar="-- COMMAND [ARGS...]", help="The agent command to run per task.")
     ] = None,
@@ -57,6 +62,13 @@ def run(
         ),
     ] = None,
     grace: Annotated[float, typer.Option(help="Seconds between SIGTERM and SIGKILL when stopping.")] = 5.0,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="Do not copy the commands' output (KEY| line) to stderr.")
+    ] = False,
+    project_opt: Annotated[
+        str | None,
+        typer.Option("--project", "-p", envvar="QUEUE_PROJECT", help="Project slug, instead of PROJECT."),
+    ] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Claim tasks and run COMMAND for each (coord runner).
@@ -69,11 +81,29 @@ def run(
     get this environment minus QUEUE_*/MOSAIC_* variables (QUEUE_TOKEN, database URLs) except
     QUEUE_URL; --pass-env NAME passes one anyway.
 
+    Each command's output is copied to stderr line by line, prefixed with the task key (KEY| stdout,
+    KEY! stderr); the completed result keeps stdout up to QUEUE_MAX_RESULT_BYTES, cut at a line and
+    marked. The command gets QUEUE_LEASE_TOKEN: notes with it (qs task note) renew the lease.
+
+    Exit codes: 0 every task it ran completed (or none was ready); 4 a task failed (retried or
+    dead-lettered) or lost its lease; 1 an error stopped the run; 2 bad usage; 3 the service is
+    unreachable; 128+N stopped by signal N (130 Ctrl-C, 143 SIGTERM).
+
     Example: qs run web --role dev -c 2 -- claude -p "do the task on stdin"
     """
-    if not command:
-        from queue_service.cli._core import fail_usage
+    from queue_service.cli._core import fail_usage
 
+    after_dashes = ctx.meta.get(_AFTER_DASHES)
+    if after_dashes is not None:
+        # everything after '--' is the command; PROJECT, if given, came before it
+        command = list(after_dashes)
+    elif project_arg is not None and project_opt:
+        # 'qs run -p web ./agent.sh args' without '--': every positional belongs to the command
+        command, project_arg = [project_arg, *(command or [])], None
+    project = project_arg or project_opt
+    if not project:
+        raise fail_usage("run needs a PROJECT: qs run web -- ./agent.sh (or -p/--project, or QUEUE_PROJECT)")
+    if not command:
         raise fail_usage("run needs the command to start after '--', e.g. qs run web -- ./agent.sh")
     options = RunnerOptions(
         project=project,
@@ -89,6 +119,8 @@ def run(
         workspace=workdir,
         pass_env=tuple(pass_env or ()),
         stop_grace_seconds=grace,
+        max_result_bytes=_max_result_bytes(ctx),
+        echo=None if quiet else sys.stderr,
     )
     options.check()
     _setup_logging()
@@ -104,6 +136,27 @@ def run(
     if summary.error:
         sys.stderr.write(f"error: {summary.error}\n")
     raise typer.Exit(summary.exit_code)
+
+
+_AFTER_DASHES = "queue_service.run.after_dashes"
+
+
+def _max_result_bytes(ctx: typer.Context) -> int:
+    from queue_service.cli._core import state_of
+
+    return state_of(ctx).settings().max_result_bytes
+
+
+class _RunCommand(UsageCommand):
+    """``run``: what follows ``--`` is the command, so ``QUEUE_PROJECT=web qs run -- ./agent.sh`` and
+    ``qs run -p web -- ./agent.sh`` mean what they say (click alone would read ./agent.sh as PROJECT)."""
+
+    def parse_args(self, ctx: ClickContext, args: list[str]) -> list[str]:
+        if "--" in args:
+            i = args.index("--")
+            ctx.meta[_AFTER_DASHES] = args[i + 1 :]
+            args = args[:i]
+        return super().parse_args(ctx, args)
 
 
 class _StderrHandler(logging.Handler):
@@ -129,4 +182,4 @@ def _setup_logging() -> None:
 
 def register(app: typer.Typer) -> None:
     """Add ``run`` to the root app."""
-    app.command("run", cls=UsageCommand, rich_help_panel="Agents")(run)
+    app.command("run", cls=_RunCommand, rich_help_panel="Agents")(run)

@@ -25,10 +25,12 @@ from queue_service.cli._core import (
     EXIT_DOMAIN,
     Connection,
     JsonOpt,
-    UsageCommand,
+    ProjectCommand,
+    ProjectOpt,
     call,
     emit,
     is_json,
+    plural,
     state_of,
     stdout,
 )
@@ -46,7 +48,8 @@ def _print_status(status: dict[str, Any]) -> None:
         stdout.print(f"  watching by polling: {status['watch_fallback']}", markup=False)
     for entry in status.get("files", []):
         state = "synced " + str(entry.get("synced_at")) if entry.get("synced") else "never synced"
-        stdout.print(f"  {entry['path']} (mission {entry['mission']}): {state}, {entry['tasks']} tasks", markup=False)
+        tasks = plural(entry["tasks"], "task")
+        stdout.print(f"  {entry['path']} (mission {entry['mission']}): {state}, {tasks}", markup=False)
         if entry.get("problem"):
             stdout.print(f"    problem: {entry['problem']}", markup=False)
         for error in entry.get("errors", []):
@@ -101,7 +104,7 @@ async def _remote_status(url: str, token: str | None, project: str) -> dict[str,
 
 def sync(
     ctx: typer.Context,
-    project: Annotated[str, typer.Argument(metavar="PROJECT", help="Project slug (its workspace must be set).")],
+    project: ProjectOpt,
     watch: Annotated[bool, typer.Option("--watch", "-w", help="Keep syncing until Ctrl-C.")] = False,
     status: Annotated[bool, typer.Option("--status", help="Only show the sync status (errors, conflicts).")] = False,
     strict_coord: Annotated[
@@ -191,4 +194,4 @@ def sync(
 
 def register(app: typer.Typer) -> None:
     """Add ``sync`` to the root app."""
-    app.command("sync", cls=UsageCommand, rich_help_panel="Plan")(sync)
+    app.command("sync", cls=ProjectCommand, rich_help_panel="Plan")(sync)

@@ -22,7 +22,6 @@ import asyncio
 import json
 import logging
 import random
-import secrets
 import time
 import uuid
 from collections import defaultdict
@@ -51,6 +50,7 @@ from queue_service.postgres.hotpath import (
     COMPLETE_SQL,
     HEARTBEAT_SQL,
     LOCK_DEPENDENTS_SQL,
+    READY_KEYS_SQL,
     RECOUNT_SQL,
     RESTAGE_SQL,
     RawPool,
@@ -119,7 +119,8 @@ _END_LEASE: dict[str, Any] = {"lease_holder": None, "lease_token": None, "lease_
 _RELEASE = (
     update(_tasks)
     .where(_LEASE_MATCH)
-    .values(status=S.NOT_STARTED.value, updated_at=_P_NOW, version=_tasks.c.version + 1, **_END_LEASE)
+    # assignee cleared too: nobody works on a released task any more (issue 11)
+    .values(status=S.NOT_STARTED.value, assignee=None, updated_at=_P_NOW, version=_tasks.c.version + 1, **_END_LEASE)
     .returning(*_TASK_RETURNING)
 )
 _LOCK_FOR_FAILURE = select(_tasks.c.id, _tasks.c.attempts, _tasks.c.max_attempts).where(_LEASE_MATCH).with_for_update()
@@ -290,7 +291,13 @@ class PostgresValkeyDispatcher(Dispatcher):
         if row is None:
             return exceptions.TaskNotFound(f"no task {key!r} in project {project!r}", project=project, task=key)
         if row.status == S.IN_PROGRESS.value and row.lease_expires_at is not None and row.expired:
-            return exceptions.LeaseError(f"lease on task {key} expired at {row.lease_expires_at.isoformat()}", task=key)
+            return exceptions.LeaseError(
+                f"lease on task {key} expired at {row.lease_expires_at.isoformat()}",
+                task=key,
+                reason="expired",
+                at=row.lease_expires_at.isoformat(),
+                by=None,
+            )
         return exceptions.LeaseError(
             f"lease token for task {key} is not valid (the task was reclaimed, finished or never claimed "
             "with this token)",
@@ -389,7 +396,7 @@ class PostgresValkeyDispatcher(Dispatcher):
     async def _claim_key(
         self, project: str, key: str, agent: str, roles: list[str] | None, lease: float
     ) -> Claim | None:
-        token = secrets.token_urlsafe(24)
+        token = domain.new_lease_token(lease)
         data = {"agent": agent}
         args: list[Any] = [project, key, agent, token, lease, data]
         if roles is not None:
@@ -416,8 +423,32 @@ class PostgresValkeyDispatcher(Dispatcher):
         await self._signal(BrokerBatch(locks=[(project, key, token, lease)], events=[(project, payload)]))
         return Claim.model_construct(
             task=task_from_record(row),
-            lease=Lease.model_construct(token=token, holder=agent, expires_at=row["lease_expires_at"]),
+            lease=Lease.model_construct(token=token, holder=agent, expires_at=row["lease_expires_at"], seconds=lease),
         )
+
+    async def claim_next(
+        self, project: str, agent: str, roles: Sequence[str] | None, lease_seconds: float
+    ) -> Claim | None:
+        """See :meth:`Dispatcher.claim_next`: the best ready task by ``domain.dispatch_order``, read
+        from Postgres (the Valkey lists only know priority and arrival), won with the same conditional
+        UPDATE as :meth:`claim`. A racer that wins a candidate first makes ours match nothing: we try
+        the next one. The key's list entry, now stale, is dropped by whoever pops it."""
+        await self.require_project(None, project)
+        role_list = list(dict.fromkeys(roles)) if roles else None
+        lease = float(lease_seconds)
+        if lease <= 0:
+            raise exceptions.ValidationError(f"lease_seconds must be positive, got {lease}", value=lease)
+        await self.release_due(project)
+        for _ in range(3):
+            async with wrap_errors(), self._raw.connection() as conn:
+                rows = await conn.fetch(READY_KEYS_SQL, project, role_list, 10)
+            if not rows:
+                return None
+            for row in rows:
+                got = await self._claim_key(project, row["key"], agent, role_list, lease)
+                if got is not None:
+                    return got
+        return None
 
     async def claim_many(
         self,
@@ -488,7 +519,7 @@ class PostgresValkeyDispatcher(Dispatcher):
     ) -> list[Claim]:
         """Claim whichever of *keys* are still ready, in one statement; re-file misplaced stale ones."""
         keys = sorted(set(keys))  # one lock order for racing batches; a key listed twice counts once
-        tokens = [secrets.token_urlsafe(24) for _ in keys]
+        tokens = [domain.new_lease_token(lease) for _ in keys]
         data = {"agent": agent}
         args: list[Any] = [project, keys, agent, tokens, lease, data]
         if roles is not None:
@@ -532,7 +563,9 @@ class PostgresValkeyDispatcher(Dispatcher):
             claims.append(
                 Claim.model_construct(
                     task=task_from_record(row),
-                    lease=Lease.model_construct(token=token, holder=agent, expires_at=row["lease_expires_at"]),
+                    lease=Lease.model_construct(
+                        token=token, holder=agent, expires_at=row["lease_expires_at"], seconds=lease
+                    ),
                 )
             )
         await self._signal(restage)
@@ -566,7 +599,7 @@ class PostgresValkeyDispatcher(Dispatcher):
             await self.broker.extend_lock(project, key, token, lease)
         except exceptions.BackendError as exc:
             logger.warning("could not extend the Valkey lock of %s/%s: %s", project, key, exc)
-        return Lease(token=token, holder=holder or "", expires_at=row["lease_expires_at"])
+        return Lease(token=token, holder=holder or "", expires_at=row["lease_expires_at"], seconds=lease)
 
     async def complete(self, project: str, key: str, token: str, result: Any = None) -> Task:
         """See :meth:`Dispatcher.complete`; dependents are promoted by the same statement."""
@@ -797,10 +830,12 @@ class PostgresValkeyDispatcher(Dispatcher):
             data = {**data, "retry_in": 0.0, "attempt": attempts}
         elif retryable and attempts < max_attempts:
             delay = self._backoff(attempts)
-            values.update(status=S.NOT_STARTED.value, not_before=_DB_NOW + delay)
+            values.update(status=S.NOT_STARTED.value, not_before=_DB_NOW + delay, assignee=None)
             data = {**data, "retry_in": delay.total_seconds(), "attempt": attempts}
         else:
             values.update(status=S.FAILED.value)
+            if kind == EVENT_LEASE_EXPIRED:
+                values.update(assignee=None)  # an expired holder is not working on it any more
             data = {**data, "dead_letter": True, "attempt": attempts}
         row = (
             await conn.execute(

@@ -50,6 +50,7 @@ __all__ = [
     "COMPLETE_SQL",
     "HEARTBEAT_SQL",
     "LOCK_DEPENDENTS_SQL",
+    "READY_KEYS_SQL",
     "RECOUNT_SQL",
     "RESTAGE_SQL",
     "RawPool",
@@ -207,6 +208,20 @@ UPDATE tasks SET lease_expires_at = statement_timestamp() + make_interval(secs =
 WHERE project = $1 AND key = $2 AND lease_token = $3 AND status = 'in-progress'
   AND lease_expires_at > statement_timestamp()
 RETURNING lease_holder, lease_expires_at
+"""
+
+#: The best ready keys in the dispatch order (``domain.dispatch_order``: priority, then how many
+#: not-done tasks each unblocks, then age), by database time: $1 project, $2 roles (NULL: any), $3 limit.
+READY_KEYS_SQL = """
+SELECT t.key,
+       (SELECT count(*) FROM task_dependencies d JOIN tasks c ON c.id = d.task_id
+        WHERE d.depends_on_id = t.id AND c.status <> 'done') AS unblocks
+FROM tasks t
+WHERE t.project = $1 AND t.status = 'not-started' AND t.pending_deps = 0
+  AND (t.not_before IS NULL OR t.not_before <= statement_timestamp())
+  AND ($2::text[] IS NULL OR t.role = ANY($2::text[]))
+ORDER BY t.priority, unblocks DESC, t.seq
+LIMIT $3
 """
 
 #: Where a popped key that did not claim belongs now.

@@ -70,6 +70,7 @@ from queue_service.models import (
     ProjectSnapshot,
     ProjectUpdate,
     QueueStats,
+    ReadyList,
     Task,
     TaskCreate,
     TaskFilter,
@@ -1294,6 +1295,61 @@ class PostgresRecordStore(RecordStore):
             dead_letter=by_status[S.FAILED.value],
             completed_last_minute=recent,
         )
+
+    async def ready_tasks(self, project: str, roles: Sequence[str] | None = None, limit: int = 20) -> ReadyList:
+        """See :meth:`RecordStore.ready_tasks` (the order of ``hotpath.READY_KEYS_SQL``)."""
+        now = self.clock()
+        tc = t.tasks.c
+        d = t.task_dependencies
+        c = t.tasks.alias("dependent")
+        unblocks = (
+            select(func.count())
+            .select_from(d.join(c, c.c.id == d.c.task_id))
+            .where(d.c.depends_on_id == tc.id, c.c.status != S.DONE.value)
+            .scalar_subquery()
+            .label("unblocks")
+        )
+        where = [tc.project == project, _READY, _due(now)]
+        if roles:
+            where.append(tc.role.in_(list(roles)))
+        async with self._read(consistent=True) as conn:
+            rows = (
+                await conn.execute(
+                    select(*task_columns, unblocks)
+                    .where(*where)
+                    .order_by(tc.priority, unblocks.desc(), tc.seq)
+                    .limit(limit)
+                )
+            ).all()
+            total = int(await conn.scalar(select(func.count()).select_from(t.tasks).where(*where)) or 0)
+            if not rows:
+                await self._project_exists(conn, project)
+        tasks = [task_from_row(r) for r in rows]
+        return ReadyList(tasks=tasks, total=total, unblocks={r.key: int(r.unblocks) for r in rows})
+
+    async def task_events(self, project: str, key: str, limit: int = 20) -> list[Event]:
+        """See :meth:`RecordStore.task_events`."""
+        e = t.events.c
+        async with self._read() as conn:
+            await self._task_row(conn, project, key)
+            rows = (
+                await conn.execute(
+                    select(t.events).where(e.project == project, e.task_key == key).order_by(e.id.desc()).limit(limit)
+                )
+            ).all()
+        return [
+            Event(
+                id=r.id,
+                project=r.project,
+                task=r.task_key,
+                kind=r.kind,
+                status=TaskStatus(r.status) if r.status else None,
+                version=r.version,
+                at=r.at,
+                data=dict(r.data or {}),
+            )
+            for r in rows
+        ]
 
     # -- events -----------------------------------------------------------------------------
     async def list_events(self, project: str, after_id: int = 0, limit: int = 1000) -> list[Event]:

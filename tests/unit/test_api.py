@@ -276,7 +276,7 @@ async def test_claim_heartbeat_complete(http: httpx.AsyncClient, project: str) -
     assert (await http.post(f"{P}/claims", json={"agent": "x", "roles": ["qa"]})).status_code == 204
     claim = await _claim(http, roles=["dev"], lease_seconds=5)
     assert set(claim) == {"task", "lease"}
-    assert set(claim["lease"]) == {"token", "holder", "expires_at"}
+    assert set(claim["lease"]) == {"token", "holder", "expires_at", "seconds"}
     assert claim["lease"]["holder"] == "agent-1"
     token = claim["lease"]["token"]
 
@@ -482,6 +482,10 @@ async def test_sse_replay_after_last_event_id(app: FastAPI, http: httpx.AsyncCli
     assert all(data["id"] == eid for eid, data in events)
     _, by_query = await read_sse(app, f"{P}/events", count=1, params={"last_event_id": str(ids[-2])})
     assert [e[0] for e in by_query] == [ids[-1]]
+    # ?after= is the same resume point (issue 11: it used to be ignored)
+    replay = (await http.get(f"{P}/events", params={"follow": "false", "after": str(ids[-2])})).text
+    assert [int(line[4:]) for line in replay.splitlines() if line.startswith("id: ")] == [ids[-1]]
+    assert (await http.get(f"{P}/events", params={"follow": "false", "after": "x"})).status_code == 422
 
 
 async def test_sse_live_transitions_in_order_and_resume(app: FastAPI, http: httpx.AsyncClient, project: str) -> None:
