@@ -17,6 +17,7 @@ import asyncio
 import bisect
 import contextlib
 import copy
+import errno
 import functools
 import logging
 import os
@@ -33,7 +34,7 @@ from flatfile.atomic import ensure_dir
 from flatfile.errors import wrap_errors
 from flatfile.journal import CompactionPolicy, Outcome, ProjectFiles, Txn, create_project_dir
 from flatfile.tokens import TokenFile
-from queue_service import exceptions
+from queue_service import domain, exceptions
 from queue_service.backend import Backend, DispatchConfig, Dispatcher, EventStream, RecordStore
 from queue_service.models import (
     SLUG_RE,
@@ -49,6 +50,7 @@ from queue_service.models import (
     ProjectSnapshot,
     ProjectUpdate,
     QueueStats,
+    ReadyList,
     SweepReport,
     Task,
     TaskCreate,
@@ -72,6 +74,12 @@ R = TypeVar("R")
 DEFAULT_DATA_DIR = ".queue-data"
 #: Age after which a half-built ``projects/.new-*`` directory is garbage.
 _STALE_CREATE_SECONDS = 600.0
+#: errno values of a write that found no room: /readyz stays "not ready" for a while after one
+_NO_ROOM = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
+#: how long such a failure keeps /readyz at 503 unless a write succeeds meanwhile, seconds
+_WRITE_FAILURE_MEMORY = 30.0
+#: size of the /readyz probe write (a few pages: a disk with less room than this is full for us)
+_PROBE_BYTES = 16 * 1024
 
 
 class _Signal:
@@ -239,6 +247,16 @@ class _Records(RecordStore):
     async def stats(self, project: str) -> QueueStats:
         return await self.b.run(project, lambda txn: txn.state.stats(txn.now), exclusive=False)
 
+    async def ready_tasks(self, project: str, roles: Sequence[str] | None = None, limit: int = 20) -> ReadyList:
+        def op(txn: Txn) -> ReadyList:
+            tasks, total = txn.state.ready_ordered(roles, limit, txn.now)
+            return ReadyList(tasks=tasks, total=total, unblocks={t.key: txn.state.unblocks(t.key) for t in tasks})
+
+        return await self.b.run(project, op, exclusive=False)
+
+    async def task_events(self, project: str, key: str, limit: int = 20) -> list[Event]:
+        return await self.b.read(project, lambda s: s.task_events(key, limit))
+
     async def list_events(self, project: str, after_id: int = 0, limit: int = 1000) -> list[Event]:
         return await self.b.read(project, lambda s: _events_after(s, after_id, limit))
 
@@ -268,6 +286,15 @@ class _Records(RecordStore):
 
     async def count_api_tokens(self) -> int:
         return await self.b.blocking(self.b.tokens.count, "read API tokens")
+
+    async def list_api_tokens(self) -> list[ApiToken]:
+        return await self.b.blocking(self.b.tokens.all, "read API tokens")
+
+    async def revoke_api_token(self, token_id: str) -> ApiToken:
+        return await self.b.blocking(lambda: self.b.tokens.revoke(token_id), "revoke an API token")
+
+    async def purge_api_tokens(self) -> int:
+        return await self.b.blocking(self.b.tokens.purge, "delete API tokens")
 
     async def export_project(self, project: str) -> ProjectSnapshot:
         return await self.b.read(project, snapshot_of)
@@ -310,7 +337,7 @@ class _Dispatch(Dispatcher):
         wait: float = 0.0,
         lease_seconds: float | None = None,
     ) -> Claim | None:
-        lease = lease_seconds or self.b.config.lease_seconds
+        lease = domain.lease_length(lease_seconds, self.b.config.lease_seconds)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + max(0.0, wait)
         signal = self.b.signal(project)
@@ -359,7 +386,7 @@ class _Dispatch(Dispatcher):
         lease_seconds: float | None = None,
     ) -> list[Claim]:
         """See :meth:`Dispatcher.claim_many`: one lock, one journal entry for the batch."""
-        lease = lease_seconds or self.b.config.lease_seconds
+        lease = domain.lease_length(lease_seconds, self.b.config.lease_seconds)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + max(0.0, wait)
         signal = self.b.signal(project)
@@ -388,7 +415,7 @@ class _Dispatch(Dispatcher):
                 self.b.unwatch(project)
 
     async def heartbeat(self, project: str, key: str, token: str, lease_seconds: float | None = None) -> Lease:
-        seconds = lease_seconds or self.b.config.lease_seconds
+        seconds = domain.lease_length(lease_seconds, self.b.config.lease_seconds)
 
         def op(txn: Txn) -> Lease:
             changes, lease = txn.state.plan_heartbeat(key, token, seconds, txn.now)
@@ -537,6 +564,8 @@ class FlatfileBackend(Backend):
         self._files: dict[str, ProjectFiles] = {}
         self._files_lock = threading.Lock()
         self._signals: dict[str, _Signal] = {}
+        #: (monotonic time, message) of the last write that failed for lack of room; None after a success
+        self._write_failure: tuple[float, str] | None = None
         self._interest: dict[str, int] = {}
         self._watchers: dict[str, asyncio.Task[None]] = {}
         self.records = _Records(self)
@@ -603,15 +632,35 @@ class FlatfileBackend(Backend):
         self.tokens.close()
 
     async def ping(self) -> None:
-        """Raise BackendUnavailable unless the data directory exists and is writable."""
+        """Raise BackendUnavailable unless the data directory can take writes right now.
+
+        Permission bits are not enough: a full disk (or quota, or a read-only remount) keeps them
+        and fails every write. So this writes, syncs and removes a small probe file; and a write
+        that failed for lack of space in the last ``_WRITE_FAILURE_MEMORY`` seconds (without a
+        successful one since) also counts, because it may have needed more room than the probe.
+        """
 
         def check() -> None:
             if not self.projects_dir.is_dir():
                 raise exceptions.BackendUnavailable(f"flatfile data directory {self.projects_dir} does not exist")
             if not os.access(self.projects_dir, os.W_OK | os.X_OK):
                 raise exceptions.BackendUnavailable(f"flatfile data directory {self.projects_dir} is not writable")
+            failed = self._write_failure
+            if failed is not None and time.monotonic() - failed[0] < _WRITE_FAILURE_MEMORY:
+                raise exceptions.BackendUnavailable(f"flatfile writes are failing: {failed[1]}")
+            probe = self.projects_dir / f".ready-probe-{os.getpid()}-{threading.get_ident()}"
+            try:
+                fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+                try:
+                    os.write(fd, b"\0" * _PROBE_BYTES)
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            finally:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(probe)
 
-        await self.blocking(check, "check the data directory")
+        await self.blocking(check, "write a probe file in the data directory")
 
     # -- plumbing ---------------------------------------------------------------------------
     async def blocking(self, fn: Callable[[], R], what: str) -> R:
@@ -634,11 +683,19 @@ class FlatfileBackend(Backend):
 
     def _run_sync(self, slug: str, fn: Callable[[Txn], R], exclusive: bool) -> Outcome[R]:
         validate_slug(slug)  # it becomes a path
-        with wrap_errors(f"{'write' if exclusive else 'read'} project {slug}"):
-            if not (self.projects_dir / slug).is_dir():
-                # Checked before a handle exists so unknown slugs leave no trace in memory.
-                raise exceptions.ProjectNotFound(f"project {slug!r} not found", project=slug)
-            return self.files(slug).run(fn, exclusive, self.now)
+        try:
+            with wrap_errors(f"{'write' if exclusive else 'read'} project {slug}"):
+                if not (self.projects_dir / slug).is_dir():
+                    # Checked before a handle exists so unknown slugs leave no trace in memory.
+                    raise exceptions.ProjectNotFound(f"project {slug!r} not found", project=slug)
+                outcome = self.files(slug).run(fn, exclusive, self.now)
+        except exceptions.BackendUnavailable as exc:
+            if exclusive and exc.details.get("errno") in _NO_ROOM:
+                self._write_failure = (time.monotonic(), exc.message)  # /readyz reports it
+            raise
+        if outcome.committed:
+            self._write_failure = None
+        return outcome
 
     async def run(self, slug: str, fn: Callable[[Txn], R], exclusive: bool) -> R:
         """Run *fn* in the project's critical section (in a thread); wake local waiters on commit."""

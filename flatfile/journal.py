@@ -30,6 +30,7 @@ import os
 import re
 import shutil
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -63,6 +64,11 @@ def snapshot_name(generation: int) -> str:
 def journal_name(generation: int) -> str:
     """File name of a generation's journal."""
     return f"journal-{generation:08d}.jsonl"
+
+
+#: first pause after a failed compaction, and the longest (seconds)
+_COMPACT_BACKOFF = 5.0
+_COMPACT_BACKOFF_MAX = 300.0
 
 
 @dataclass(frozen=True)
@@ -173,6 +179,9 @@ class ProjectFiles:
         self.replayed = 0
         self._fd: int | None = None
         self._fd_pid = os.getpid()
+        #: after a failed compaction (disk full…), none is tried again before this monotonic time
+        self._compact_not_before = 0.0
+        self._compact_failures = 0
 
     # -- paths ------------------------------------------------------------------------------
     @property
@@ -382,11 +391,20 @@ class ProjectFiles:
         if self.state is None:
             return  # a later append of the same operation failed; the next operation reloads
         if self.lineno >= self.policy.min_entries and self.offset >= self.policy.ratio * self.snapshot_bytes:
+            if time.monotonic() < self._compact_not_before:
+                return
             try:
                 self.compact()
             except OSError as exc:
-                # The operation is already durable in the journal; compaction can wait for the next one.
-                logger.warning("compaction of project %s failed (will retry): %s", self.slug, exc)
+                # The operation is already durable in the journal; compaction can wait. Not on the
+                # next write, though: a full disk would otherwise rewrite (and fail) a whole snapshot
+                # per operation. Back off exponentially, up to five minutes.
+                self._compact_failures += 1
+                delay = min(_COMPACT_BACKOFF_MAX, _COMPACT_BACKOFF * 2 ** (self._compact_failures - 1))
+                self._compact_not_before = time.monotonic() + delay
+                logger.warning("compaction of project %s failed (next try in %.0fs): %s", self.slug, delay, exc)
+            else:
+                self._compact_failures = 0
 
     def compact(self) -> None:
         """Fold the journal into a new snapshot generation (exclusive lock held, state caught up)."""

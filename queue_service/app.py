@@ -13,6 +13,7 @@ import logging
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
+from starlette.routing import Route
 
 from queue_service import __version__, exceptions
 from queue_service.api import (
@@ -24,14 +25,19 @@ from queue_service.api import (
     routes_projects,
     routes_sync,
     routes_tasks,
+    routes_tokens,
 )
 from queue_service.api.auth import Authenticator
 from queue_service.api.deps import AppState
+from queue_service.api.edge import EdgeMiddleware
+from queue_service.api.limits import StreamSlots
 from queue_service.api.metrics import Metrics
 from queue_service.backend import Backend
+from queue_service.mcp_server.http import MCP_PATH, McpEndpoint
 from queue_service.orchestrator import Orchestrator
 from queue_service.service import QueueService
 from queue_service.settings import Settings, is_loopback
+from queue_service.workspaces import WorkspacePolicy
 from workspace_sync.manager import WorkspaceSyncManager
 
 __all__ = ["check_exposure", "create_app"]
@@ -68,23 +74,35 @@ def create_app(settings: Settings, backend: Backend | None = None) -> FastAPI:
             idempotent) but does not close it: whoever made it owns it.
     """
 
+    mcp_endpoint = McpEndpoint()
+
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         owned = backend is None
         be = backend or settings.build_backend()
         orchestrator: Orchestrator | None = None
         workspace_sync: WorkspaceSyncManager | None = None
+        mcp_running: contextlib.AbstractAsyncContextManager[None] | None = None
         try:
             await be.open()
             await check_exposure(settings, be)
-            service = QueueService(be, workspace_root=settings.workspace)
+            # API callers name workspaces only relative to QUEUE_WORKSPACE (issue 9)
+            service = QueueService(
+                be,
+                workspaces=WorkspacePolicy.from_settings(settings, operator=False),
+                agent_lease_seconds=settings.agent_lease_seconds,
+            )
             app.state.qs = AppState(
                 settings=settings,
                 backend=be,
                 service=service,
-                authenticator=Authenticator(be.records),
+                authenticator=Authenticator(be.records, require_tokens=not is_loopback(settings.host)),
                 metrics=Metrics(),
+                streams=StreamSlots(settings.max_event_streams),
             )
+            # /mcp: the MCP tools over streamable HTTP, on this app's service (issue 11)
+            mcp_running = mcp_endpoint.running(app.state.qs)
+            await mcp_running.__aenter__()
             if settings.orchestrator:
                 orchestrator = _make_orchestrator(be, settings.sweep_seconds)
                 orchestrator.start()
@@ -96,6 +114,11 @@ def create_app(settings: Settings, backend: Backend | None = None) -> FastAPI:
             logger.info("queue-service ready on backend %s", be.name)
             yield
         finally:
+            if mcp_running is not None:
+                try:
+                    await mcp_running.__aexit__(None, None, None)
+                except Exception:
+                    logger.exception("stopping the MCP endpoint failed")
             if workspace_sync is not None:
                 try:
                     await workspace_sync.stop()
@@ -117,6 +140,8 @@ def create_app(settings: Settings, backend: Backend | None = None) -> FastAPI:
         description="Task orchestration for teams of AI agents. Errors are `{error: {code, message, details}}`.",
         lifespan=lifespan,
     )
+    # inside the catch-all (added next), so a failure in an edge check is still a JSON error
+    app.add_middleware(EdgeMiddleware, settings=settings)
     errors.install_error_handlers(app)
     for module in (
         routes_health,
@@ -126,6 +151,9 @@ def create_app(settings: Settings, backend: Backend | None = None) -> FastAPI:
         routes_events,
         routes_coord,
         routes_sync,
+        routes_tokens,
     ):
         app.include_router(module.router)
+    # a plain route, not a mount: MCP clients POST to /mcp itself (a mount would redirect to /mcp/)
+    app.router.routes.append(Route(MCP_PATH, endpoint=mcp_endpoint, include_in_schema=False))
     return app

@@ -41,6 +41,7 @@ from queue_service.models import (
     ProjectSnapshot,
     ProjectUpdate,
     QueueStats,
+    ReadyList,
     SweepReport,
     Task,
     TaskCreate,
@@ -65,7 +66,8 @@ class DispatchConfig:
 
     #: default lease length for a claim, seconds
     lease_seconds: float = 30.0
-    #: how often agents are expected to heartbeat (the reclaim target is 2× this)
+    #: how often agents are expected to heartbeat (clients default to a third of their lease); the
+    #: server does not use it: a task is reclaimable within lease + ``sweep_seconds`` of its last renewal
     heartbeat_seconds: float = 10.0
     #: first retry delay; doubles each attempt
     backoff_base_seconds: float = 1.0
@@ -200,6 +202,45 @@ class RecordStore(abc.ABC):
     async def stats(self, project: str) -> QueueStats:
         """Counts per status, ready tasks per role, in-flight leases, dead-letter size."""
 
+    async def ready_tasks(self, project: str, roles: Sequence[str] | None = None, limit: int = 20) -> ReadyList:
+        """Ready tasks of *roles* (all when None) in the dispatch order (``domain.dispatch_order``:
+        priority, then how many not-done tasks each unblocks, then age), the first *limit* of them.
+
+        This default reads every ready task through :meth:`list_tasks` (correct, not fast);
+        backends override it.
+        """
+        from queue_service.domain import dispatch_order
+
+        found: list[Task] = []
+        cursor: str | None = None
+        while True:
+            page = await self.list_tasks(project, TaskFilter(ready=True), 1000, cursor)
+            found.extend(t for t in page.items if roles is None or t.role in roles)
+            cursor = page.next_cursor
+            if not cursor:
+                break
+        counts = {}
+        for t in found:
+            counts[t.key] = sum(1 for d in await self.dependents(project, t.key) if d.status.value != "done")
+        found.sort(key=lambda t: dispatch_order(t, counts[t.key]))
+        return ReadyList(tasks=found[:limit], total=len(found), unblocks={t.key: counts[t.key] for t in found[:limit]})
+
+    async def task_events(self, project: str, key: str, limit: int = 20) -> list[Event]:
+        """The task's newest events, newest first, at most *limit* (why a lease was refused).
+
+        This default scans the project's whole log; backends override it.
+        """
+        await self.get_task(project, key)
+        mine: list[Event] = []
+        after = 0
+        while True:
+            batch = await self.list_events(project, after, 1000)
+            mine.extend(e for e in batch if e.task == key)
+            if len(batch) < 1000:
+                break
+            after = batch[-1].id
+        return mine[::-1][:limit]
+
     # -- events -----------------------------------------------------------------------------
     @abc.abstractmethod
     async def list_events(self, project: str, after_id: int = 0, limit: int = 1000) -> list[Event]:
@@ -235,7 +276,22 @@ class RecordStore(abc.ABC):
 
     @abc.abstractmethod
     async def count_api_tokens(self) -> int:
-        """How many tokens exist (0 means auth is off)."""
+        """How many token records exist, revoked ones included (0 means auth is off)."""
+
+    @abc.abstractmethod
+    async def list_api_tokens(self) -> list[ApiToken]:
+        """Every token record, oldest first (revoked ones included)."""
+
+    @abc.abstractmethod
+    async def revoke_api_token(self, token_id: str) -> ApiToken:
+        """Mark a token revoked (idempotent: a revoked token keeps its first revocation time).
+
+        Raises NotFound for an unknown id.
+        """
+
+    @abc.abstractmethod
+    async def purge_api_tokens(self) -> int:
+        """Delete every token record (auth turns off); returns how many there were."""
 
     # -- snapshots --------------------------------------------------------------------------
     @abc.abstractmethod
@@ -270,6 +326,7 @@ class Dispatcher(abc.ABC):
         ``assignee``/``lease_holder`` = *agent*, ``attempts`` unchanged, a fresh random token and
         ``lease_expires_at = now + lease``. Waits up to *wait* seconds for a task to become ready
         (no busy polling); returns None if none did. Tasks of other roles are never returned.
+        *lease_seconds* None means the configured default; zero or negative raises ValidationError.
         """
 
     async def claim_many(
@@ -327,9 +384,20 @@ class Dispatcher(abc.ABC):
                 out.append(exceptions.LeaseError(exc.message, task=key))
         return out
 
+    async def claim_next(
+        self, project: str, agent: str, roles: Sequence[str] | None, lease_seconds: float
+    ) -> Claim | None:
+        """Claim the single best ready task (``domain.dispatch_order``) of *roles* at once, or None.
+
+        Exactly one claimer wins a task, as for :meth:`claim`. This default is :meth:`claim`, right
+        for backends whose claim already follows the dispatch order; others override it.
+        """
+        return await self.claim(project, agent, roles, 0.0, lease_seconds)
+
     @abc.abstractmethod
     async def heartbeat(self, project: str, key: str, token: str, lease_seconds: float | None = None) -> Lease:
-        """Extend the lease to now + lease. Raises LeaseError for a wrong or expired token."""
+        """Extend the lease to now + lease. Raises LeaseError for a wrong or expired token, and
+        ValidationError for a zero or negative *lease_seconds*."""
 
     @abc.abstractmethod
     async def complete(self, project: str, key: str, token: str, result: Any = None) -> Task:

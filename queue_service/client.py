@@ -15,8 +15,9 @@ as the service's own error tree (``queue_service.exceptions``) rebuilt from the 
         def handle(task): ...              # a worker: heartbeats run in a thread meanwhile
         qs.worker("web", roles=["dev"]).run(handle, max_tasks=10)
 
-Retries: idempotent calls (every GET, results, cancel, and creates carrying an idempotency key) are
-retried with exponential backoff on 503 and on transport errors. Other calls are retried only when
+Retries: idempotent calls (every GET, results, cancel, creates carrying an idempotency key, and
+complete/fail, which a lease token can do at most once) are retried with exponential backoff on 503
+and on transport errors. Other calls are retried only when
 the connection could not be made at all (the request never reached the service). Tests inject a
 transport: ``AsyncClient(transport=httpx.ASGITransport(app=create_app(...)))``.
 """
@@ -24,6 +25,7 @@ transport: ``AsyncClient(transport=httpx.ASGITransport(app=create_app(...)))``.
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
@@ -33,6 +35,7 @@ from urllib.parse import quote
 
 import httpx
 import pydantic
+import pydantic_core
 
 from queue_service import __version__, exceptions
 from queue_service.api.schemas import HealthStatus, ResultsResponse
@@ -47,13 +50,14 @@ from queue_service.models import (
     ProjectCreate,
     ProjectUpdate,
     QueueStats,
+    ReadyList,
     Task,
     TaskCreate,
     TaskPage,
     TaskUpdate,
 )
 from queue_service.service import new_agent_id
-from queue_service.worker import AsyncJob, AsyncWorker, Job, PermanentError, Worker
+from queue_service.worker import AsyncJob, AsyncWorker, Job, PermanentError, Worker, completed_with
 
 __all__ = [
     "DEFAULT_URL",
@@ -109,6 +113,8 @@ class _Call:
     headers: dict[str, str] = field(default_factory=dict)
     idempotent: bool = False
     timeout: float | None = None
+    #: how many times it was sent so far (a retried finishing call may have landed the first time)
+    tries: int = 0
 
 
 def _p(value: str) -> str:
@@ -119,7 +125,13 @@ def _p(value: str) -> str:
 def _dump(data: pydantic.BaseModel | Mapping[str, Any]) -> Any:
     if isinstance(data, pydantic.BaseModel):
         return data.model_dump(mode="json", exclude_unset=True)
-    return dict(data)
+    # a mapping may hold models (a MissionCreate's milestones) or datetimes: make it plain JSON
+    return pydantic_core.to_jsonable_python(dict(data))
+
+
+def _task_body(data: TaskCreate | Mapping[str, Any] | str) -> TaskCreate | Mapping[str, Any]:
+    """``create_task(project, "title")`` is a task with just that title."""
+    return {"title": data} if isinstance(data, str) else data
 
 
 def _task_filters(
@@ -259,8 +271,8 @@ class _Calls:
     """Every endpoint as a request description; the clients only differ in how they send it."""
 
     @staticmethod
-    def create_task(project: str, data: TaskCreate | Mapping[str, Any]) -> _Call:
-        body = _dump(data)
+    def create_task(project: str, data: TaskCreate | Mapping[str, Any] | str) -> _Call:
+        body = _dump(_task_body(data))
         return _Call("POST", f"/v1/projects/{_p(project)}/tasks", body, idempotent=bool(body.get("idempotency_key")))
 
     @staticmethod
@@ -285,9 +297,16 @@ class _Calls:
 
     @staticmethod
     def claim(
-        project: str, agent: str, roles: Sequence[str] | None, wait_seconds: float, lease_seconds: float | None
+        project: str,
+        agent: str,
+        roles: Sequence[str] | None,
+        wait_seconds: float,
+        lease_seconds: float | None,
+        lease_profile: str = "worker",
     ) -> _Call:
         body: dict[str, Any] = {"agent": agent, "wait_seconds": wait_seconds}
+        if lease_profile != "worker":
+            body["lease_profile"] = lease_profile
         if roles:
             body["roles"] = list(roles)
         if lease_seconds is not None:
@@ -318,9 +337,20 @@ class _BaseClient:
         #: the agent id claims use when none is given (unique per client, see ``new_agent_id``)
         self.agent_id = agent or new_agent_id()
         self._headers = {"User-Agent": f"queue-service-client/{__version__}", "Accept": "application/json"}
+        if token is None:
+            # the same variable the CLI reads, so an agent's environment is enough to authenticate
+            token = os.environ.get("QUEUE_TOKEN") or None
         if token:
             self._headers["Authorization"] = f"Bearer {token}"
         self._token = token
+
+    def _headers_for(self, call: _Call) -> dict[str, str]:
+        headers = {**self._headers, **call.headers}
+        if call.method != "GET" and call.json is None:
+            # the service refuses state changes that are not JSON, body or not (a browser cannot
+            # send this header cross-site without asking first)
+            headers["Content-Type"] = "application/json"
+        return headers
 
     def _should_retry(self, call: _Call, attempt: int, exc: httpx.TransportError | None) -> bool:
         if attempt >= self.retry.attempts:
@@ -343,7 +373,7 @@ class Client(_BaseClient):
 
     Args:
         base_url: where the service listens (default ``http://127.0.0.1:8000``).
-        token: API token (``qs_…``), sent as ``Authorization: Bearer``.
+        token: API token (``qs_…``), sent as ``Authorization: Bearer``; default: ``$QUEUE_TOKEN``.
         timeout: seconds per request (claims add their ``wait_seconds``).
         retry: backoff policy for retryable failures.
         transport: an httpx transport to use (tests).
@@ -382,13 +412,14 @@ class Client(_BaseClient):
         attempt = 0
         while True:
             attempt += 1
+            call.tries = attempt
             try:
                 response = self._http.request(
                     call.method,
                     self.base_url + call.path if not self._owns_http else call.path,
                     json=call.json,
                     params=call.params,
-                    headers={**self._headers, **call.headers},
+                    headers=self._headers_for(call),
                     timeout=call.timeout if call.timeout is not None else self.timeout,
                 )
             except httpx.TransportError as exc:
@@ -446,8 +477,8 @@ class Client(_BaseClient):
         return _load(Mission, self._send(_Calls.get(f"/v1/projects/{_p(project)}/missions/{_p(mission)}")))
 
     # -- tasks ------------------------------------------------------------------------------
-    def create_task(self, project: str, data: TaskCreate | Mapping[str, Any]) -> Task:
-        """Create one task."""
+    def create_task(self, project: str, data: TaskCreate | Mapping[str, Any] | str) -> Task:
+        """Create one task (*data* may be just its title)."""
         return _load(Task, self._send(_Calls.create_task(project, data)))
 
     def create_tasks(self, project: str, items: Iterable[TaskCreate | Mapping[str, Any]]) -> list[Task]:
@@ -547,6 +578,13 @@ class Client(_BaseClient):
         call = _Calls.get(f"/v1/projects/{_p(project)}/dead-letter", {"limit": limit})
         return _load_items(Task, self._send(call))
 
+    def ready_tasks(self, project: str, roles: Sequence[str] | None = None, limit: int = 20) -> ReadyList:
+        """Ready tasks in the dispatch order (the first *limit*, and the total)."""
+        params: dict[str, Any] = {"limit": limit}
+        if roles:
+            params["role"] = ",".join(roles)
+        return _load(ReadyList, self._send(_Calls.get(f"/v1/projects/{_p(project)}/ready", params)))
+
     # -- dispatch ---------------------------------------------------------------------------
     def claim(
         self,
@@ -556,9 +594,13 @@ class Client(_BaseClient):
         roles: Sequence[str] | None = None,
         wait_seconds: float = 0.0,
         lease_seconds: float | None = None,
+        lease_profile: str = "worker",
     ) -> Claim | None:
-        """Claim the next ready task (waiting up to *wait_seconds*), or None."""
-        call = _Calls.claim(project, agent or self.agent_id, roles, wait_seconds, lease_seconds)
+        """Claim the next ready task (waiting up to *wait_seconds*), or None.
+
+        ``lease_profile="agent"``: an agent-facing claim (the best ready task, the server's agent lease).
+        """
+        call = _Calls.claim(project, agent or self.agent_id, roles, wait_seconds, lease_seconds, lease_profile)
         response = self._send(call)
         return None if response.status_code == 204 else _load(Claim, response)
 
@@ -570,13 +612,25 @@ class Client(_BaseClient):
         return _load(Lease, self._send(_Calls.task_op(project, key, "heartbeat", body)))
 
     def complete(self, project: str, key: str, token: str, result: Any = None) -> Task:
-        """Finish a claimed task with *result* (any JSON value)."""
-        return _load(Task, self._send(_Calls.task_op(project, key, "complete", {"token": token, "result": result})))
+        """Finish a claimed task with *result* (any JSON value).
+
+        Retried on 503 and transport errors (a token completes a task at most once, so a repeat is
+        safe); if a retry is refused because an earlier try did land, the completed task is returned.
+        """
+        call = _Calls.task_op(project, key, "complete", {"token": token, "result": result}, idempotent=True)
+        try:
+            return _load(Task, self._send(call))
+        except exceptions.LeaseError:
+            if call.tries > 1:
+                task = self.get_task(project, key)
+                if completed_with(task, result):
+                    return task
+            raise
 
     def fail(self, project: str, key: str, token: str, error: str, *, retryable: bool = True) -> Task:
-        """Report a failed attempt."""
+        """Report a failed attempt (retried on 503 like :meth:`complete`: a token fails a task once)."""
         body = {"token": token, "error": error, "retryable": retryable}
-        return _load(Task, self._send(_Calls.task_op(project, key, "fail", body)))
+        return _load(Task, self._send(_Calls.task_op(project, key, "fail", body, idempotent=True)))
 
     def release(self, project: str, key: str, token: str) -> Task:
         """Give a claimed task back without counting an attempt."""
@@ -659,8 +713,8 @@ class Client(_BaseClient):
 
         Args:
             agent: agent id (default: a fresh ``new_agent_id()``).
-            lease_seconds: lease per claim (default: the service's).
-            heartbeat_seconds: heartbeat period (default: a third of the lease).
+            lease_seconds: lease per claim (default: 30 s, ``worker.DEFAULT_LEASE_SECONDS``).
+            heartbeat_seconds: heartbeat period (default: a third of the lease length).
             wait_seconds: how long each claim long-polls.
             stop_when_idle: stop iterating when a claim finds nothing.
         """
@@ -681,7 +735,7 @@ class AsyncClient(_BaseClient):
 
     Args:
         base_url: where the service listens (default ``http://127.0.0.1:8000``).
-        token: API token (``qs_…``), sent as ``Authorization: Bearer``.
+        token: API token (``qs_…``), sent as ``Authorization: Bearer``; default: ``$QUEUE_TOKEN``.
         timeout: seconds per request (claims add their ``wait_seconds``).
         retry: backoff policy for retryable failures.
         transport: an httpx async transport (tests: ``httpx.ASGITransport(app=...)``).
@@ -729,13 +783,14 @@ class AsyncClient(_BaseClient):
         attempt = 0
         while True:
             attempt += 1
+            call.tries = attempt
             try:
                 response = await self._http.request(
                     call.method,
                     self.base_url + call.path if not self._owns_http else call.path,
                     json=call.json,
                     params=call.params,
-                    headers={**self._headers, **call.headers},
+                    headers=self._headers_for(call),
                     timeout=call.timeout if call.timeout is not None else self.timeout,
                 )
             except httpx.TransportError as exc:
@@ -793,8 +848,8 @@ class AsyncClient(_BaseClient):
         return _load(Mission, await self._send(_Calls.get(f"/v1/projects/{_p(project)}/missions/{_p(mission)}")))
 
     # -- tasks ------------------------------------------------------------------------------
-    async def create_task(self, project: str, data: TaskCreate | Mapping[str, Any]) -> Task:
-        """Create one task."""
+    async def create_task(self, project: str, data: TaskCreate | Mapping[str, Any] | str) -> Task:
+        """Create one task (*data* may be just its title)."""
         return _load(Task, await self._send(_Calls.create_task(project, data)))
 
     async def create_tasks(self, project: str, items: Iterable[TaskCreate | Mapping[str, Any]]) -> list[Task]:
@@ -897,6 +952,13 @@ class AsyncClient(_BaseClient):
         call = _Calls.get(f"/v1/projects/{_p(project)}/dead-letter", {"limit": limit})
         return _load_items(Task, await self._send(call))
 
+    async def ready_tasks(self, project: str, roles: Sequence[str] | None = None, limit: int = 20) -> ReadyList:
+        """Ready tasks in the dispatch order (the first *limit*, and the total)."""
+        params: dict[str, Any] = {"limit": limit}
+        if roles:
+            params["role"] = ",".join(roles)
+        return _load(ReadyList, await self._send(_Calls.get(f"/v1/projects/{_p(project)}/ready", params)))
+
     # -- dispatch ---------------------------------------------------------------------------
     async def claim(
         self,
@@ -906,9 +968,13 @@ class AsyncClient(_BaseClient):
         roles: Sequence[str] | None = None,
         wait_seconds: float = 0.0,
         lease_seconds: float | None = None,
+        lease_profile: str = "worker",
     ) -> Claim | None:
-        """Claim the next ready task (waiting up to *wait_seconds*), or None."""
-        call = _Calls.claim(project, agent or self.agent_id, roles, wait_seconds, lease_seconds)
+        """Claim the next ready task (waiting up to *wait_seconds*), or None.
+
+        ``lease_profile="agent"``: an agent-facing claim (the best ready task, the server's agent lease).
+        """
+        call = _Calls.claim(project, agent or self.agent_id, roles, wait_seconds, lease_seconds, lease_profile)
         response = await self._send(call)
         return None if response.status_code == 204 else _load(Claim, response)
 
@@ -920,14 +986,21 @@ class AsyncClient(_BaseClient):
         return _load(Lease, await self._send(_Calls.task_op(project, key, "heartbeat", body)))
 
     async def complete(self, project: str, key: str, token: str, result: Any = None) -> Task:
-        """Finish a claimed task with *result* (any JSON value)."""
-        call = _Calls.task_op(project, key, "complete", {"token": token, "result": result})
-        return _load(Task, await self._send(call))
+        """Finish a claimed task with *result* (any JSON value); retried as :meth:`Client.complete`."""
+        call = _Calls.task_op(project, key, "complete", {"token": token, "result": result}, idempotent=True)
+        try:
+            return _load(Task, await self._send(call))
+        except exceptions.LeaseError:
+            if call.tries > 1:
+                task = await self.get_task(project, key)
+                if completed_with(task, result):
+                    return task
+            raise
 
     async def fail(self, project: str, key: str, token: str, error: str, *, retryable: bool = True) -> Task:
-        """Report a failed attempt."""
+        """Report a failed attempt (retried on 503 like :meth:`complete`)."""
         body = {"token": token, "error": error, "retryable": retryable}
-        return _load(Task, await self._send(_Calls.task_op(project, key, "fail", body)))
+        return _load(Task, await self._send(_Calls.task_op(project, key, "fail", body, idempotent=True)))
 
     async def release(self, project: str, key: str, token: str) -> Task:
         """Give a claimed task back without counting an attempt."""

@@ -6,19 +6,27 @@ in-memory, Postgres and flatfile backends agree, and the contract suite check th
 
 from __future__ import annotations
 
+import math
 import random
 import re
+import secrets
 from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta
 
 from queue_service import exceptions
-from queue_service.models import Task, TaskStatus
+from queue_service.models import Event, Priority, Task, TaskStatus
 
 __all__ = [
+    "lease_length",
     "HUMAN_TRANSITIONS",
     "TERMINAL_FAILURE",
+    "LEASE_REFUSAL_REASONS",
     "backoff_delay",
     "check_transition",
+    "dispatch_order",
+    "lease_length_of",
+    "lease_refusal",
+    "new_lease_token",
     "find_cycle",
     "format_key",
     "is_ready",
@@ -157,3 +165,83 @@ def backoff_delay(
     spread = raw * jitter
     r = rng or random
     return timedelta(seconds=max(0.0, raw + r.uniform(-spread, spread)))
+
+
+def lease_length(requested: float | None, default: float) -> float:
+    """The lease to grant: *requested*, or *default* when None. Zero, negative or non-finite is a
+    ValidationError (422) on every backend: ``0`` must never silently mean "the default"."""
+    lease = float(default if requested is None else requested)
+    if not math.isfinite(lease) or lease <= 0:
+        raise exceptions.ValidationError(f"lease_seconds must be positive, got {requested}", value=requested)
+    return lease
+
+
+# -- leases (issue 11) -------------------------------------------------------------------------
+#: Why a lease token is refused (``LeaseError.details["reason"]``).
+LEASE_REFUSAL_REASONS = ("expired", "reclaimed", "released", "cancelled", "blocked", "completed")
+
+_PRIORITY_RANK = {Priority.P0: 0, Priority.P1: 1, Priority.P2: 2, Priority.P3: 3}
+
+
+def new_lease_token(lease_seconds: float) -> str:
+    """A fresh, unguessable lease token that also names the lease length it was granted with.
+
+    The length rides in the token (``<random>.<seconds>``) so that a renewal by any call carrying the
+    token (heartbeat without a length, a note) keeps the holder's own lease length on every backend,
+    without a stored column: an agent's 30-minute lease is never shrunk to a worker's 30 seconds.
+    The token is compared whole, so altering the suffix only makes it invalid.
+    """
+    return f"{secrets.token_urlsafe(24)}.{max(1, round(lease_seconds))}"
+
+
+def lease_length_of(token: str) -> float | None:
+    """The lease length a token was granted with, or None (older tokens, or not ours)."""
+    _, sep, tail = token.rpartition(".")
+    if not sep or not tail.isdigit() or len(tail) > 6:
+        return None
+    seconds = int(tail)
+    return float(seconds) if 0 < seconds <= 86_400 else None
+
+
+def dispatch_order(task: Task, unblocks: int) -> tuple[int, int, int]:
+    """The one dispatch order (claims, ``next``, ``ready``, MCP): priority, then how many not-done
+    tasks it unblocks (more first), then age (``seq``). Group round-robin slots in after priority
+    once tasks have groups (routing issue)."""
+    return (_PRIORITY_RANK[task.priority], -unblocks, task.seq)
+
+
+def lease_refusal(task: Task, recent: list[Event]) -> dict[str, object]:
+    """Why a lease token for *task* is refused, from the task as it is now and its newest events
+    (newest first). The lease-expired-but-not-yet-swept case is decided by the backend (it knows the
+    clock and the token); this covers everything after the lease ended.
+
+    Returns ``{"reason": …, "at": iso or None, "by": who or None}``.
+    """
+
+    def last(*kinds: str) -> Event | None:
+        return next((e for e in recent if e.kind in kinds), None)
+
+    def actor(e: Event | None) -> str | None:
+        if e is None:
+            return None
+        who = e.data.get("actor") or e.data.get("agent")
+        return str(who) if who else None
+
+    def at(value: datetime | None) -> str | None:
+        return value.isoformat() if value else None
+
+    if task.status is S.DONE:
+        return {"reason": "completed", "at": at(task.completed_at), "by": task.assignee}
+    if task.status is S.CANCELLED:
+        e = last("cancelled", "updated")
+        return {"reason": "cancelled", "at": at(e.at if e else task.updated_at), "by": actor(e)}
+    if task.status is S.BLOCKED:
+        e = last("updated", "blocked")
+        return {"reason": "blocked", "at": at(e.at if e else task.updated_at), "by": actor(e) or task.blocked_reason}
+    if task.status is S.IN_PROGRESS:
+        e = last("claimed")
+        return {"reason": "reclaimed", "at": at(e.at if e else task.updated_at), "by": task.lease_holder}
+    e = last("lease_expired", "released", "failed", "updated", "retried")
+    if e is not None and e.kind == "lease_expired":
+        return {"reason": "expired", "at": at(e.at), "by": None}
+    return {"reason": "released", "at": at(e.at if e else task.updated_at), "by": actor(e)}

@@ -2,14 +2,19 @@
 
 For each claimed task the runner spawns the agent command with the task as JSON on stdin and
 ``QUEUE_TASK_KEY``/``QUEUE_TASK_TITLE``/``QUEUE_PROJECT`` (and a few more) in the environment, in
-the project's workspace. While the child runs, a separate asyncio task heartbeats the lease, so a
+the work directory the user chose (``--workdir``/``QUEUE_WORKDIR``, else the current directory): never a
+path received from the server, which could otherwise point the runner at any directory of this
+machine (issue 9, finding 10). The child's environment is the runner's minus the service's own
+``QUEUE_*``/``MOSAIC_*`` variables (``QUEUE_TOKEN``, database and Valkey URLs), except ``QUEUE_URL`` and
+the names the user passes with ``--pass-env``. Log lines escape control characters, so a task title
+cannot forge lines. While the child runs, a separate asyncio task heartbeats the lease, so a
 child that is busy (or hung) never loses its lease by itself; if the lease is lost anyway (for
 example the runner was stopped with SIGSTOP past the lease), the child is stopped and its result
 discarded — a zombie never completes a task someone else now holds. Exit 0 completes the task with
 the tail of stdout as the result; any other exit is a retryable failure carrying the tail of stderr.
 SIGINT/SIGTERM stop the children and release their tasks (no attempt counted).
 
-Coord parity: the workspace's ``.mosaic/orchestrator/`` holds ``session.lock`` (one runner per
+Coord parity: the work directory's ``.mosaic/orchestrator/`` holds ``session.lock`` (one runner per
 workspace; JSON with ``session_id`` ``sess-NNN``, ``runtime``, ``pid``, ``started_at``,
 ``project_path``) and the ``next-task.json`` capsule (the task about to run). A lock whose pid is no
 longer running is stale and taken over; a live one makes the runner refuse to start.
@@ -31,17 +36,20 @@ import shutil
 import signal
 import socket
 import time
+import unicodedata
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TextIO
 
 import filelock
 
 from queue_service import exceptions
 from queue_service.models import Claim, Lease, Project, Task, TaskStatus
+from queue_service.run_output import echo_lines, fit_result, read_head, stdout_budget
 from queue_service.service import new_agent_id
+from queue_service.worker import DEFAULT_LEASE_SECONDS, heartbeat_interval
 
 __all__ = [
     "CAPSULE_FILE",
@@ -60,8 +68,54 @@ __all__ = [
 
 logger = logging.getLogger("queue_service.runner")
 
+#: characters escaped in log lines: controls (newline, ESC…), format characters (bidi overrides),
+#: line and paragraph separators
+_UNPRINTABLE_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp"})
+
+
+def escape_control(text: str) -> str:
+    """*text* with every control/format/separator character written as ``\\xNN``/``\\uNNNN``."""
+    if text.isprintable():
+        return text
+    out = []
+    for ch in text:
+        if unicodedata.category(ch) in _UNPRINTABLE_CATEGORIES:
+            code = ord(ch)
+            out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+class _EscapeControlCharacters(logging.Filter):
+    """Task titles, keys and error texts come from other people: one record is one log line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        escaped = escape_control(message)
+        if escaped != message:
+            record.msg, record.args = escaped, None
+        return True
+
+
+logger.addFilter(_EscapeControlCharacters())
+
+#: the service's own configuration and credentials, never given to children unless named in pass_env
+_PRIVATE_ENV_PREFIXES = ("QUEUE_", "MOSAIC_")
+#: ...except the service address, which an agent needs to call back (not a secret)
+_PUBLIC_ENV = frozenset({"QUEUE_URL"})
+
+
+def child_environment(environ: dict[str, str] | os._Environ[str], pass_env: Sequence[str] = ()) -> dict[str, str]:
+    """The runner's environment minus the service's private variables (see the module doc)."""
+    keep = set(pass_env) | _PUBLIC_ENV
+    return {k: v for k, v in environ.items() if k in keep or not k.startswith(_PRIVATE_ENV_PREFIXES)}
+
+
 LOCK_FILE = "session.lock"
 CAPSULE_FILE = "next-task.json"
+#: ``run``'s exit code when a task it ran failed (see RunSummary.exit_code)
+EXIT_TASK_FAILED = 4
 SESSIONS_FILE = "sessions.jsonl"
 _GUARD_FILE = ".session.lock.guard"
 
@@ -257,9 +311,9 @@ class RunnerOptions:
     roles: Sequence[str] | None = None
     #: tasks run at the same time
     concurrency: int = 1
-    #: lease length asked for each claim (None: the service default)
+    #: lease length asked for each claim (None: ``worker.DEFAULT_LEASE_SECONDS``, 30 s)
     lease_seconds: float | None = None
-    #: heartbeat period (None: a third of the lease)
+    #: heartbeat period (None: a third of the lease length)
     heartbeat_seconds: float | None = None
     #: stop after this many tasks were claimed (None: no limit)
     max_tasks: int | None = None
@@ -269,10 +323,18 @@ class RunnerOptions:
     agent_name: str | None = None
     #: the ``runtime`` written to session.lock (default: the command's basename)
     runtime: str | None = None
-    #: where to run and write .mosaic/orchestrator (default: the project's workspace, else cwd)
+    #: where to run and write .mosaic/orchestrator (``--workdir``; default: the current directory).
+    #: Never taken from the server: the project's workspace is the server's path, not this machine's.
     workspace: Path | None = None
-    #: how much of stdout/stderr to keep for the result / error
+    #: environment variables passed to children although private (``--pass-env QUEUE_TOKEN``)
+    pass_env: Sequence[str] = ()
+    #: how much of stderr to keep for the error of a failed attempt
     tail_chars: int = 4000
+    #: the completed result keeps stdout up to this size (QUEUE_MAX_RESULT_BYTES), cut at a line
+    #: boundary and marked (issue 11)
+    max_result_bytes: int = 1024 * 1024
+    #: copy each child's output to this stream, every line prefixed with the task key (None: don't)
+    echo: TextIO | None = None
     #: how long one claim waits for a ready task before checking for stop/idle
     poll_seconds: float = 2.0
     #: after SIGTERM to a child, how long before SIGKILL
@@ -324,11 +386,14 @@ class RunSummary:
 
     @property
     def exit_code(self) -> int:
-        """0 after a normal stop, 128+signal after SIGINT/SIGTERM, 1 after a fatal error."""
+        """1 after a fatal error, 128+signal after SIGINT/SIGTERM, 4 when any task it ran did not
+        complete (failed, to be retried, or its lease was lost), else 0 (every task completed)."""
         if self.error:
             return 1
         if self.signal is not None:
             return 128 + self.signal
+        if any(o.outcome in ("retry", "failed", "lost") for o in self.outcomes):
+            return EXIT_TASK_FAILED
         return 0
 
     def to_dict(self) -> dict[str, Any]:
@@ -368,6 +433,8 @@ class Runner:
         self.ops = ops
         self.options = options
         self._sweep = sweep
+        #: every claim and heartbeat asks for this lease, so the heartbeat period is known exactly
+        self._lease_seconds = options.lease_seconds if options.lease_seconds is not None else DEFAULT_LEASE_SECONDS
         self.agent = new_agent_id(options.agent_name or "runner")
         self._running: dict[str, _Running] = {}
         self._stopping = False
@@ -428,12 +495,12 @@ class Runner:
         opts = self.options
         self._check_command()
         project = await self.ops.get_project(opts.project)
-        workspace = opts.workspace or (Path(project.workspace) if project.workspace else Path.cwd())
-        workspace = workspace.expanduser().resolve()
-        try:
-            workspace.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise exceptions.ValidationError(f"cannot use workspace {workspace}: {exc.strerror or exc}") from None
+        del project  # checked to exist; its workspace is a path on the server, never used here
+        workspace = (opts.workspace or Path.cwd()).expanduser().resolve()
+        if not workspace.is_dir():
+            raise exceptions.ValidationError(
+                f"work directory {workspace} does not exist or is not a directory (--workdir / QUEUE_WORKDIR)"
+            )
         self._workspace = workspace
         lock = SessionLock.acquire(
             orchestrator_dir(workspace),
@@ -475,6 +542,7 @@ class Runner:
             summary.stop_reason = self._stop_reason or "stopped"
             summary.signal = self._signal
             summary.error = self._error
+            self._write_end_capsule(summary)
             lock.release(
                 stop_reason=summary.stop_reason,
                 completed=summary.count("completed"),
@@ -537,7 +605,7 @@ class Runner:
                     self.agent,
                     list(opts.roles) if opts.roles else None,
                     self._claim_wait(),
-                    opts.lease_seconds,
+                    self._lease_seconds,
                 )
                 failures = 0
             except exceptions.BackendError as exc:
@@ -582,8 +650,26 @@ class Runner:
         except OSError as exc:
             logger.warning("could not write %s: %s", CAPSULE_FILE, exc)
 
-    def _child_env(self, task: Task) -> dict[str, str]:
-        env = dict(os.environ)
+    def _write_end_capsule(self, summary: RunSummary) -> None:
+        """The session ended: next-task.json says so (no task is about to run), with what it did."""
+        capsule = {
+            "session_id": self._session,
+            "project": self.options.project,
+            "project_path": str(self._workspace),
+            "agent": self.agent,
+            "ended_at": _now_iso(),
+            "stop_reason": summary.stop_reason,
+            "task": None,
+            "last_task": summary.outcomes[-1].key if summary.outcomes else None,
+            "counts": {k: summary.count(k) for k in ("completed", "retry", "failed", "released", "lost")},
+        }
+        try:
+            _atomic_write_json(orchestrator_dir(self._workspace) / CAPSULE_FILE, capsule)
+        except OSError as exc:
+            logger.warning("could not write %s: %s", CAPSULE_FILE, exc)
+
+    def _child_env(self, task: Task, token: str) -> dict[str, str]:
+        env = child_environment(os.environ, self.options.pass_env)
         env.update(
             {
                 "QUEUE_PROJECT": self.options.project,
@@ -594,6 +680,8 @@ class Runner:
                 "QUEUE_SESSION_ID": self._session,
                 "QUEUE_AGENT": self.agent,
                 "QUEUE_PROJECT_PATH": str(self._workspace),
+                # the holder's token for this task only: notes with it renew the lease
+                "QUEUE_LEASE_TOKEN": token,
             }
         )
         return env
@@ -614,7 +702,7 @@ class Runner:
                     stdout=asyncio.subprocess.PIPE,
                     stderr=asyncio.subprocess.PIPE,
                     cwd=self._workspace,
-                    env=self._child_env(task),
+                    env=self._child_env(task, token),
                     start_new_session=True,
                 )
             except OSError as exc:
@@ -626,14 +714,13 @@ class Runner:
             if self._stopping:
                 self._terminate(running)
             logger.info("%s: started %s %s (pid %d)", self._session, key, task.title, proc.pid)
-            interval = opts.heartbeat_seconds or max(
-                0.05, (claim.lease.expires_at - datetime.now(UTC)).total_seconds() / 3
-            )
+            # from the lease length, never from the server's expiry read against our own clock
+            interval = heartbeat_interval(self._lease_seconds, opts.heartbeat_seconds)
             beat_done = asyncio.Event()
             beat = asyncio.create_task(self._heartbeat(running, interval, beat_done))
             payload = json.dumps(task.model_dump(mode="json"), ensure_ascii=False).encode() + b"\n"
             try:
-                rc, out, err = await self._communicate(proc, payload)
+                rc, out, err = await self._communicate(proc, payload, key)
             except asyncio.CancelledError:
                 self._signal_child(running, signal.SIGKILL)
                 with contextlib.suppress(Exception):
@@ -658,12 +745,15 @@ class Runner:
             self._record(key, "lost", rc, seconds)
             return
         if rc == 0:
-            result = {
-                "exit_code": 0,
-                "stdout": out[0],
-                "stdout_truncated": out[1],
-                "duration_seconds": round(seconds, 3),
-            }
+            result = fit_result(
+                {
+                    "exit_code": 0,
+                    "stdout": out[0],
+                    "stdout_truncated": out[1],
+                    "duration_seconds": round(seconds, 3),
+                },
+                opts.max_result_bytes,
+            )
             await self._finish(
                 key, "completed", lambda: self.ops.complete(opts.project, key, token, result), rc, seconds
             )
@@ -729,7 +819,7 @@ class Runner:
         delay = interval
         while not await _wait_event(done, delay):
             try:
-                await self.ops.heartbeat(opts.project, r.key, r.token, opts.lease_seconds)
+                await self.ops.heartbeat(opts.project, r.key, r.token, self._lease_seconds)
                 delay = interval
             except exceptions.BackendError as exc:
                 # Keep trying (sooner): the lease may still be saved before it runs out.
@@ -742,15 +832,15 @@ class Runner:
                 return
 
     async def _communicate(
-        self, proc: asyncio.subprocess.Process, payload: bytes
+        self, proc: asyncio.subprocess.Process, payload: bytes, key: str
     ) -> tuple[int, tuple[str, bool], tuple[str, bool]]:
         assert proc.stdin is not None
         assert proc.stdout is not None
         assert proc.stderr is not None
-        limit = self.options.tail_chars
+        echo = self.options.echo
         readers = [
-            asyncio.create_task(_tail(proc.stdout, limit)),
-            asyncio.create_task(_tail(proc.stderr, limit)),
+            asyncio.create_task(read_head(proc.stdout, stdout_budget(self.options.max_result_bytes), echo, f"{key}| ")),
+            asyncio.create_task(_tail(proc.stderr, self.options.tail_chars, echo, f"{key}! ")),
         ]
         feeder = asyncio.create_task(_feed(proc.stdin, payload))
         try:
@@ -801,15 +891,20 @@ async def _feed(stream: asyncio.StreamWriter, payload: bytes) -> None:
             await stream.wait_closed()
 
 
-async def _tail(stream: asyncio.StreamReader, limit: int) -> tuple[str, bool]:
+async def _tail(
+    stream: asyncio.StreamReader, limit: int, echo: TextIO | None = None, prefix: str = ""
+) -> tuple[str, bool]:
     """The last *limit* bytes of a stream as text, and whether anything was cut off."""
     buf = bytearray()
+    pending = bytearray()
     truncated = False
     while chunk := await stream.read(65536):
+        echo_lines(echo, prefix, pending, chunk)
         buf += chunk
         if len(buf) > limit:
             del buf[: len(buf) - limit]
             truncated = True
+    echo_lines(echo, prefix, pending, b"", final=True)
     if truncated:
         while buf and 0x80 <= buf[0] <= 0xBF:  # do not start in the middle of a UTF-8 character
             del buf[0]

@@ -12,9 +12,9 @@ import socket
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from queue_service import exceptions
+from queue_service import domain, exceptions
 from queue_service.backend import Backend
 from queue_service.models import (
     Claim,
@@ -28,6 +28,7 @@ from queue_service.models import (
     ProjectSnapshot,
     ProjectUpdate,
     QueueStats,
+    ReadyList,
     Task,
     TaskCreate,
     TaskFilter,
@@ -38,8 +39,22 @@ from queue_service.models import (
     validate_slug,
     validated,
 )
+from queue_service.workspaces import WorkspacePolicy
 
-__all__ = ["QueueService", "new_agent_id"]
+__all__ = [
+    "DEFAULT_AGENT_LEASE_SECONDS",
+    "SERVICE_AUTHORS",
+    "LeaseProfile",
+    "QueueService",
+    "check_author",
+    "new_agent_id",
+]
+
+#: Lease of agent-facing claims (CLI ``claim``/``next --claim``, MCP ``claim_next``) unless
+#: configured (``QUEUE_AGENT_LEASE_SECONDS``): LLM agents think in minutes, not seconds.
+DEFAULT_AGENT_LEASE_SECONDS = 1800.0
+#: ``worker``: the dispatcher's short lease, kept alive by heartbeats; ``agent``: the agent lease.
+LeaseProfile = Literal["worker", "agent"]
 
 MAX_BATCH = 10_000
 MAX_PAGE = 1000
@@ -69,6 +84,13 @@ def _check_lease(lease_seconds: float | None) -> None:
         raise exceptions.ValidationError(f"lease_seconds must be in (0, 86400], got {lease_seconds}")
 
 
+def _with_seconds(claim: Claim | None, seconds: float) -> Claim | None:
+    """The claim with ``lease.seconds`` set (backends that do not fill it in)."""
+    if claim is None or claim.lease.seconds is not None:
+        return claim
+    return claim.model_copy(update={"lease": claim.lease.model_copy(update={"seconds": float(seconds)})})
+
+
 def new_agent_id(name: str | None = None) -> str:
     """An agent id unique per process start: ``[name@]host:pid:nonce``.
 
@@ -79,12 +101,37 @@ def new_agent_id(name: str | None = None) -> str:
     return f"{name}@{base}" if name else base
 
 
+#: names the service writes notes and events under: no caller may sign a note with one (issue 9)
+SERVICE_AUTHORS = frozenset({"workspace-sync", "system", "dispatcher", "orchestrator", "queue-service"})
+
+
+def check_author(author: str) -> str:
+    """Refuse a note author that impersonates the service (``workspace-sync``…)."""
+    if author.strip().lower() in SERVICE_AUTHORS:
+        raise exceptions.ValidationError(
+            f"note author {author.strip()!r} is reserved for the service itself; sign notes with your own name",
+            value=author.strip(),
+        )
+    return author
+
+
 class QueueService:
     """Every task operation, written only against :class:`~queue_service.backend.Backend`."""
 
-    def __init__(self, backend: Backend, *, workspace_root: Path | None = None) -> None:
+    def __init__(
+        self,
+        backend: Backend,
+        *,
+        workspace_root: Path | None = None,
+        workspaces: WorkspacePolicy | None = None,
+        agent_lease_seconds: float = DEFAULT_AGENT_LEASE_SECONDS,
+    ) -> None:
+        _check_lease(agent_lease_seconds)
         self.backend = backend
-        self.workspace_root = workspace_root
+        #: where workspaces may live (issue 9); API-strict unless the caller says it is the operator
+        self.workspaces = workspaces or WorkspacePolicy(root=workspace_root)
+        self.workspace_root = self.workspaces.root
+        self.agent_lease_seconds = float(agent_lease_seconds)
         #: called with the slug after a project is created or patched here (workspace sync starts its
         #: file at once instead of at the next rescan; issue 17)
         self.project_listeners: list[Callable[[str], None]] = []
@@ -92,6 +139,30 @@ class QueueService:
     def _project_changed(self, slug: str) -> None:
         for listener in list(self.project_listeners):
             listener(slug)
+
+    def agent_lease(self, lease_seconds: float | None = None) -> float:
+        """The lease length of an agent-facing claim: *lease_seconds* if given (``--lease``), else
+        the configured agent lease. The one place that choice is made (CLI, REST, MCP)."""
+        _check_lease(lease_seconds)
+        return float(lease_seconds) if lease_seconds is not None else self.agent_lease_seconds
+
+    async def _explain(self, project: str, key: str, exc: exceptions.LeaseError) -> exceptions.LeaseError:
+        """The same LeaseError with ``details.reason`` (and when / by whom) filled in, so a refused
+        holder learns why. Backends state ``expired`` themselves (they know the clock and the token);
+        everything else follows from the task as it is now and its newest events."""
+        if exc.details.get("reason"):
+            return exc
+        try:
+            task = await self.backend.records.get_task(project, key)
+            recent = await self.backend.records.task_events(project, key, 20)
+        except exceptions.QueueServiceError:
+            return exc
+        why = domain.lease_refusal(task, recent)
+        details = {**exc.details, **why}
+        by = f" by {why['by']}" if why.get("by") else ""
+        at = f" at {why['at']}" if why.get("at") else ""
+        message = f"lease token for task {key} is not valid: {why['reason']}{by}{at}"
+        return exceptions.LeaseError(message, **details)
 
     # -- projects ---------------------------------------------------------------------------
     async def create_project(self, data: ProjectCreate | Mapping[str, Any]) -> Project:
@@ -101,8 +172,14 @@ class QueueService:
         ``<root>/<slug>``.
         """
         create = validated(ProjectCreate, data)
-        if create.workspace is None and self.workspace_root is not None:
-            create = create.model_copy(update={"workspace": str(self.workspace_root / create.slug)})
+        workspace = (
+            self.workspaces.default_for(create.slug)
+            if create.workspace is None
+            else self.workspaces.place(create.workspace)
+        )
+        if workspace is not None:
+            self.workspaces.check_overlap(workspace, create.slug, await self.backend.records.list_projects())
+            create = create.model_copy(update={"workspace": workspace})
         project = await self.backend.records.create_project(create)
         self._project_changed(project.slug)
         return project
@@ -116,8 +193,13 @@ class QueueService:
         return await self.backend.records.list_projects()
 
     async def update_project(self, slug: str, data: ProjectUpdate | Mapping[str, Any]) -> Project:
-        """Patch a project (name, workspace)."""
-        project = await self.backend.records.update_project(validate_slug(slug), validated(ProjectUpdate, data))
+        """Patch a project (name, workspace); a workspace is checked against :attr:`workspaces`."""
+        slug, patch = validate_slug(slug), validated(ProjectUpdate, data)
+        if patch.workspace is not None:
+            workspace = self.workspaces.place(patch.workspace)
+            self.workspaces.check_overlap(workspace, slug, await self.backend.records.list_projects())
+            patch = patch.model_copy(update={"workspace": workspace})
+        project = await self.backend.records.update_project(slug, patch)
         self._project_changed(project.slug)
         return project
 
@@ -218,17 +300,30 @@ class QueueService:
             _check_text("reason", reason)
         return await self.backend.records.cancel_task(validate_slug(project), validate_key(key), reason, actor)
 
-    async def add_note(self, project: str, key: str, author: str, text: str, token: str | None = None) -> Note:
-        """Append a note to a task."""
+    async def add_note(
+        self, project: str, key: str, author: str, text: str, token: str | None = None, *, system: bool = False
+    ) -> Note:
+        """Append a note to a task.
+
+        Args:
+            system: the service itself writes it (the sync); only then may *author* be a service name.
+        """
         if not text or not text.strip():
             raise exceptions.ValidationError("note text must not be empty")
         if not author or not author.strip():
             raise exceptions.ValidationError("note author must not be empty")
+        if not system:
+            check_author(author)
         _check_text("text", text)
         _check_text("author", author)
-        return await self.backend.records.add_note(
-            validate_slug(project), validate_key(key), author.strip(), text, token
-        )
+        slug, key = validate_slug(project), validate_key(key)
+        if token is not None:
+            # any call carrying the lease token renews the lease (for the length it was granted)
+            await self.heartbeat(slug, key, token)
+        try:
+            return await self.backend.records.add_note(slug, key, author.strip(), text, token)
+        except exceptions.LeaseError as exc:
+            raise await self._explain(slug, key, exc) from None
 
     async def list_notes(self, project: str, key: str) -> list[Note]:
         """A task's notes."""
@@ -262,6 +357,16 @@ class QueueService:
         """Failed tasks."""
         return await self.backend.records.dead_letter(validate_slug(project), limit)
 
+    async def ready(self, project: str, roles: Sequence[str] | None = None, limit: int = 20) -> ReadyList:
+        """Ready tasks of *roles* in the one dispatch order (``domain.dispatch_order``), the first
+        *limit* (1-1000) and how many there are in all. ``next`` is ``ready(limit=1)``."""
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE:
+            raise exceptions.ValidationError(f"limit must be an integer between 1 and {MAX_PAGE}, got {limit!r}")
+        for role in roles or ():
+            if not role or len(role) > 64:
+                raise exceptions.ValidationError(f"role names are 1-64 characters, got {role!r}", field="role")
+        return await self.backend.records.ready_tasks(validate_slug(project), list(roles) if roles else None, limit)
+
     # -- dispatch ---------------------------------------------------------------------------
     @staticmethod
     def _check_claim_args(agent: str, wait: float, lease_seconds: float | None) -> None:
@@ -279,10 +384,37 @@ class QueueService:
         roles: Sequence[str] | None = None,
         wait: float = 0.0,
         lease_seconds: float | None = None,
+        lease_profile: LeaseProfile = "worker",
     ) -> Claim | None:
-        """Claim the next ready task (or None after *wait* seconds)."""
+        """Claim the next ready task (or None after *wait* seconds).
+
+        ``lease_profile="agent"`` is an agent-facing claim: :meth:`claim_next` (the best ready task
+        by the dispatch order, with the agent lease unless *lease_seconds* is given).
+        """
+        if lease_profile == "agent":
+            return await self.claim_next(project, agent, roles, lease_seconds, wait)
         self._check_claim_args(agent, wait, lease_seconds)
-        return await self.backend.dispatch.claim(validate_slug(project), agent, roles or None, wait, lease_seconds)
+        got = await self.backend.dispatch.claim(validate_slug(project), agent, roles or None, wait, lease_seconds)
+        return _with_seconds(got, lease_seconds if lease_seconds is not None else self.backend.config.lease_seconds)
+
+    async def claim_next(
+        self,
+        project: str,
+        agent: str,
+        roles: Sequence[str] | None = None,
+        lease_seconds: float | None = None,
+        wait: float = 0.0,
+    ) -> Claim | None:
+        """Atomically claim the single best ready task of *roles* for an agent (CLI ``next --claim``,
+        ``claim``, MCP ``claim_next``): dispatch order, agent lease (``QUEUE_AGENT_LEASE_SECONDS``)
+        unless *lease_seconds* is given. With *wait*, waits for the next task if none is ready now."""
+        self._check_claim_args(agent, wait, lease_seconds)
+        lease = self.agent_lease(lease_seconds)
+        slug, names = validate_slug(project), list(roles) if roles else None
+        got = await self.backend.dispatch.claim_next(slug, agent, names, lease)
+        if got is None and wait > 0:
+            got = await self.backend.dispatch.claim(slug, agent, names, wait, lease)
+        return _with_seconds(got, lease)
 
     async def claim_many(
         self,
@@ -297,9 +429,11 @@ class QueueService:
         if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE:
             raise exceptions.ValidationError(f"limit must be an integer between 1 and {MAX_PAGE}, got {limit!r}")
         self._check_claim_args(agent, wait, lease_seconds)
-        return await self.backend.dispatch.claim_many(
+        claims = await self.backend.dispatch.claim_many(
             validate_slug(project), agent, roles or None, limit, wait, lease_seconds
         )
+        seconds = lease_seconds if lease_seconds is not None else self.backend.config.lease_seconds
+        return [c for c in (_with_seconds(c, seconds) for c in claims) if c is not None]
 
     async def complete_many(
         self, project: str, items: Sequence[tuple[str, str, Any]]
@@ -311,26 +445,51 @@ class QueueService:
         checked: list[tuple[str, str, Any]] = []
         for i, (key, token, result) in enumerate(items):
             checked.append((validate_key(key), token, _check_result(result, f"items[{i}].result")))
-        return await self.backend.dispatch.complete_many(validate_slug(project), checked)
+        slug = validate_slug(project)
+        out = await self.backend.dispatch.complete_many(slug, checked)
+        for i, got in enumerate(out):
+            if isinstance(got, exceptions.LeaseError) and not got.details.get("reason"):
+                out[i] = await self._explain(slug, checked[i][0], got)
+        return out
 
     async def heartbeat(self, project: str, key: str, token: str, lease_seconds: float | None = None) -> Lease:
-        """Extend a lease."""
+        """Extend a lease to now + *lease_seconds*, by default the length the claim was granted."""
         _check_lease(lease_seconds)
-        return await self.backend.dispatch.heartbeat(validate_slug(project), validate_key(key), token, lease_seconds)
+        slug, key = validate_slug(project), validate_key(key)
+        seconds = lease_seconds if lease_seconds is not None else domain.lease_length_of(token)
+        try:
+            lease = await self.backend.dispatch.heartbeat(slug, key, token, seconds)
+        except exceptions.LeaseError as exc:
+            raise await self._explain(slug, key, exc) from None
+        if lease.seconds is None:
+            lease = lease.model_copy(update={"seconds": seconds or self.backend.config.lease_seconds})
+        return lease
 
     async def complete(self, project: str, key: str, token: str, result: Any = None) -> Task:
         """Complete a claimed task."""
         _check_result(result, "result")
-        return await self.backend.dispatch.complete(validate_slug(project), validate_key(key), token, result)
+        slug, key = validate_slug(project), validate_key(key)
+        try:
+            return await self.backend.dispatch.complete(slug, key, token, result)
+        except exceptions.LeaseError as exc:
+            raise await self._explain(slug, key, exc) from None
 
     async def fail(self, project: str, key: str, token: str, error: str, retryable: bool = True) -> Task:
         """Fail a claimed task."""
         _check_text("error", error)
-        return await self.backend.dispatch.fail(validate_slug(project), validate_key(key), token, error, retryable)
+        slug, key = validate_slug(project), validate_key(key)
+        try:
+            return await self.backend.dispatch.fail(slug, key, token, error, retryable)
+        except exceptions.LeaseError as exc:
+            raise await self._explain(slug, key, exc) from None
 
     async def release(self, project: str, key: str, token: str) -> Task:
         """Give a claimed task back."""
-        return await self.backend.dispatch.release(validate_slug(project), validate_key(key), token)
+        slug, key = validate_slug(project), validate_key(key)
+        try:
+            return await self.backend.dispatch.release(slug, key, token)
+        except exceptions.LeaseError as exc:
+            raise await self._explain(slug, key, exc) from None
 
     async def retry(self, project: str, key: str, actor: str = "api") -> Task:
         """Revive a failed task."""

@@ -44,6 +44,8 @@ __all__ = ["Changes", "ProjectState", "decode_cursor", "encode_cursor", "new_tok
 
 S = TaskStatus
 _PRIORITY_RANK = {Priority.P0: 0, Priority.P1: 1, Priority.P2: 2, Priority.P3: 3}
+#: the event a lease expiry writes (the task goes back to the head of its line)
+EVENT_LEASE_EXPIRED = "lease_expired"
 
 
 def new_token() -> str:
@@ -63,10 +65,11 @@ def decode_cursor(cursor: str | None) -> int:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         tag, _, num = raw.partition(":")
-        if tag != "seq":
+        # seq is a Postgres BIGINT: a longer number is malformed, not a driver error
+        if tag != "seq" or not num.isascii() or not num.isdigit() or len(num) > 19:
             raise ValueError(raw)
         value = int(num)
-        if value < 0:
+        if value >= 2**63:
             raise ValueError(raw)
         return value
     except (ValueError, UnicodeDecodeError):
@@ -156,6 +159,11 @@ class ProjectState:
         self.idempotency: dict[str, str] = {}
         self.eligible: dict[str, set[str]] = {}
         self._heaps: dict[str, list[tuple[int, int, str]]] = {}
+        #: entries put at the head of a line sort before every seq (most recent first, like LPUSH)
+        self._front_seq = 0
+        # eligible tasks that unblock something, in dispatch order (rank, -unblocks, seq, key); entries
+        # go stale when a count changes (a fresh one is pushed) and are dropped when found
+        self._boost: dict[str, list[tuple[int, int, int, str]]] = {}
         self.leased: set[str] = set()
         self.last_seq = 0
         self.last_note_id = 0
@@ -601,7 +609,13 @@ class ProjectState:
                 task=key,
             )
         if task.lease_expires_at is None or task.lease_expires_at <= now:
-            raise exceptions.LeaseError(f"lease on task {key} expired at {task.lease_expires_at}", task=key)
+            raise exceptions.LeaseError(
+                f"lease on task {key} expired at {task.lease_expires_at}",
+                task=key,
+                reason="expired",
+                at=task.lease_expires_at.isoformat() if task.lease_expires_at else None,
+                by=None,
+            )
         return task
 
     def plan_add_note(self, key: str, author: str, text: str, token: str | None, now: datetime) -> tuple[Changes, Note]:
@@ -707,24 +721,112 @@ class ProjectState:
         finally:
             for role, entry in deferred:
                 heapq.heappush(self._heaps[role], entry)
+        chosen = self._dispatch_first(chosen, names, limit, now)
         changes = Changes()
         claims: list[Claim] = []
         expires = now + timedelta(seconds=lease_seconds)
         for task in chosen:
-            token = new_token()
+            token = domain.new_lease_token(lease_seconds)
             new = task.model_copy(
                 update={"status": S.IN_PROGRESS, "assignee": agent, "lease_holder": agent, "lease_expires_at": expires}
             )
             stored = self._transition(changes, task, new, "claimed", now, token=token, agent=agent)
-            claims.append(Claim(task=stored, lease=Lease(token=token, holder=agent, expires_at=expires)))
+            claims.append(
+                Claim(task=stored, lease=Lease(token=token, holder=agent, expires_at=expires, seconds=lease_seconds))
+            )
         return changes, claims
+
+    def unblocks(self, key: str) -> int:
+        """How many not-done tasks depend directly on *key* (the dispatch order's tie-breaker)."""
+        return sum(1 for d in self.dependents.get(key, ()) if self.tasks[d].status is not S.DONE)
+
+    def _ready_now(self, key: str, roles: set[str] | None, now: datetime) -> Task | None:
+        task = self.tasks.get(key)
+        if task is None or task.status is not S.NOT_STARTED or self.pending.get(key, 0) != 0:
+            return None
+        if roles is not None and task.role not in roles:
+            return None
+        if task.not_before is not None and task.not_before > now:
+            return None
+        return task
+
+    def _dispatch_first(self, by_age: list[Task], names: list[str], limit: int, now: datetime) -> list[Task]:
+        """The first *limit* ready tasks in ``domain.dispatch_order``, from *by_age* (the first *limit*
+        by priority then age, off the heaps) plus the first *limit* ready tasks of each role's boost
+        heap (the tasks that unblock something, already in dispatch order).
+
+        Why this is enough: a task that unblocks nothing sorts exactly as on the age heap, so any such
+        task in the true first *limit* is already in *by_age*; the others are at the top of a boost heap.
+        """
+        pool = {t.key: t for t in by_age}
+        boosted = False
+        for role in names:
+            heap = self._boost.get(role)
+            kept: list[tuple[int, int, int, str]] = []
+            seen: set[str] = set()
+            found = 0
+            while heap and found < limit:
+                entry = heapq.heappop(heap)
+                key = entry[3]
+                task = self.tasks.get(key)
+                if task is None or key in seen or not self._boost_valid(entry, task, role):
+                    continue  # stale or duplicate: dropped
+                seen.add(key)
+                kept.append(entry)
+                if task.not_before is not None and task.not_before > now:
+                    continue  # backing off: stays, not a candidate yet
+                pool[key] = task
+                found += 1
+                boosted = True
+            for entry in kept:
+                heapq.heappush(self._boost.setdefault(role, []), entry)
+        if not boosted:
+            return by_age
+        ordered = sorted(pool.values(), key=lambda t: domain.dispatch_order(t, self.unblocks(t.key)))
+        return ordered[:limit]
+
+    def _boost_valid(self, entry: tuple[int, int, int, str], task: Task, role: str) -> bool:
+        key = entry[3]
+        if key not in self.eligible.get(role, ()) or task.status is not S.NOT_STARTED or task.seq != entry[2]:
+            return False
+        return _PRIORITY_RANK[task.priority] == entry[0] and self.unblocks(key) == -entry[1]
+
+    def _push_boost(self, key: str) -> None:
+        """File an eligible task that unblocks something in its role's boost heap (with its count now)."""
+        task = self.tasks.get(key)
+        if task is None or key not in self.eligible.get(task.role, ()):
+            return
+        count = self.unblocks(key)
+        if count:
+            heapq.heappush(
+                self._boost.setdefault(task.role, []), (_PRIORITY_RANK[task.priority], -count, task.seq, key)
+            )
+
+    def ready_ordered(self, roles: Sequence[str] | None, limit: int, now: datetime) -> tuple[list[Task], int]:
+        """Every ready task of *roles* in dispatch order: the first *limit*, and how many in all."""
+        names = list(roles) if roles else list(self.eligible)
+        wanted = set(names)
+        ready = [t for r in names for k in self.eligible.get(r, ()) if (t := self._ready_now(k, wanted, now))]
+        ready.sort(key=lambda t: domain.dispatch_order(t, self.unblocks(t.key)))
+        return ready[:limit], len(ready)
+
+    def task_events(self, key: str, limit: int) -> list[Event]:
+        """The task's newest events, newest first."""
+        self.require(key)
+        out: list[Event] = []
+        for event in reversed(self.events):
+            if event.task == key:
+                out.append(event)
+                if len(out) >= limit:
+                    break
+        return out
 
     def plan_heartbeat(self, key: str, token: str, lease_seconds: float, now: datetime) -> tuple[Changes, Lease]:
         """Extend a lease. Not a task change: no version bump, no event (lease bookkeeping only)."""
         task = self._check_token(key, token, now)
         expires = now + timedelta(seconds=lease_seconds)
         changes = Changes(tasks={key: task.model_copy(update={"lease_expires_at": expires})})
-        return changes, Lease(token=token, holder=task.lease_holder or "", expires_at=expires)
+        return changes, Lease(token=token, holder=task.lease_holder or "", expires_at=expires, seconds=lease_seconds)
 
     def plan_complete(self, key: str, token: str, result: Any, now: datetime) -> tuple[Changes, Task]:
         """Done with result; dependents promoted."""
@@ -763,17 +865,33 @@ class ProjectState:
         config: DispatchConfig,
         now: datetime,
         kind: str,
+        backoff: bool = True,
     ) -> Task:
         attempts = task.attempts + 1
+        if retryable and attempts < task.max_attempts and not backoff:
+            # an expired lease: the holder vanished, the task is not at fault; ready again at once
+            new = task.model_copy(
+                update={"status": S.NOT_STARTED, "attempts": attempts, "last_error": error, "not_before": None}
+            )
+            return self._transition(changes, task, new, kind, now, token=None, retry_in=0.0)
         if retryable and attempts < task.max_attempts:
             delay = domain.backoff_delay(
                 attempts, config.backoff_base_seconds, config.backoff_max_seconds, config.backoff_jitter
             )
             new = task.model_copy(
-                update={"status": S.NOT_STARTED, "attempts": attempts, "last_error": error, "not_before": now + delay}
+                update={
+                    "status": S.NOT_STARTED,
+                    "attempts": attempts,
+                    "last_error": error,
+                    "not_before": now + delay,
+                    "assignee": None,
+                }
             )
             return self._transition(changes, task, new, kind, now, token=None, retry_in=delay.total_seconds())
-        new = task.model_copy(update={"status": S.FAILED, "attempts": attempts, "last_error": error})
+        update: dict[str, Any] = {"status": S.FAILED, "attempts": attempts, "last_error": error}
+        if kind == "lease_expired":
+            update["assignee"] = None  # an expired holder is not working on it any more
+        new = task.model_copy(update=update)
         return self._transition(changes, task, new, kind, now, token=None, dead_letter=True)
 
     def plan_fail(
@@ -788,7 +906,8 @@ class ProjectState:
         """Give back without counting an attempt."""
         task = self._check_token(key, token, now)
         changes = Changes()
-        new = task.model_copy(update={"status": S.NOT_STARTED})
+        # nobody works on it any more: the old holder no longer shows as its assignee
+        new = task.model_copy(update={"status": S.NOT_STARTED, "assignee": None})
         return changes, self._transition(changes, task, new, "released", now, token=None)
 
     def plan_retry(self, key: str, actor: str, now: datetime) -> tuple[Changes, Task]:
@@ -808,7 +927,7 @@ class ProjectState:
         return changes, self._transition(changes, task, new, "retried", now, actor=actor)
 
     def plan_sweep(self, config: DispatchConfig, now: datetime) -> tuple[Changes, list[str]]:
-        """Expire leases past their expiry (counts an attempt)."""
+        """Expire leases past their expiry (counts an attempt; ready again at once, first in line)."""
         changes = Changes()
         expired: list[str] = []
         for key in sorted(self.leased, key=lambda k: self.tasks[k].seq):
@@ -816,7 +935,14 @@ class ProjectState:
             if task.lease_expires_at is not None and task.lease_expires_at <= now:
                 expired.append(key)
                 self._failure(
-                    changes, task, f"lease of {task.lease_holder} expired", True, config, now, "lease_expired"
+                    changes,
+                    task,
+                    f"lease of {task.lease_holder} expired",
+                    True,
+                    config,
+                    now,
+                    EVENT_LEASE_EXPIRED,
+                    backoff=False,
                 )
         # backoffs that came due: ready now (their heap entries were deferred)
         for role_keys in self.eligible.values():
@@ -855,6 +981,18 @@ class ProjectState:
                 self.tokens[key] = token
         for key, new in changes.tasks.items():
             self._store_task(key, new)
+        # A task whose lease expired goes to the head of its priority's line (it waited its turn
+        # already). Derived from the event, so a journal replay orders it the same way.
+        for event in changes.events:
+            if event.kind == EVENT_LEASE_EXPIRED and event.task is not None:
+                self._to_front(event.task)
+
+    def _to_front(self, key: str) -> None:
+        task = self.tasks.get(key)
+        if task is None or key not in self.eligible.get(task.role, ()):
+            return
+        self._front_seq += 1
+        heapq.heappush(self._heaps.setdefault(task.role, []), (_PRIORITY_RANK[task.priority], -self._front_seq, key))
 
     def _store_task(self, key: str, new: Task) -> None:
         old = self.tasks.get(key)
@@ -868,12 +1006,16 @@ class ProjectState:
             self.dependents.get(dep, set()).discard(key)
         for dep in new_deps - old_deps:
             self.dependents.setdefault(dep, set()).add(key)
+        for dep in old_deps ^ new_deps:
+            self._push_boost(dep)  # its count of tasks it unblocks changed
         if old is None or old_deps != new_deps:
             self.pending[key] = sum(
                 1 for d in new.depends_on if (dt := self.tasks.get(d)) is None or dt.status is not S.DONE
             )
         was_done = old is not None and old.status is S.DONE
         if was_done != (new.status is S.DONE):
+            for dep in new_deps:
+                self._push_boost(dep)  # one more (or one less) not-done task waits on it
             delta = -1 if new.status is S.DONE else 1
             for dependent in self.dependents.get(key, ()):
                 self.pending[dependent] = self.pending.get(dependent, 0) + delta
@@ -895,5 +1037,6 @@ class ProjectState:
                 heapq.heappush(
                     self._heaps.setdefault(task.role, []), (_PRIORITY_RANK[task.priority], task.seq, task.key)
                 )
+                self._push_boost(task.key)
         else:
             eligible.discard(task.key)

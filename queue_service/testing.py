@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from queue_service import exceptions
+from queue_service import domain, exceptions
 from queue_service.backend import Backend, DispatchConfig, Dispatcher, EventStream, RecordStore
 from queue_service.models import (
     ApiToken,
@@ -30,6 +30,7 @@ from queue_service.models import (
     ProjectSnapshot,
     ProjectUpdate,
     QueueStats,
+    ReadyList,
     SweepReport,
     SyncFileState,
     Task,
@@ -181,6 +182,14 @@ class _Records(RecordStore):
     async def stats(self, project: str) -> QueueStats:
         return self.b.state(project).stats(self.b.now())
 
+    async def ready_tasks(self, project: str, roles: Sequence[str] | None = None, limit: int = 20) -> ReadyList:
+        state = self.b.state(project)
+        tasks, total = state.ready_ordered(roles, limit, self.b.now())
+        return ReadyList(tasks=tasks, total=total, unblocks={t.key: state.unblocks(t.key) for t in tasks})
+
+    async def task_events(self, project: str, key: str, limit: int = 20) -> list[Event]:
+        return self.b.state(project).task_events(key, limit)
+
     async def list_events(self, project: str, after_id: int = 0, limit: int = 1000) -> list[Event]:
         events = self.b.state(project).events
         start = bisect.bisect_right(events, after_id, key=lambda e: e.id)
@@ -209,6 +218,23 @@ class _Records(RecordStore):
     async def count_api_tokens(self) -> int:
         return len(self.b.api_tokens)
 
+    async def list_api_tokens(self) -> list[ApiToken]:
+        return sorted(self.b.api_tokens.values(), key=lambda t: (t.created_at, t.id))
+
+    async def revoke_api_token(self, token_id: str) -> ApiToken:
+        token = self.b.api_tokens.get(token_id)
+        if token is None:
+            raise exceptions.NotFound(f"no token with id {token_id!r}", token=token_id)
+        if token.revoked_at is None:
+            token = token.model_copy(update={"revoked_at": utcnow()})
+            self.b.api_tokens[token_id] = token
+        return token
+
+    async def purge_api_tokens(self) -> int:
+        count = len(self.b.api_tokens)
+        self.b.api_tokens.clear()
+        return count
+
     async def export_project(self, project: str) -> ProjectSnapshot:
         return snapshot_of(self.b.state(project))
 
@@ -235,7 +261,7 @@ class _Dispatch(Dispatcher):
         lease_seconds: float | None = None,
     ) -> Claim | None:
         state = self.b.state(project)
-        lease = lease_seconds or self.b.config.lease_seconds
+        lease = domain.lease_length(lease_seconds, self.b.config.lease_seconds)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + max(0.0, wait)
         cond = self.b.condition(project)
@@ -267,7 +293,7 @@ class _Dispatch(Dispatcher):
     ) -> list[Claim]:
         """See :meth:`Dispatcher.claim_many`: the whole batch is planned and applied as one change."""
         state = self.b.state(project)
-        lease = lease_seconds or self.b.config.lease_seconds
+        lease = domain.lease_length(lease_seconds, self.b.config.lease_seconds)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + max(0.0, wait)
         cond = self.b.condition(project)
@@ -308,7 +334,8 @@ class _Dispatch(Dispatcher):
 
     async def heartbeat(self, project: str, key: str, token: str, lease_seconds: float | None = None) -> Lease:
         state = self.b.state(project)
-        changes, lease = state.plan_heartbeat(key, token, lease_seconds or self.b.config.lease_seconds, self.b.now())
+        seconds = domain.lease_length(lease_seconds, self.b.config.lease_seconds)
+        changes, lease = state.plan_heartbeat(key, token, seconds, self.b.now())
         self.b.commit(state, changes)
         return lease
 

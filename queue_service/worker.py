@@ -12,6 +12,16 @@ the event loop) still keeps its lease. Leaving the job:
 
 If the lease is lost meanwhile (expired and claimed by someone else), finishing is refused by the
 service; the job records ``outcome = "lost"`` instead of raising.
+
+Leases: each claim asks for ``lease_seconds`` (default 30 s) and heartbeats every third of it. The
+period comes from the lease *length*, never from the server's expiry time read against this machine's
+clock (a client whose clock is behind would otherwise wait past the lease).
+
+Finishing survives a short outage: ``complete``/``fail`` are retried (bounded, with backoff) while
+the service answers 503 or cannot be reached. That is safe: a token completes (or fails) a task at
+most once; a repeat after a lost answer is refused, and a completion that did go through is
+recognised (the task is done with this result). After the last try the job ends ``lost`` (the task
+is handed out again once its lease runs out) and the worker goes on.
 """
 
 from __future__ import annotations
@@ -19,21 +29,32 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import json
 import logging
 import threading
+import time
 import traceback
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, Sequence
-from datetime import datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal
 
 from queue_service import exceptions
-from queue_service.models import Claim, Lease, Task, utcnow
+from queue_service.models import Claim, Lease, Task, TaskStatus
 
 if TYPE_CHECKING:
     from queue_service.client import AsyncClient, Client
 
-__all__ = ["AsyncJob", "AsyncWorker", "Job", "Outcome", "PermanentError", "Worker"]
+__all__ = [
+    "DEFAULT_LEASE_SECONDS",
+    "AsyncJob",
+    "AsyncWorker",
+    "Job",
+    "Outcome",
+    "PermanentError",
+    "Worker",
+    "completed_with",
+    "heartbeat_interval",
+]
 
 logger = logging.getLogger("queue_service.worker")
 
@@ -42,6 +63,12 @@ Outcome = Literal["completed", "failed", "released", "lost"]
 _ERROR_TAIL = 4000
 _MIN_INTERVAL = 0.05
 _IDLE_BACKOFF_MAX = 5.0
+#: the lease the worker helper and ``queue-service run`` ask for when none is given, seconds
+DEFAULT_LEASE_SECONDS = 30.0
+#: tries of a complete/fail while the service is unavailable, and the first/longest pause between them
+_FINISH_TRIES = 6
+_FINISH_DELAY = 0.25
+_FINISH_DELAY_MAX = 4.0
 
 
 class PermanentError(Exception):
@@ -55,20 +82,47 @@ def _describe(exc: BaseException) -> str:
     return full[-_ERROR_TAIL:]
 
 
-def _interval(lease: Lease, heartbeat_seconds: float | None) -> float:
-    if heartbeat_seconds is not None:
-        return max(_MIN_INTERVAL, heartbeat_seconds)
-    remaining = (lease.expires_at - utcnow()).total_seconds()
-    return max(_MIN_INTERVAL, remaining / 3)
+def heartbeat_interval(lease_seconds: float, heartbeat_seconds: float | None = None) -> float:
+    """The heartbeat period: *heartbeat_seconds* if given, else a third of the lease *length*.
+
+    Never derived from the lease's absolute expiry: that is the server's clock, and a client whose
+    clock is behind would compute a period longer than the lease.
+    """
+    period = heartbeat_seconds if heartbeat_seconds is not None else lease_seconds / 3
+    return max(_MIN_INTERVAL, period)
+
+
+def completed_with(task: Task, result: Any) -> bool:
+    """Is *task* done with *result* (as JSON sees it)? Then an earlier try of a completion landed."""
+    if task.status is not TaskStatus.DONE:
+        return False
+    try:
+        return bool(task.result == json.loads(json.dumps(result)))
+    except (TypeError, ValueError):
+        return False
+
+
+def _finish_delay(attempt: int) -> float:
+    return float(min(_FINISH_DELAY_MAX, _FINISH_DELAY * 2 ** (attempt - 1)))
+
+
+def _landed(task: Task, outcome: Outcome, result: Any) -> bool:
+    """After a finishing call was retried and refused: did an earlier try go through?"""
+    return outcome == "completed" and completed_with(task, result)
 
 
 class _Heartbeat:
-    """A daemon thread calling *beat* every *interval* seconds until stopped or the lease is lost."""
+    """A daemon thread calling *beat* every *interval* seconds until stopped or the lease is lost.
 
-    def __init__(self, beat: Callable[[], Lease], interval: float, expires_at: datetime, name: str) -> None:
+    It gives up when beats have failed for a whole lease length, timed on this machine's monotonic
+    clock from the last success (the server's expiry time is not comparable with our clock).
+    """
+
+    def __init__(self, beat: Callable[[], Lease], interval: float, lease_seconds: float, name: str) -> None:
         self._beat = beat
         self.interval = interval
-        self.expires_at = expires_at
+        self.lease_seconds = lease_seconds
+        self._valid_until = time.monotonic() + lease_seconds
         self.beats = 0
         self.lost = threading.Event()
         self._stop = threading.Event()
@@ -84,29 +138,30 @@ class _Heartbeat:
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
+            sent = time.monotonic()
             try:
-                lease = self._beat()
+                self._beat()
             except exceptions.LeaseError:
                 logger.warning("lease lost: %s", self._thread.name)
                 self.lost.set()
                 return
             except Exception as exc:
                 # transient (service restarting, network): keep trying until the lease runs out
-                if utcnow() >= self.expires_at:
+                if time.monotonic() >= self._valid_until:
                     logger.warning("heartbeat failed past the lease expiry (%s): giving up", exc)
                     self.lost.set()
                     return
                 logger.warning("heartbeat failed, will retry: %s", exc)
                 continue
             self.beats += 1
-            self.expires_at = lease.expires_at
+            self._valid_until = sent + self.lease_seconds
 
 
 class _JobBase:
     def __init__(self, project: str, claim: Claim, interval: float, lease_seconds: float | None) -> None:
         self.project = project
-        #: lease length each heartbeat asks for (None: the service's default)
-        self.lease_seconds = lease_seconds
+        #: lease length each heartbeat asks for
+        self.lease_seconds = lease_seconds if lease_seconds is not None else DEFAULT_LEASE_SECONDS
         self.task: Task = claim.task
         self.lease: Lease = claim.lease
         #: set this inside the job; it becomes the task's result on completion
@@ -139,7 +194,7 @@ class _JobBase:
         return bool(self._heartbeat and self._heartbeat.lost.is_set())
 
     def _start_heartbeat(self, beat: Callable[[], Lease]) -> None:
-        self._heartbeat = _Heartbeat(beat, self._interval, self.lease.expires_at, self.task.key)
+        self._heartbeat = _Heartbeat(beat, self._interval, self.lease_seconds, self.task.key)
         self._heartbeat.start()
 
     def _stop_heartbeat(self) -> None:
@@ -185,20 +240,41 @@ class Job(_JobBase):
         self.fail(_describe(exc), retryable=not isinstance(exc, PermanentError))
         return True
 
-    def _finish(self, outcome: Outcome, call: Callable[[], Task]) -> Task | None:
+    def _finish(self, outcome: Outcome, call: Callable[[], Task], result: Any = None) -> Task | None:
         self._stop_heartbeat()
-        try:
-            self.final = call()
-        except exceptions.LeaseError as exc:
-            logger.warning("task %s: lease lost before it could be %s: %s", self.key, outcome, exc)
-            self.outcome = "lost"
-            return None
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                self.final = call()
+                break
+            except exceptions.BackendUnavailable as exc:
+                if attempt >= _FINISH_TRIES:
+                    # the worker lives on; the task is handed out again once its lease runs out
+                    logger.error("task %s: gave up being %s after %d tries: %s", self.key, outcome, attempt, exc)
+                    self.outcome = "lost"
+                    return None
+                delay = _finish_delay(attempt)
+                logger.warning("task %s: could not be %s (%s); retrying in %.2fs", self.key, outcome, exc, delay)
+                time.sleep(delay)
+            except exceptions.LeaseError as exc:
+                if attempt > 1:
+                    with contextlib.suppress(exceptions.QueueServiceError):
+                        task = self._client.get_task(self.project, self.key)
+                        if _landed(task, outcome, result):
+                            self.final, self.outcome = task, outcome
+                            return task
+                logger.warning("task %s: lease lost before it could be %s: %s", self.key, outcome, exc)
+                self.outcome = "lost"
+                return None
         self.outcome = outcome
         return self.final
 
     def complete(self, result: Any = None) -> Task | None:
         """Mark the task done now (None if the lease was lost)."""
-        return self._finish("completed", lambda: self._client.complete(self.project, self.key, self.token, result))
+        return self._finish(
+            "completed", lambda: self._client.complete(self.project, self.key, self.token, result), result
+        )
 
     def fail(self, error: str, *, retryable: bool = True) -> Task | None:
         """Report a failed attempt now (None if the lease was lost)."""
@@ -251,21 +327,40 @@ class AsyncJob(_JobBase):
         await self.fail(_describe(exc), retryable=not isinstance(exc, PermanentError))
         return True
 
-    async def _finish(self, outcome: Outcome, call: Callable[[], Awaitable[Task]]) -> Task | None:
+    async def _finish(self, outcome: Outcome, call: Callable[[], Awaitable[Task]], result: Any = None) -> Task | None:
         await asyncio.to_thread(self._stop_heartbeat)
-        try:
-            self.final = await call()
-        except exceptions.LeaseError as exc:
-            logger.warning("task %s: lease lost before it could be %s: %s", self.key, outcome, exc)
-            self.outcome = "lost"
-            return None
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                self.final = await call()
+                break
+            except exceptions.BackendUnavailable as exc:
+                if attempt >= _FINISH_TRIES:
+                    # the worker lives on; the task is handed out again once its lease runs out
+                    logger.error("task %s: gave up being %s after %d tries: %s", self.key, outcome, attempt, exc)
+                    self.outcome = "lost"
+                    return None
+                delay = _finish_delay(attempt)
+                logger.warning("task %s: could not be %s (%s); retrying in %.2fs", self.key, outcome, exc, delay)
+                await asyncio.sleep(delay)
+            except exceptions.LeaseError as exc:
+                if attempt > 1:
+                    with contextlib.suppress(exceptions.QueueServiceError):
+                        task = await self._client.get_task(self.project, self.key)
+                        if _landed(task, outcome, result):
+                            self.final, self.outcome = task, outcome
+                            return task
+                logger.warning("task %s: lease lost before it could be %s: %s", self.key, outcome, exc)
+                self.outcome = "lost"
+                return None
         self.outcome = outcome
         return self.final
 
     async def complete(self, result: Any = None) -> Task | None:
         """Mark the task done now (None if the lease was lost)."""
         return await self._finish(
-            "completed", lambda: self._client.complete(self.project, self.key, self.token, result)
+            "completed", lambda: self._client.complete(self.project, self.key, self.token, result), result
         )
 
     async def fail(self, error: str, *, retryable: bool = True) -> Task | None:
@@ -298,7 +393,10 @@ class _WorkerBase:
         self.project = project
         self.agent = agent
         self.roles = list(roles) if roles else None
-        self.lease_seconds = lease_seconds
+        if lease_seconds is not None and not lease_seconds > 0:
+            raise exceptions.ValidationError(f"lease_seconds must be positive, got {lease_seconds}")
+        #: the lease each claim asks for (and each heartbeat renews)
+        self.lease_seconds = lease_seconds if lease_seconds is not None else DEFAULT_LEASE_SECONDS
         self.heartbeat_seconds = heartbeat_seconds
         self.wait_seconds = wait_seconds
         self.stop_when_idle = stop_when_idle
@@ -331,7 +429,8 @@ class Worker(_WorkerBase):
                     self.project,
                     self.agent,
                     roles=self.roles,
-                    wait_seconds=self.wait_seconds,
+                    # stop_when_idle: an empty queue ends the loop at once, not after a long-poll
+                    wait_seconds=0.0 if self.stop_when_idle else self.wait_seconds,
                     lease_seconds=self.lease_seconds,
                 )
             except exceptions.BackendUnavailable as exc:
@@ -345,7 +444,7 @@ class Worker(_WorkerBase):
                     return
                 continue
             self.processed += 1
-            interval = _interval(claim.lease, self.heartbeat_seconds)
+            interval = heartbeat_interval(self.lease_seconds, self.heartbeat_seconds)
             yield Job(self._client, self.project, claim, interval, self.lease_seconds)
 
     def run(self, fn: Callable[[Task], Any], *, max_tasks: int | None = None) -> int:
@@ -389,7 +488,8 @@ class AsyncWorker(_WorkerBase):
                     self.project,
                     self.agent,
                     roles=self.roles,
-                    wait_seconds=self.wait_seconds,
+                    # stop_when_idle: an empty queue ends the loop at once, not after a long-poll
+                    wait_seconds=0.0 if self.stop_when_idle else self.wait_seconds,
                     lease_seconds=self.lease_seconds,
                 )
             except exceptions.BackendUnavailable as exc:
@@ -404,7 +504,7 @@ class AsyncWorker(_WorkerBase):
                 continue
             self.processed += 1
             beat = self._beat_factory(self.project, claim.task.key, claim.lease.token, self.lease_seconds, loop)
-            interval = _interval(claim.lease, self.heartbeat_seconds)
+            interval = heartbeat_interval(self.lease_seconds, self.heartbeat_seconds)
             yield AsyncJob(self._client, self.project, claim, interval, beat, self.lease_seconds)
 
     async def run(self, fn: Callable[[Task], Any], *, max_tasks: int | None = None) -> int:

@@ -144,7 +144,7 @@ class Cycle:
 
     async def note(self, key: str, text: str) -> None:
         try:
-            await self.svc.add_note(self.slug, key, SYNC_ACTOR, text)
+            await self.svc.add_note(self.slug, key, SYNC_ACTOR, text, system=True)
         except exceptions.QueueServiceError as exc:  # a note must never stop the sync
             logger.warning("could not add a sync note to %s/%s: %s", self.slug, key, exc)
 

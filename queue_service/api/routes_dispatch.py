@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import time
+from typing import Annotated
 
-from fastapi import APIRouter, Request, Response, status
+from fastapi import APIRouter, Query, Request, Response, status
 
 from queue_service import exceptions
-from queue_service.api.deps import KeyPath, ProjectPath, ServiceDep, StateDep, StrictJSONRoute, WorkDep
+from queue_service.api import limits
+from queue_service.api.deps import KeyPath, ProjectPath, ReadDep, ServiceDep, StateDep, StrictJSONRoute, WorkDep
 from queue_service.api.schemas import (
     ClaimBatch,
     ClaimRequest,
@@ -18,7 +20,7 @@ from queue_service.api.schemas import (
     HeartbeatRequest,
     ReleaseRequest,
 )
-from queue_service.models import Claim, Lease, Task
+from queue_service.models import Claim, Lease, ReadyList, Task
 
 __all__ = ["router"]
 
@@ -45,7 +47,12 @@ async def claim(
         return await _claim_many(project, body, body.limit, request, state)
     started = time.perf_counter()
     result = await state.service.claim(
-        project, body.agent, body.roles, wait=body.wait_seconds, lease_seconds=body.lease_seconds
+        project,
+        body.agent,
+        body.roles,
+        wait=body.wait_seconds,
+        lease_seconds=body.lease_seconds,
+        lease_profile=body.lease_profile,
     )
     outcome = "claimed" if result else "empty"
     state.metrics.claim_latency.labels(project, outcome).observe(time.perf_counter() - started)
@@ -63,8 +70,9 @@ async def claim(
 
 async def _claim_many(project: str, body: ClaimRequest, limit: int, request: Request, state: StateDep) -> ClaimBatch:
     started = time.perf_counter()
+    lease = state.service.agent_lease(body.lease_seconds) if body.lease_profile == "agent" else body.lease_seconds
     claims = await state.service.claim_many(
-        project, body.agent, body.roles, limit=limit, wait=body.wait_seconds, lease_seconds=body.lease_seconds
+        project, body.agent, body.roles, limit=limit, wait=body.wait_seconds, lease_seconds=lease
     )
     state.metrics.claim_latency.labels(project, "claimed" if claims else "empty").observe(time.perf_counter() - started)
     if not claims:
@@ -80,6 +88,20 @@ async def _claim_many(project: str, body: ClaimRequest, limit: int, request: Req
     return ClaimBatch(claims=claims)
 
 
+@router.get("/ready", response_model=ReadyList)
+async def ready(
+    project: ProjectPath,
+    service: ServiceDep,
+    _: ReadDep,
+    role: Annotated[list[str] | None, Query(max_length=100, description="roles; repeat or comma-separate")] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 20,
+) -> ReadyList:
+    """Ready tasks in the one dispatch order (priority, then how many not-done tasks each unblocks,
+    then age): the first ``limit`` and the ``total``. ``limit=1`` is "what should I do next"."""
+    roles = [r.strip() for value in role or [] for r in value.split(",") if r.strip()]
+    return await service.ready(project, roles or None, limit)
+
+
 @router.post("/tasks/{key}/heartbeat", response_model=Lease)
 async def heartbeat(
     project: ProjectPath, key: KeyPath, body: HeartbeatRequest, service: ServiceDep, _: WorkDep
@@ -91,6 +113,7 @@ async def heartbeat(
 @router.post("/tasks/{key}/complete", response_model=Task)
 async def complete(project: ProjectPath, key: KeyPath, body: CompleteRequest, state: StateDep, _: WorkDep) -> Task:
     """Finish the task with a result; dependents whose deps are all done become ready."""
+    limits.check_result(body.result, state.settings)
     task = await state.service.complete(project, key, body.token, body.result)
     state.metrics.completions.labels(project).inc()
     return task

@@ -22,7 +22,7 @@ import typer
 from typer.core import TyperGroup
 
 from queue_service import exceptions
-from queue_service.cli import admin, dispatch, sync, transfer
+from queue_service.cli import admin, agent_loop, dispatch, mcp, sync, transfer
 from queue_service.cli import run as run_cmd
 from queue_service.cli._core import (
     EXIT_DOMAIN,
@@ -117,10 +117,19 @@ app = typer.Typer(
     help="Task orchestration for teams of AI agents. Set QUEUE_URL to use a server; otherwise the configured "
     "backend is opened directly (flatfile in ./.queue-data by default).",
     no_args_is_help=True,
-    add_completion=False,
+    # --install-completion / --show-completion (bash, zsh, fish, PowerShell)
+    add_completion=True,
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from queue_service import __version__
+
+        sys.stdout.write(f"queue-service {__version__}\n")
+        raise typer.Exit(0)
 
 
 @app.callback()
@@ -131,6 +140,9 @@ def _root(
     ] = None,
     token: Annotated[str | None, typer.Option(envvar="QUEUE_TOKEN", help="Bearer token for --url.")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="JSON output for every command.")] = False,
+    version: Annotated[  # noqa: ARG001 - handled by its eager callback
+        bool, typer.Option("--version", is_eager=True, callback=_print_version, help="Print the version and exit.")
+    ] = False,
 ) -> None:
     state = ctx.obj if isinstance(ctx.obj, CliState) else CliState()
     state.url = url or None
@@ -142,8 +154,10 @@ def _root(
 app.add_typer(project_app, name="project", rich_help_panel="Plan")
 app.add_typer(mission_app, name="mission", rich_help_panel="Plan")
 app.add_typer(task_app, name="task", rich_help_panel="Plan")
-dispatch.register(app)  # claim, heartbeat, complete, fail, release (Agents); stats, events (Observe)
+agent_loop.register(app)  # claim, next, ready, prime (Agents); dead-letter (Observe); dep (Plan)
+dispatch.register(app)  # heartbeat, complete, fail, release (Agents); stats, events (Observe)
 run_cmd.register(app)  # run (Agents)
+mcp.register(app)  # mcp (Agents): the MCP tools over stdio
 transfer.register(app)  # export, import (Move)
 admin.register(app)  # serve, migrate, token (Operate)
 sync.register(app)  # sync (Plan): TASKS.md <-> service, see workspace_sync

@@ -29,6 +29,7 @@ from typer.core import TyperArgument, TyperCommand, TyperOption
 
 from queue_service import exceptions
 from queue_service.models import (
+    Claim,
     Event,
     Mission,
     MissionCreate,
@@ -37,6 +38,7 @@ from queue_service.models import (
     ProjectCreate,
     ProjectSnapshot,
     QueueStats,
+    ReadyList,
     Task,
     TaskCreate,
     TaskFilter,
@@ -125,6 +127,17 @@ class QueueOps(RunnerOps, Protocol):
     async def stats(self, project: str, /) -> QueueStats: ...
     async def export_project(self, project: str, /) -> ProjectSnapshot: ...
     async def import_project(self, snapshot: ProjectSnapshot, /) -> Project: ...
+    async def claim_next(
+        self,
+        project: str,
+        agent: str,
+        roles: Sequence[str] | None = None,
+        lease_seconds: float | None = None,
+        wait: float = 0.0,
+        /,
+    ) -> Claim | None: ...
+    async def ready(self, project: str, roles: Sequence[str] | None = None, limit: int = 20, /) -> ReadyList: ...
+    async def dead_letter(self, project: str, limit: int = 100, /) -> list[Task]: ...
 
 
 @dataclass
@@ -175,6 +188,7 @@ def state_of(ctx: typer.Context) -> CliState:
 @contextlib.asynccontextmanager
 async def _local(state: CliState) -> AsyncIterator[Connection]:
     from queue_service.service import QueueService
+    from queue_service.workspaces import WorkspacePolicy
 
     settings = state.settings()
     url = settings.resolved_backend_url()
@@ -183,7 +197,12 @@ async def _local(state: CliState) -> AsyncIterator[Connection]:
     except ImportError as exc:
         raise exceptions.ConfigurationError(f"the backend for {url!r} is not available: {exc}") from None
     async with backend:
-        service = QueueService(backend, workspace_root=settings.workspace)
+        # no server: the user is the operator of this machine (see queue_service.workspaces)
+        service = QueueService(
+            backend,
+            workspaces=WorkspacePolicy.from_settings(settings, operator=True),
+            agent_lease_seconds=settings.agent_lease_seconds,
+        )
         yield Connection(
             ops=service, mode="local", source=backend.name, sweep=backend.dispatch.sweep, settings=settings
         )
@@ -314,8 +333,9 @@ class ProjectCommand(UsageCommand):
         # Always filled in by _place_project; not "required" so help does not claim the option is needed.
         self._option.required = False
         self._arguments = [p for p in self.params if isinstance(p, TyperArgument)]
-        for arg in self._arguments:
-            if arg.nargs != 1:
+        for i, arg in enumerate(self._arguments):
+            # one value each, except that the last may take the rest (``qs dep add PROJECT KEY DEP...``)
+            if arg.nargs != 1 and not (arg.nargs == -1 and i == len(self._arguments) - 1):
                 raise TypeError(f"command {self.name!r}: positionals of a ProjectCommand take one value each")
             if arg.metavar is None and arg.name:
                 arg.metavar = arg.name.upper()  # KEY, TITLE… in usage lines and error messages
@@ -342,18 +362,28 @@ class ProjectCommand(UsageCommand):
         """Decide the project; rewrite *opts* so every positional gets its meaning; return what is left over."""
         slots = [self._project_arg, *self._arguments]
         # The parser filled the slots in order and left any surplus in *extra*: together, every positional.
-        tokens = [v for v in (opts.pop(a.name or "", None) for a in slots) if v is not None] + list(extra)
+        tokens: list[str] = []
+        for value in (opts.pop(a.name or "", None) for a in slots):
+            if isinstance(value, (list, tuple)):
+                tokens.extend(value)
+            elif value is not None:
+                tokens.append(value)
+        tokens += list(extra)
+        variadic = bool(self._arguments) and self._arguments[-1].nargs == -1
+        fixed = self._arguments[:-1] if variadic else self._arguments
         option_name = self._option.name or "project"
         explicit: str | None = opts.get(option_name)
         from_env = self._option.resolve_envvar_value(ctx)
         if explicit is not None:
             project, source, rest = explicit, "'--project'", tokens
-            if len(rest) > len(self._arguments):
+            if not variadic and len(rest) > len(self._arguments):
                 ctx.fail(
                     f"unexpected extra argument {rest[len(self._arguments)]!r} "
                     "(the project is already given with --project)"
                 )
-        elif from_env and len(tokens) <= len(self._arguments):
+        elif (from_env and not variadic and len(tokens) <= len(self._arguments)) or (
+            from_env and variadic and not (tokens and _is_slug(tokens[0]))
+        ):
             project, source, rest = from_env, "QUEUE_PROJECT", tokens
         elif tokens:
             project, source, rest = tokens[0], "'PROJECT'", tokens[1:]
@@ -371,9 +401,20 @@ class ProjectCommand(UsageCommand):
                 param_hint=source,
             ) from None
         opts[option_name] = project
-        for arg, value in zip(self._arguments, rest, strict=False):
+        for arg, value in zip(fixed, rest, strict=False):
             opts[arg.name or ""] = value
+        if variadic:
+            opts[self._arguments[-1].name or ""] = tuple(rest[len(fixed) :])
+            return []
         return rest[len(self._arguments) :]
+
+
+def _is_slug(value: str) -> bool:
+    try:
+        validate_slug(value)
+    except exceptions.ValidationError:
+        return False
+    return True
 
 
 # ---------------------------------------------------------------------------------------------
@@ -474,6 +515,51 @@ def task_table(tasks: Sequence[Task], title: str | None = None) -> Table:
             t.title,
         )
     return table
+
+
+#: The fields of a task in ``--json`` listings unless ``--fields``/``--full`` say otherwise (issue 11:
+#: an agent's context is a budget; the whole record is one ``--full`` or ``qs task show`` away).
+SLIM_FIELDS = ("key", "title", "status", "role", "priority", "assignee", "depends_on", "attempts")
+FieldsOpt = Annotated[
+    str | None,
+    typer.Option("--fields", help="With --json: the task fields to print, comma-separated (e.g. key,title,status)."),
+]
+FullOpt = Annotated[bool, typer.Option("--full", help="With --json: every task field (default: a slim record).")]
+
+
+def task_fields(fields: str | None, full: bool, extra: Sequence[str] = ()) -> tuple[str, ...] | None:
+    """The task fields a ``--json`` record keeps (None: all). Unknown names are a clear error."""
+    if full:
+        return None
+    if fields is None:
+        return (*SLIM_FIELDS, *extra)
+    names = tuple(dict.fromkeys(split_csv([fields])))
+    unknown = [n for n in names if n not in Task.model_fields]
+    if unknown or not names:
+        known = ", ".join(Task.model_fields)
+        raise exceptions.ValidationError(
+            f"--fields: unknown task field(s) {', '.join(unknown) or '(none)'}; known: {known}"
+        )
+    return names
+
+
+def slim(task: Task, keep: tuple[str, ...] | None) -> dict[str, Any]:
+    """A task as JSON data holding only *keep* (all fields when None)."""
+    data: dict[str, Any] = task.model_dump(mode="json")
+    return data if keep is None else {k: data[k] for k in keep if k in data}
+
+
+def shown(count: int, total: int | None, more: str) -> str:
+    """The plain truncation line: ``20 of 3,000 shown; <more>`` (empty when nothing was cut)."""
+    if total is not None and count >= total:
+        return ""
+    of = f" of {total:,}" if total is not None else ""
+    return f"{count:,}{of} shown; {more}"
+
+
+def plural(n: int, word: str) -> str:
+    """``1 task``, ``2 tasks``."""
+    return f"{n:,} {word}" if n == 1 else f"{n:,} {word}s"
 
 
 def split_csv(values: Sequence[str] | None) -> list[str]:

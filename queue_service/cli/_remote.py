@@ -24,6 +24,7 @@ from queue_service.models import (
     ProjectCreate,
     ProjectSnapshot,
     QueueStats,
+    ReadyList,
     Task,
     TaskCreate,
     TaskFilter,
@@ -156,6 +157,28 @@ class RemoteOps:
     ) -> Claim | None:
         """See QueueService.claim."""
         return await self.client.claim(project, agent, roles=roles, wait_seconds=wait, lease_seconds=lease_seconds)
+
+    async def claim_next(
+        self,
+        project: str,
+        agent: str,
+        roles: Sequence[str] | None = None,
+        lease_seconds: float | None = None,
+        wait: float = 0.0,
+        /,
+    ) -> Claim | None:
+        """See QueueService.claim_next (an agent-facing claim: the server's agent lease)."""
+        return await self.client.claim(
+            project, agent, roles=roles, wait_seconds=wait, lease_seconds=lease_seconds, lease_profile="agent"
+        )
+
+    async def ready(self, project: str, roles: Sequence[str] | None = None, limit: int = 20, /) -> ReadyList:
+        """See QueueService.ready."""
+        return await self.client.ready_tasks(project, roles, limit)
+
+    async def dead_letter(self, project: str, limit: int = 100, /) -> list[Task]:
+        """See QueueService.dead_letter."""
+        return await self.client.dead_letter(project, limit)
 
     async def heartbeat(self, project: str, key: str, token: str, lease_seconds: float | None = None, /) -> Lease:
         """See QueueService.heartbeat."""

@@ -1,4 +1,4 @@
-"""Agent-facing commands: claim, heartbeat, complete, fail, release; and stats, events."""
+"""Agent-facing commands: heartbeat, complete, fail, release (claim: agent_loop); and stats, events."""
 
 from __future__ import annotations
 
@@ -20,13 +20,11 @@ from queue_service.cli._core import (
     dash,
     emit,
     is_json,
-    split_csv,
     stdout,
     when,
     write_json,
 )
-from queue_service.models import Claim, Event, Lease, QueueStats, Task
-from queue_service.service import new_agent_id
+from queue_service.models import Event, Lease, QueueStats, Task
 
 __all__ = ["register"]
 
@@ -38,43 +36,6 @@ TokenOpt = Annotated[
 ]
 KeyArg = Annotated[str, typer.Argument(help="Task key, e.g. WEB-12.")]
 LeaseOpt = Annotated[float | None, typer.Option("--lease", help="Lease length in seconds (default: the service's).")]
-
-
-def claim(
-    ctx: typer.Context,
-    project: ProjectOpt,
-    role: Annotated[
-        list[str] | None, typer.Option("--role", "-r", help="Only these roles (repeat, or comma-separate).")
-    ] = None,
-    agent: Annotated[
-        str | None, typer.Option(envvar="QUEUE_AGENT", help="Agent id (env QUEUE_AGENT; default a fresh unique id).")
-    ] = None,
-    wait: Annotated[float, typer.Option(help="Seconds to wait for a task to become ready (0-300).")] = 0.0,
-    lease: LeaseOpt = None,
-    json_out: JsonOpt = False,
-) -> None:
-    """Claim the next ready task. Prints the task and its lease token (JSON: {task, lease} or null).
-
-    Example: qs claim web --agent me --role dev
-    """
-    agent_id = agent or new_agent_id("cli")
-
-    async def body(conn: Connection) -> Claim | None:
-        return await conn.ops.claim(project, agent_id, split_csv(role) or None, wait, lease)
-
-    got = call(ctx, body)
-
-    def human() -> None:
-        if got is None:
-            stdout.print("No task is ready.")
-            return
-        t = got.task
-        stdout.print(f"Claimed [bold]{t.key}[/] {t.title}", highlight=False)
-        stdout.print(f"  agent: {got.lease.holder}")
-        stdout.print(f"  lease until: {when(got.lease.expires_at)}")
-        stdout.print(f"  token: {got.lease.token}")
-
-    emit(ctx, json_out, got, human)
 
 
 def heartbeat(
@@ -220,18 +181,31 @@ def _print_event(e: Event, as_json: bool) -> None:
     stdout.print(f"{e.id:>6}  {when(e.at)}  {e.kind:<12} {subject:<12} {status:<12} {version}", markup=False)
 
 
+async def _latest_event_id(conn: Connection, project: str) -> int:
+    last = 0
+    while batch := await conn.ops.list_events(project, last, 10_000):
+        last = batch[-1].id
+    return last
+
+
 def events(
     ctx: typer.Context,
     project: ProjectOpt,
     after: Annotated[int, typer.Option(help="Only events after this id (resume point).")] = 0,
-    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new events until Ctrl-C.")] = False,
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Print new events as they happen, from now on, until Ctrl-C.")
+    ] = False,
+    since: Annotated[
+        str | None,
+        typer.Option(help="Start after this event id, or 'all' for the whole history (with --follow: default now)."),
+    ] = None,
     limit: Annotated[int | None, typer.Option(help="Stop after this many events.")] = None,
     poll: Annotated[float, typer.Option(help="With --follow: seconds between checks for new events.")] = 0.5,
     json_out: JsonOpt = False,
 ) -> None:
-    """Print the project's event log (JSON: one event per line), optionally following new events.
+    """Print the project's event log (JSON: one event per line); --follow prints new events from now on.
 
-    Example: qs events web --follow
+    Example: qs events web --follow   (history too: --since all, or --since ID)
     """
     as_json = is_json(ctx, json_out)
     if limit is not None and limit < 1:
@@ -239,10 +213,21 @@ def events(
     if poll <= 0:
         raise exceptions.ValidationError(f"--poll must be positive, got {poll}")
 
+    if since is not None and since != "all" and not since.isdigit():
+        raise exceptions.ValidationError(f"--since takes an event id or 'all', got {since[:40]!r}")
+    start: int | None = after
+    if since == "all":
+        start = 0
+    elif since is not None:
+        start = int(since)
+    elif follow and not after:
+        start = None  # from now: skip the history
+
     async def body(conn: Connection) -> None:
         # Polling the durable log (not the live pub/sub) is what makes --follow lossless and work the
         # same on every backend and through the REST client, across processes.
-        last, printed = after, 0
+        last = start if start is not None else await _latest_event_id(conn, project)
+        printed = 0
         while True:
             want = 1000 if limit is None else min(1000, limit - printed)
             batch = await conn.ops.list_events(project, last, want)
@@ -267,7 +252,6 @@ def events(
 def register(app: typer.Typer) -> None:
     """Add these commands to the root app."""
     for name, fn in (
-        ("claim", claim),
         ("heartbeat", heartbeat),
         ("complete", complete),
         ("fail", fail),

@@ -5,19 +5,24 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from queue_service.cli._core import Connection, JsonOpt, UsageCommand, call, is_json, split_csv, write_json
 from queue_service.runner import Runner, RunnerOptions, RunSummary
 
+if TYPE_CHECKING:
+    from typer._click.core import Context as ClickContext
+
 __all__ = ["register"]
 
 
 def run(
     ctx: typer.Context,
-    project: Annotated[str, typer.Argument(metavar="PROJECT", help="Project slug.")],
+    project_arg: Annotated[
+        str | None, typer.Argument(metavar="PROJECT", help="Project slug (or -p/--project, or QUEUE_PROJECT).")
+    ] = None,
     command: Annotated[
         list[str] | None, typer.Argument(metavar="-- COMMAND [ARGS...]", help="The agent command to run per task.")
     ] = None,
@@ -25,7 +30,7 @@ def run(
         list[str] | None, typer.Option("--role", "-r", help="Only claim these roles (repeat, or comma-separate).")
     ] = None,
     concurrency: Annotated[int, typer.Option("--concurrency", "-c", help="Tasks run at the same time.")] = 1,
-    lease: Annotated[float | None, typer.Option(help="Lease seconds per claim (default: the service's).")] = None,
+    lease: Annotated[float | None, typer.Option(help="Lease seconds per claim (default: 30).")] = None,
     heartbeat: Annotated[float | None, typer.Option(help="Heartbeat period in seconds (default: lease/3).")] = None,
     once: Annotated[
         bool, typer.Option("--once", help="Run at most one task; exit at once if none is ready (see --idle-exit).")
@@ -38,10 +43,32 @@ def run(
     runtime: Annotated[
         str | None, typer.Option(help="runtime written to session.lock (default: the command's name).")
     ] = None,
-    workspace: Annotated[
-        Path | None, typer.Option(help="Run here instead of the project's workspace (or cwd).")
+    workdir: Annotated[
+        Path | None,
+        typer.Option(
+            "--workdir",
+            "--workspace",
+            envvar="QUEUE_WORKDIR",
+            help="Run the commands and write session.lock here (default: the current directory). "
+            "--workspace is an old spelling.",
+        ),
+    ] = None,
+    pass_env: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--pass-env",
+            metavar="NAME",
+            help="Give the commands this private variable too (repeat), e.g. --pass-env QUEUE_TOKEN.",
+        ),
     ] = None,
     grace: Annotated[float, typer.Option(help="Seconds between SIGTERM and SIGKILL when stopping.")] = 5.0,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="Do not copy the commands' output (KEY| line) to stderr.")
+    ] = False,
+    project_opt: Annotated[
+        str | None,
+        typer.Option("--project", "-p", envvar="QUEUE_PROJECT", help="Project slug, instead of PROJECT."),
+    ] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Claim tasks and run COMMAND for each (coord runner).
@@ -49,13 +76,34 @@ def run(
     The task is JSON on the command's stdin; QUEUE_TASK_KEY, QUEUE_TASK_TITLE and QUEUE_PROJECT are in
     its environment. Exit 0 completes the task (stdout tail as result); any other
     exit is a retryable failure (stderr tail). Ctrl-C/SIGTERM stops the commands and releases their tasks.
-    Writes session.lock and next-task.json in <workspace>/.mosaic/orchestrator/.
+    Runs in --workdir (env QUEUE_WORKDIR, default: the current directory), never in a path the server
+    names, and writes session.lock and next-task.json in <workdir>/.mosaic/orchestrator/. The commands
+    get this environment minus QUEUE_*/MOSAIC_* variables (QUEUE_TOKEN, database URLs) except
+    QUEUE_URL; --pass-env NAME passes one anyway.
+
+    Each command's output is copied to stderr line by line, prefixed with the task key (KEY| stdout,
+    KEY! stderr); the completed result keeps stdout up to QUEUE_MAX_RESULT_BYTES, cut at a line and
+    marked. The command gets QUEUE_LEASE_TOKEN: notes with it (qs task note) renew the lease.
+
+    Exit codes: 0 every task it ran completed (or none was ready); 4 a task failed (retried or
+    dead-lettered) or lost its lease; 1 an error stopped the run; 2 bad usage; 3 the service is
+    unreachable; 128+N stopped by signal N (130 Ctrl-C, 143 SIGTERM).
 
     Example: qs run web --role dev -c 2 -- claude -p "do the task on stdin"
     """
-    if not command:
-        from queue_service.cli._core import fail_usage
+    from queue_service.cli._core import fail_usage
 
+    after_dashes = ctx.meta.get(_AFTER_DASHES)
+    if after_dashes is not None:
+        # everything after '--' is the command; PROJECT, if given, came before it
+        command = list(after_dashes)
+    elif project_arg is not None and project_opt:
+        # 'qs run -p web ./agent.sh args' without '--': every positional belongs to the command
+        command, project_arg = [project_arg, *(command or [])], None
+    project = project_arg or project_opt
+    if not project:
+        raise fail_usage("run needs a PROJECT: qs run web -- ./agent.sh (or -p/--project, or QUEUE_PROJECT)")
+    if not command:
         raise fail_usage("run needs the command to start after '--', e.g. qs run web -- ./agent.sh")
     options = RunnerOptions(
         project=project,
@@ -68,8 +116,11 @@ def run(
         idle_exit=(0.0 if idle_exit is None else idle_exit) if once else idle_exit,
         agent_name=agent,
         runtime=runtime,
-        workspace=workspace,
+        workspace=workdir,
+        pass_env=tuple(pass_env or ()),
         stop_grace_seconds=grace,
+        max_result_bytes=_max_result_bytes(ctx),
+        echo=None if quiet else sys.stderr,
     )
     options.check()
     _setup_logging()
@@ -85,6 +136,27 @@ def run(
     if summary.error:
         sys.stderr.write(f"error: {summary.error}\n")
     raise typer.Exit(summary.exit_code)
+
+
+_AFTER_DASHES = "queue_service.run.after_dashes"
+
+
+def _max_result_bytes(ctx: typer.Context) -> int:
+    from queue_service.cli._core import state_of
+
+    return state_of(ctx).settings().max_result_bytes
+
+
+class _RunCommand(UsageCommand):
+    """``run``: what follows ``--`` is the command, so ``QUEUE_PROJECT=web qs run -- ./agent.sh`` and
+    ``qs run -p web -- ./agent.sh`` mean what they say (click alone would read ./agent.sh as PROJECT)."""
+
+    def parse_args(self, ctx: ClickContext, args: list[str]) -> list[str]:
+        if "--" in args:
+            i = args.index("--")
+            ctx.meta[_AFTER_DASHES] = args[i + 1 :]
+            args = args[:i]
+        return super().parse_args(ctx, args)
 
 
 class _StderrHandler(logging.Handler):
@@ -110,4 +182,4 @@ def _setup_logging() -> None:
 
 def register(app: typer.Typer) -> None:
     """Add ``run`` to the root app."""
-    app.command("run", cls=UsageCommand, rich_help_panel="Agents")(run)
+    app.command("run", cls=_RunCommand, rich_help_panel="Agents")(run)

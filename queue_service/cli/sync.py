@@ -25,10 +25,12 @@ from queue_service.cli._core import (
     EXIT_DOMAIN,
     Connection,
     JsonOpt,
-    UsageCommand,
+    ProjectCommand,
+    ProjectOpt,
     call,
     emit,
     is_json,
+    plural,
     state_of,
     stdout,
 )
@@ -48,7 +50,8 @@ def _print_status(status: dict[str, Any]) -> None:
         state = "synced " + str(entry.get("synced_at")) if entry.get("synced") else "never synced"
         if entry.get("pending"):
             state += "; the file changed since (edits pending: run `qs sync` or start the server)"
-        stdout.print(f"  {entry['path']} (mission {entry['mission']}): {state}, {entry['tasks']} tasks", markup=False)
+        tasks = plural(entry["tasks"], "task")
+        stdout.print(f"  {entry['path']} (mission {entry['mission']}): {state}, {tasks}", markup=False)
         if entry.get("problem"):
             stdout.print(f"    problem: {entry['problem']}", markup=False)
         for error in entry.get("errors", []):
@@ -103,7 +106,7 @@ async def _remote_status(url: str, token: str | None, project: str) -> dict[str,
 
 def sync(
     ctx: typer.Context,
-    project: Annotated[str, typer.Argument(metavar="PROJECT", help="Project slug (its workspace must be set).")],
+    project: ProjectOpt,
     watch: Annotated[bool, typer.Option("--watch", "-w", help="Keep syncing until Ctrl-C.")] = False,
     status: Annotated[bool, typer.Option("--status", help="Only show the sync status (errors, conflicts).")] = False,
     strict_coord: Annotated[
@@ -138,7 +141,9 @@ def sync(
 
     async def body(conn: Connection) -> dict[str, Any]:
         from queue_service.service import QueueService
-        from workspace_sync.engine import FileSync, mission_path
+        from queue_service.workspaces import locate_tasks_file, locate_workspace
+        from workspace_sync import safe_files
+        from workspace_sync.engine import FileSync, SyncReport, mission_path
         from workspace_sync.manager import WorkspaceSyncManager, sync_status
 
         service = conn.ops
@@ -169,10 +174,20 @@ def sync(
                     stdout.print(f"Syncing {project} in {proj.workspace} (Ctrl-C to stop)…", markup=False)
                 await stop.wait()
                 return await manager.status(project)
+        located = locate_workspace(service.workspaces, proj, await service.list_projects())
+        if isinstance(located, str):
+            raise exceptions.ValidationError(f"project {project}: {located}")
+        if located.parts:  # below QUEUE_WORKSPACE: created as the server's sync would
+            with contextlib.suppress(OSError, safe_files.UnsafeFile):
+                await asyncio.to_thread(safe_files.ensure_directory, located)
         reports = []
         for mission in await service.list_missions(project):
-            path = mission_path(proj.workspace, mission)
-            file_sync = FileSync(service, project, mission.id, path, strict_coord=strict_coord)
+            target = locate_tasks_file(service.workspaces, located, mission)
+            if isinstance(target, str):
+                path = mission_path(proj.workspace, mission)
+                reports.append(SyncReport(path=str(path), problem=target).to_dict())
+                continue
+            file_sync = FileSync(service, project, mission.id, target.path, strict_coord=strict_coord, target=target)
             reports.append((await file_sync.sync(force=True, accept_file=accept_file)).to_dict())
         return {"project": project, "reports": reports}
 
@@ -189,4 +204,4 @@ def sync(
 
 def register(app: typer.Typer) -> None:
     """Add ``sync`` to the root app."""
-    app.command("sync", cls=UsageCommand, rich_help_panel="Plan")(sync)
+    app.command("sync", cls=ProjectCommand, rich_help_panel="Plan")(sync)

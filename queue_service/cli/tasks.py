@@ -14,6 +14,8 @@ from rich.table import Table
 from queue_service import exceptions
 from queue_service.cli._core import (
     Connection,
+    FieldsOpt,
+    FullOpt,
     JsonOpt,
     ProjectCommand,
     ProjectOpt,
@@ -21,11 +23,16 @@ from queue_service.cli._core import (
     dash,
     emit,
     is_json,
+    plural,
+    shown,
+    slim,
     split_csv,
     status_text,
     stdout,
+    task_fields,
     task_table,
     when,
+    write_json,
 )
 from queue_service.models import Note, Task, TaskPage
 
@@ -136,10 +143,12 @@ def task_add(
     tasks = call(ctx, body)
     if is_json(ctx, json_out):
         emit(ctx, True, tasks if from_file is not None else tasks[0], lambda: None)
-    elif len(tasks) == 1:
+    elif from_file is None:
         stdout.print(f"Added [bold]{tasks[0].key}[/] {tasks[0].title}")
     else:
-        stdout.print(task_table(tasks, title=f"Added {len(tasks)} tasks"))
+        # a bulk add answers in one line, not a table as long as the batch
+        span = tasks[0].key if len(tasks) == 1 else f"{tasks[0].key} … {tasks[-1].key}"
+        stdout.print(f"Added {plural(len(tasks), 'task')}: {span}", markup=False)
 
 
 @task_app.command("list", cls=ProjectCommand)
@@ -155,9 +164,11 @@ def task_list(
     milestone: Annotated[str | None, typer.Option(help="Only this milestone.")] = None,
     label: Annotated[str | None, typer.Option("--label", "-l", help="Only tasks with this label.")] = None,
     ready: Annotated[bool, typer.Option("--ready", help="Only tasks that are ready to claim now.")] = False,
-    limit: Annotated[int, typer.Option(help="Page size (1-1000).")] = 100,
+    limit: Annotated[int, typer.Option(help="Page size (1-1000).")] = 20,
     cursor: Annotated[str | None, typer.Option(help="Continue from a previous page's next_cursor.")] = None,
     all_pages: Annotated[bool, typer.Option("--all", help="Fetch every page.")] = False,
+    fields: FieldsOpt = None,
+    full: FullOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
     """List a project's tasks, oldest first (JSON: {items, next_cursor}).
@@ -175,27 +186,34 @@ def task_list(
     }
     filters = {k: v for k, v in filters.items() if v is not None}
 
-    async def body(conn: Connection) -> TaskPage:
+    keep = task_fields(fields, full)
+
+    async def body(conn: Connection) -> tuple[TaskPage, int | None]:
         page = await conn.ops.list_tasks(project, filters, limit, cursor)
+        total: int | None = None
+        if page.next_cursor and cursor is None and set(filters) <= {"status"}:
+            # the plain "20 of 3,000" needs a count: cheap from the status counts when only status filters
+            counts = (await conn.ops.stats(project)).by_status
+            wanted = filters.get("status") or list(counts)
+            total = sum(counts.get(s, 0) for s in wanted)
         if not all_pages:
-            return page
+            return page, total
         items = list(page.items)
         while page.next_cursor:
-            page = await conn.ops.list_tasks(project, filters, limit, page.next_cursor)
+            page = await conn.ops.list_tasks(project, filters, 1000, page.next_cursor)
             items.extend(page.items)
-        return TaskPage(items=tuple(items), next_cursor=None)
+        return TaskPage(items=tuple(items), next_cursor=None), None
 
-    page = call(ctx, body)
-
-    def human() -> None:
-        if not page.items:
-            stdout.print("No tasks match.")
-            return
-        stdout.print(task_table(page.items))
-        if page.next_cursor:
-            stdout.print(f"[dim]more: --cursor {page.next_cursor}  (or --all)[/]")
-
-    emit(ctx, json_out, page, human)
+    page, total = call(ctx, body)
+    if is_json(ctx, json_out):
+        write_json({"items": [slim(t, keep) for t in page.items], "next_cursor": page.next_cursor})
+        return
+    if not page.items:
+        stdout.print("No tasks match.")
+        return
+    stdout.print(task_table(page.items))
+    if page.next_cursor:
+        stdout.print(shown(len(page.items), total, f"--cursor {page.next_cursor} or --all"), markup=False)
 
 
 @task_app.command("show", cls=ProjectCommand)
@@ -367,7 +385,11 @@ def task_note(
         str | None, typer.Option(envvar="QUEUE_AGENT", help="Who writes it (env QUEUE_AGENT; default $USER).")
     ] = None,
     token: Annotated[
-        str | None, typer.Option(help="Lease token: write as the task's current holder (refused if stale).")
+        str | None,
+        typer.Option(
+            envvar="QUEUE_LEASE_TOKEN",
+            help="Lease token: write as the task's current holder; renews the lease (env QUEUE_LEASE_TOKEN).",
+        ),
     ] = None,
     json_out: JsonOpt = False,
 ) -> None:

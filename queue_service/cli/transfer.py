@@ -9,7 +9,17 @@ from typing import Annotated
 import typer
 
 from queue_service import exceptions, snapshot
-from queue_service.cli._core import Connection, JsonOpt, UsageCommand, call, emit, stdout
+from queue_service.cli._core import (
+    Connection,
+    JsonOpt,
+    ProjectCommand,
+    ProjectOpt,
+    UsageCommand,
+    call,
+    emit,
+    plural,
+    stdout,
+)
 from queue_service.models import Project, ProjectSnapshot
 
 __all__ = ["register"]
@@ -17,7 +27,7 @@ __all__ = ["register"]
 
 def export(
     ctx: typer.Context,
-    project: Annotated[str, typer.Argument(metavar="PROJECT", help="Project slug.")],
+    project: ProjectOpt,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write to this file instead of stdout.")] = None,
 ) -> None:
     """Write a project (tasks, missions, notes, events, versions) as JSONL to stdout."""
@@ -38,7 +48,7 @@ def export(
     except OSError as exc:
         tmp.unlink(missing_ok=True)
         raise exceptions.ValidationError(f"cannot write {output}: {exc.strerror or exc}") from None
-    sys.stderr.write(f"exported {snap.project.slug}: {len(snap.tasks)} tasks to {output}\n")
+    sys.stderr.write(f"exported {snap.project.slug}: {plural(len(snap.tasks), 'task')} to {output}\n")
 
 
 def import_(
@@ -67,13 +77,14 @@ def import_(
         json_out,
         {"project": project, "tasks": len(snap.tasks), "notes": len(snap.notes), "events": len(snap.events)},
         lambda: stdout.print(
-            f"Imported project [bold]{project.slug}[/]: {len(snap.tasks)} tasks, {len(snap.missions)} missions, "
-            f"{len(snap.notes)} notes, {len(snap.events)} events"
+            f"Imported project [bold]{project.slug}[/]: {plural(len(snap.tasks), 'task')}, "
+            f"{plural(len(snap.missions), 'mission')}, {plural(len(snap.notes), 'note')}, "
+            f"{plural(len(snap.events), 'event')}"
         ),
     )
 
 
 def register(app: typer.Typer) -> None:
     """Add these commands to the root app."""
-    app.command("export", cls=UsageCommand, rich_help_panel="Move")(export)
+    app.command("export", cls=ProjectCommand, rich_help_panel="Move")(export)
     app.command("import", cls=UsageCommand, rich_help_panel="Move")(import_)

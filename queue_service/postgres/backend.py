@@ -15,15 +15,15 @@ from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import text
-from sqlalchemy.engine import make_url
+from sqlalchemy import event, text
+from sqlalchemy.engine import ExceptionContext, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from queue_service import exceptions
 from queue_service.backend import Backend, DispatchConfig, EventStream
 from queue_service.models import Event, TaskStatus
 from queue_service.postgres.dispatch import PostgresValkeyDispatcher
-from queue_service.postgres.errors import wrap_errors
+from queue_service.postgres.errors import is_connection_failure, wrap_errors
 from queue_service.postgres.records import PostgresRecordStore
 from queue_service.postgres.valkey import ValkeyBroker
 from queue_service.postgres.valkey_keys import DEFAULT_PREFIX
@@ -58,6 +58,18 @@ def event_from_payload(payload: dict[str, Any]) -> Event | None:
         )
     except (KeyError, TypeError, ValueError):
         return None
+
+
+def _discard_broken_connections(ctx: ExceptionContext) -> None:
+    """Tell SQLAlchemy a driver-level connection failure is a disconnect, so the connection (and the
+    pool's other connections, which saw the same server go away) are discarded, not reused.
+
+    SQLAlchemy's asyncpg dialect only recognises a few messages; asyncpg's client-side errors after
+    ``pg_terminate_backend`` or a restart ("cannot switch to state 12", "connection was closed in
+    the middle of operation") would otherwise leave a dead connection in the pool.
+    """
+    if not ctx.is_disconnect and is_connection_failure(ctx.original_exception):
+        ctx.is_disconnect = True
 
 
 class ValkeyEventStream(EventStream):
@@ -123,6 +135,7 @@ class PostgresValkeyBackend(Backend):
             # would cost a round trip on every claim.
             pool_recycle=1800,
         )
+        event.listen(self.engine.sync_engine, "handle_error", _discard_broken_connections)
         self.broker = ValkeyBroker(valkey_url, prefix=key_prefix, max_waiters=max_waiters)
         self.dispatch: PostgresValkeyDispatcher = PostgresValkeyDispatcher(
             self.engine, self.broker, self.config, node_id=node_id

@@ -4,7 +4,8 @@ The split of responsibilities:
 
 * **Postgres decides.** A claim is a conditional ``UPDATE`` (still not-started, ``pending_deps = 0``,
   ``not_before`` passed): exactly one racer matches. Heartbeat/complete/fail/release match on
-  ``lease_token = :token AND status = 'in-progress' AND lease_expires_at > now``, so a zombie whose
+  ``lease_token = :token AND status = 'in-progress' AND lease_expires_at > statement_timestamp()``
+  (the database's clock, never a replica's), so a zombie whose
   lease expired or was reclaimed changes nothing.
 * **Valkey signals.** Ready lists tell claimers *which* key to try (BLPOP wakes them instantly, no
   polling); the lock key mirrors the lease for observers; pub/sub carries events after commit. All of
@@ -17,19 +18,20 @@ is logged, not raised: the durable change stands and the next sweep repairs the 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import random
-import secrets
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
-from sqlalchemy import Text, bindparam, func, select, update
+from sqlalchemy import BigInteger, Text, bindparam, func, select, text, update
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from queue_service import domain, exceptions
@@ -47,6 +49,9 @@ from queue_service.postgres.hotpath import (
     COMPLETE_MANY_SQL,
     COMPLETE_SQL,
     HEARTBEAT_SQL,
+    LOCK_DEPENDENTS_SQL,
+    READY_KEYS_SQL,
+    RECOUNT_SQL,
     RESTAGE_SQL,
     RawPool,
     asyncpg_dsn,
@@ -54,7 +59,7 @@ from queue_service.postgres.hotpath import (
 )
 from queue_service.postgres.records import task_columns, task_from_row
 from queue_service.postgres.transitions import Effects, ReadyTask
-from queue_service.postgres.valkey import BrokerBatch, ReadyItem, ValkeyBroker
+from queue_service.postgres.valkey import BrokerBatch, Popped, ReadyItem, ValkeyBroker
 
 __all__ = [
     "EVENT_CLAIMED",
@@ -68,6 +73,8 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
 
 S = TaskStatus
 EVENT_CLAIMED = "claimed"
@@ -96,13 +103,15 @@ _P_PROJECT = bindparam("p_project", type_=Text)
 _P_KEY = bindparam("p_key", type_=Text)
 _P_TOKEN = bindparam("p_token", type_=Text)
 _P_NOW = bindparam("p_now", type_=_tasks.c.updated_at.type)
+#: The database's time: every lease decision uses it, never a replica's clock (issue 10, finding 3).
+_DB_NOW = func.statement_timestamp(type_=_tasks.c.updated_at.type)
 
 _LEASE_MATCH = (
     (_tasks.c.project == _P_PROJECT)
     & (_tasks.c.key == _P_KEY)
     & (_tasks.c.lease_token == _P_TOKEN)
     & (_tasks.c.status == S.IN_PROGRESS.value)
-    & (_tasks.c.lease_expires_at > _P_NOW)
+    & (_tasks.c.lease_expires_at > _DB_NOW)
 )
 _END_LEASE: dict[str, Any] = {"lease_holder": None, "lease_token": None, "lease_expires_at": None}
 
@@ -110,10 +119,28 @@ _END_LEASE: dict[str, Any] = {"lease_holder": None, "lease_token": None, "lease_
 _RELEASE = (
     update(_tasks)
     .where(_LEASE_MATCH)
-    .values(status=S.NOT_STARTED.value, updated_at=_P_NOW, version=_tasks.c.version + 1, **_END_LEASE)
+    # assignee cleared too: nobody works on a released task any more (issue 11)
+    .values(status=S.NOT_STARTED.value, assignee=None, updated_at=_P_NOW, version=_tasks.c.version + 1, **_END_LEASE)
     .returning(*_TASK_RETURNING)
 )
 _LOCK_FOR_FAILURE = select(_tasks.c.id, _tasks.c.attempts, _tasks.c.max_attempts).where(_LEASE_MATCH).with_for_update()
+
+
+#: Not-started tasks whose pending count disagrees with their dependencies (see
+#: :meth:`PostgresValkeyDispatcher._repair_pending_counts`).
+_MISCOUNTED = text(
+    """
+    SELECT t.id FROM tasks t
+    WHERE t.status = 'not-started' AND t.pending_deps <> (
+        SELECT count(*) FROM task_dependencies d JOIN tasks p ON p.id = d.depends_on_id
+        WHERE d.task_id = t.id AND p.status <> 'done'
+    )
+    ORDER BY t.id LIMIT 500
+    """
+)
+_LOCK_MISCOUNTED = text(
+    "SELECT id FROM tasks WHERE id = ANY(:ids) AND status = 'not-started' ORDER BY id FOR UPDATE SKIP LOCKED"
+).bindparams(bindparam("ids", type_=ARRAY(BigInteger)))
 
 
 def event_payload(event: Event) -> dict[str, Any]:
@@ -133,6 +160,30 @@ def event_payload(event: Event) -> dict[str, Any]:
 
 def _ready_item(task: ReadyTask) -> ReadyItem:
     return ReadyItem(project=task.project, key=task.key, role=task.role, priority=task.priority)
+
+
+async def _recount_dependents(conn: asyncpg.Connection, task_ids: Sequence[int]) -> list[Any]:
+    """Lock the direct dependents of *task_ids* (rows the caller changed in this transaction) in id
+    order, then recount their ``pending_deps``; returns the recounted rows now ready, best first.
+
+    Two statements on purpose: the recount starts after every lock is held, so its snapshot has
+    every edge and every dependency status that committed before (see docs/plans/dispatch.md).
+    """
+    ids = sorted({r["id"] for r in await conn.fetch(LOCK_DEPENDENTS_SQL, list(task_ids))})
+    if not ids:
+        return []
+    rows = await conn.fetch(RECOUNT_SQL, ids)
+    ready = [r for r in rows if r["status"] == S.NOT_STARTED.value and r["pending_deps"] == 0]
+    return sorted(ready, key=lambda r: (r["priority"], r["seq"]))
+
+
+def _promote(batch: BrokerBatch, project: str, rows: Sequence[Any]) -> None:
+    """File recounted ready dependents: due ones in their lists, the others in the scheduled set."""
+    for r in rows:
+        if r["due"]:
+            batch.ready.append(ReadyItem(project, r["key"], r["role"], r["priority"]))
+        else:
+            batch.scheduled.append((project, r["key"], r["not_before"]))
 
 
 class PostgresValkeyDispatcher(Dispatcher):
@@ -171,8 +222,15 @@ class PostgresValkeyDispatcher(Dispatcher):
         #: last ready depth per project and role, refreshed by every sweep (for /metrics)
         self.depth_gauges: dict[str, dict[str, int]] = {}
         self._last_full_reconcile = 0.0
+        #: not-started tasks whose pending_deps the full reconcile found wrong and recounted (a
+        #: safety net: by construction this stays 0; the history checker asserts it)
+        self.repaired_counts = 0
         #: how often the leader re-checks every ready task against the lists, seconds
         self.reconcile_seconds = float(config.extra.get("reconcile_seconds", max(30.0, 10 * config.sweep_seconds)))
+        #: shortest interval between two reconciles a claimer starts itself because Valkey had nothing
+        #: for it while Postgres may have ready tasks (no orchestrator: serverless/direct mode)
+        self.idle_check_seconds = float(config.extra.get("idle_check_seconds", max(1.0, config.sweep_seconds)))
+        self._next_idle_check: dict[str, float] = {}
 
     async def close(self) -> None:
         """Close the hot path's connection pool (the engine is the backend's to dispose). Idempotent."""
@@ -225,15 +283,21 @@ class PostgresValkeyDispatcher(Dispatcher):
         await self.require_project(conn, project)
         row = (
             await conn.execute(
-                select(_tasks.c.status, _tasks.c.lease_expires_at).where(
-                    (_tasks.c.project == project) & (_tasks.c.key == key)
-                )
+                select(
+                    _tasks.c.status, _tasks.c.lease_expires_at, (_tasks.c.lease_expires_at <= _DB_NOW).label("expired")
+                ).where((_tasks.c.project == project) & (_tasks.c.key == key))
             )
         ).first()
         if row is None:
             return exceptions.TaskNotFound(f"no task {key!r} in project {project!r}", project=project, task=key)
-        if row.status == S.IN_PROGRESS.value and row.lease_expires_at is not None and row.lease_expires_at <= now:
-            return exceptions.LeaseError(f"lease on task {key} expired at {row.lease_expires_at.isoformat()}", task=key)
+        if row.status == S.IN_PROGRESS.value and row.lease_expires_at is not None and row.expired:
+            return exceptions.LeaseError(
+                f"lease on task {key} expired at {row.lease_expires_at.isoformat()}",
+                task=key,
+                reason="expired",
+                at=row.lease_expires_at.isoformat(),
+                by=None,
+            )
         return exceptions.LeaseError(
             f"lease token for task {key} is not valid (the task was reclaimed, finished or never claimed "
             "with this token)",
@@ -259,18 +323,17 @@ class PostgresValkeyDispatcher(Dispatcher):
         """See :meth:`Dispatcher.claim`: pop a key from Valkey, win it with a conditional UPDATE."""
         await self.require_project(None, project)
         role_list = list(dict.fromkeys(roles)) if roles else None
-        lease = float(lease_seconds if lease_seconds is not None else self.config.lease_seconds)
-        if lease <= 0:
-            raise exceptions.ValidationError(f"lease_seconds must be positive, got {lease}", value=lease)
+        lease = domain.lease_length(lease_seconds, self.config.lease_seconds)
         deadline = time.monotonic() + max(0.0, wait)
         while True:
             popped = await self.broker.try_pop(project, role_list)
             if popped is None:
                 # Nothing listed. Backoffs that came due are queued here too, so a waiting claimer
                 # does not depend on the orchestrator's period; and it sleeps in BLPOP only until
-                # the next backoff is due. Postgres is not touched while idle.
+                # the next backoff is due. Postgres is touched while idle only by the rate-limited
+                # check for ready tasks that no list holds (an emptied Valkey without orchestrator).
                 released, next_in = await self.release_due(project)
-                if released:
+                if released or await self._requeue_stranded(project, role_list):
                     continue
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -280,26 +343,69 @@ class PostgresValkeyDispatcher(Dispatcher):
                 popped = await self.broker.pop(project, role_list, timeout=remaining, try_first=False)
                 if popped is None:
                     continue
-            got = await self._claim_key(project, popped.key, agent, role_list, lease)
+            got = await self._or_push_back([popped], self._claim_key(project, popped.key, agent, role_list, lease))
             if got is not None:
                 return got
             # A stale entry (claimed, changed or not ready since it was queued): dropped; try the next.
 
+    async def _or_push_back(self, popped: list[Popped], claiming: Awaitable[_T]) -> _T:
+        """Await the claim of keys just popped from Valkey; if it fails (Postgres error, lost
+        connection) or is cancelled, give the keys back to the head of their lists before raising.
+
+        Whether the claim's UPDATE committed is unknown at that point; giving back is safe either
+        way, because a key whose task is no longer ready is dropped by the next claimer.
+        """
+        try:
+            return await claiming
+        except BaseException:
+            await asyncio.shield(self._push_back(popped))
+            raise
+
+    async def _push_back(self, popped: list[Popped]) -> None:
+        try:
+            await self.broker.push_back(popped)
+        except exceptions.BackendError as exc:
+            logger.warning("could not give back %d popped key(s) (the sweep will reconcile): %s", len(popped), exc)
+
+    async def _requeue_stranded(self, project: str, roles: list[str] | None) -> bool:
+        """Valkey had nothing for a claimer. Without an orchestrator (serverless/direct mode) nothing
+        else would notice ready tasks that no list holds (Valkey emptied or restarted), so the claimer
+        checks Postgres itself: at most once per ``idle_check_seconds`` per process and, through a
+        shared key, across processes. True if it queued something (claim again)."""
+        now_m = time.monotonic()
+        if now_m < self._next_idle_check.get(project, 0.0):
+            return False
+        self._next_idle_check[project] = now_m + self.idle_check_seconds
+        try:
+            if not await self.broker.take_idle_check(project, self.idle_check_seconds):
+                return False
+            now = self._now()
+            ready = _READY_SQL & (_tasks.c.project == project)
+            ready = ready & (_tasks.c.not_before.is_(None) | (_tasks.c.not_before <= now))
+            if roles is not None:
+                ready = ready & _tasks.c.role.in_(roles)
+            async with wrap_errors(), self.engine.connect() as conn:
+                found = (await conn.execute(select(_tasks.c.id).where(ready).limit(1))).first()
+            if found is None:
+                return False
+            return await self.reconcile_project(project, now) > 0
+        except exceptions.BackendError as exc:
+            logger.warning("claimer's reconcile of %s failed: %s", project, exc)
+            return False
+
     async def _claim_key(
         self, project: str, key: str, agent: str, roles: list[str] | None, lease: float
     ) -> Claim | None:
-        now = self._now()
-        token = secrets.token_urlsafe(24)
-        expires = now + timedelta(seconds=lease)
+        token = domain.new_lease_token(lease)
         data = {"agent": agent}
-        args: list[Any] = [project, key, agent, token, expires, now, data]
+        args: list[Any] = [project, key, agent, token, lease, data]
         if roles is not None:
             args.append(roles)
         restage: BrokerBatch | None = None
         async with wrap_errors(), self._raw.connection() as conn:
             row = await conn.fetchrow(CLAIM_ANY_ROLE_SQL if roles is None else CLAIM_ROLES_SQL, *args)
             if row is None:
-                restage = self._restage(await conn.fetchrow(RESTAGE_SQL, project, key), project, key, roles, now)
+                restage = self._restage(await conn.fetchrow(RESTAGE_SQL, project, key), project, key, roles)
         if row is None:
             if restage:
                 await self._signal(restage)
@@ -311,13 +417,38 @@ class PostgresValkeyDispatcher(Dispatcher):
             "kind": EVENT_CLAIMED,
             "status": S.IN_PROGRESS.value,
             "version": row["version"],
-            "at": now.isoformat(),
+            "at": row["updated_at"].isoformat(),
             "data": data,
         }
         await self._signal(BrokerBatch(locks=[(project, key, token, lease)], events=[(project, payload)]))
         return Claim.model_construct(
-            task=task_from_record(row), lease=Lease.model_construct(token=token, holder=agent, expires_at=expires)
+            task=task_from_record(row),
+            lease=Lease.model_construct(token=token, holder=agent, expires_at=row["lease_expires_at"], seconds=lease),
         )
+
+    async def claim_next(
+        self, project: str, agent: str, roles: Sequence[str] | None, lease_seconds: float
+    ) -> Claim | None:
+        """See :meth:`Dispatcher.claim_next`: the best ready task by ``domain.dispatch_order``, read
+        from Postgres (the Valkey lists only know priority and arrival), won with the same conditional
+        UPDATE as :meth:`claim`. A racer that wins a candidate first makes ours match nothing: we try
+        the next one. The key's list entry, now stale, is dropped by whoever pops it."""
+        await self.require_project(None, project)
+        role_list = list(dict.fromkeys(roles)) if roles else None
+        lease = float(lease_seconds)
+        if lease <= 0:
+            raise exceptions.ValidationError(f"lease_seconds must be positive, got {lease}", value=lease)
+        await self.release_due(project)
+        for _ in range(3):
+            async with wrap_errors(), self._raw.connection() as conn:
+                rows = await conn.fetch(READY_KEYS_SQL, project, role_list, 10)
+            if not rows:
+                return None
+            for row in rows:
+                got = await self._claim_key(project, row["key"], agent, role_list, lease)
+                if got is not None:
+                    return got
+        return None
 
     async def claim_many(
         self,
@@ -332,9 +463,7 @@ class PostgresValkeyDispatcher(Dispatcher):
         one conditional UPDATE, then set their locks and publish their events in one pipeline."""
         await self.require_project(None, project)
         role_list = list(dict.fromkeys(roles)) if roles else None
-        lease = float(lease_seconds if lease_seconds is not None else self.config.lease_seconds)
-        if lease <= 0:
-            raise exceptions.ValidationError(f"lease_seconds must be positive, got {lease}", value=lease)
+        lease = domain.lease_length(lease_seconds, self.config.lease_seconds)
         if limit < 1:
             raise exceptions.ValidationError(f"limit must be at least 1, got {limit}", value=limit)
         deadline = time.monotonic() + max(0.0, wait)
@@ -347,31 +476,34 @@ class PostgresValkeyDispatcher(Dispatcher):
         while True:
             want = limit - len(claims)
             try:
-                keys = [p.key for p in await self.broker.try_pop_many(project, role_list, want)]
+                popped = await self.broker.try_pop_many(project, role_list, want)
             except exceptions.BackendError as exc:
                 # claims already won are committed and hold live locks: hand them out, never drop them
                 if not claims:
                     raise
                 logger.warning("claim_many: keeping %d claim(s) already won: %s", len(claims), exc)
                 return done()
-            if not keys:
+            if not popped:
                 if claims:
                     return done()
                 # Idle: as in claim(), queue due backoffs, then block on one key until one arrives.
                 released, next_in = await self.release_due(project)
-                if released:
+                if released or await self._requeue_stranded(project, role_list):
                     continue
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return []
                 if next_in is not None:
                     remaining = min(remaining, next_in + 0.001)
-                popped = await self.broker.pop(project, role_list, timeout=remaining, try_first=False)
-                if popped is None:
+                one = await self.broker.pop(project, role_list, timeout=remaining, try_first=False)
+                if one is None:
                     continue
-                keys = [popped.key]
+                popped = [one]
+            keys = [p.key for p in popped]
             try:
-                claims.extend(await self._claim_keys(project, keys, agent, role_list, lease))
+                claims.extend(
+                    await self._or_push_back(popped, self._claim_keys(project, keys, agent, role_list, lease))
+                )
             except exceptions.BackendError as exc:
                 if not claims:
                     raise
@@ -386,12 +518,10 @@ class PostgresValkeyDispatcher(Dispatcher):
         self, project: str, keys: list[str], agent: str, roles: list[str] | None, lease: float
     ) -> list[Claim]:
         """Claim whichever of *keys* are still ready, in one statement; re-file misplaced stale ones."""
-        now = self._now()
         keys = sorted(set(keys))  # one lock order for racing batches; a key listed twice counts once
-        tokens = [secrets.token_urlsafe(24) for _ in keys]
-        expires = now + timedelta(seconds=lease)
+        tokens = [domain.new_lease_token(lease) for _ in keys]
         data = {"agent": agent}
-        args: list[Any] = [project, keys, agent, tokens, expires, now, data]
+        args: list[Any] = [project, keys, agent, tokens, lease, data]
         if roles is not None:
             args.append(roles)
         restage = BrokerBatch()
@@ -407,7 +537,7 @@ class PostgresValkeyDispatcher(Dispatcher):
                     # the claims above are committed: keep them; a misplaced stale key is left to reconcile
                     logger.warning("restage lookup after a batch claim failed: %s", exc)
                 for st in states:
-                    fix = self._restage(st, project, st["key"], roles, now)
+                    fix = self._restage(st, project, st["key"], roles)
                     if fix:
                         restage.ready.extend(fix.ready)
                         restage.scheduled.extend(fix.scheduled)
@@ -425,7 +555,7 @@ class PostgresValkeyDispatcher(Dispatcher):
                         "kind": EVENT_CLAIMED,
                         "status": S.IN_PROGRESS.value,
                         "version": row["version"],
-                        "at": now.isoformat(),
+                        "at": row["updated_at"].isoformat(),
                         "data": data,
                     },
                 )
@@ -433,19 +563,22 @@ class PostgresValkeyDispatcher(Dispatcher):
             claims.append(
                 Claim.model_construct(
                     task=task_from_record(row),
-                    lease=Lease.model_construct(token=token, holder=agent, expires_at=expires),
+                    lease=Lease.model_construct(
+                        token=token, holder=agent, expires_at=row["lease_expires_at"], seconds=lease
+                    ),
                 )
             )
         await self._signal(restage)
         return claims
 
     @staticmethod
-    def _restage(row: Any, project: str, key: str, roles: list[str] | None, now: datetime) -> BrokerBatch | None:
+    def _restage(row: Any, project: str, key: str, roles: list[str] | None) -> BrokerBatch | None:
         """A popped key did not claim. If the task still waits to be dispatched but sat in the wrong
-        place (its role changed, or its backoff is not over), put it where it belongs now."""
+        place (its role changed, or its backoff is not over by the database's clock), put it where
+        it belongs now."""
         if row is None or row["status"] != S.NOT_STARTED.value or row["pending_deps"] != 0:
             return None
-        if row["not_before"] is not None and row["not_before"] > now:
+        if row["not_due"]:
             return BrokerBatch(scheduled=[(project, key, row["not_before"])])
         if roles is not None and row["role"] not in roles:
             return BrokerBatch(ready=[ReadyItem(project, key, row["role"], row["priority"])])
@@ -455,10 +588,9 @@ class PostgresValkeyDispatcher(Dispatcher):
     async def heartbeat(self, project: str, key: str, token: str, lease_seconds: float | None = None) -> Lease:
         """See :meth:`Dispatcher.heartbeat`. Lease bookkeeping only: no version bump, no event."""
         now = self._now()
-        lease = float(lease_seconds if lease_seconds is not None else self.config.lease_seconds)
-        expires = now + timedelta(seconds=lease)
+        lease = domain.lease_length(lease_seconds, self.config.lease_seconds)
         async with wrap_errors(), self._raw.connection() as raw:
-            row = await raw.fetchrow(HEARTBEAT_SQL, project, key, token, now, expires)
+            row = await raw.fetchrow(HEARTBEAT_SQL, project, key, token, lease)
         if row is None:
             async with wrap_errors(), self.engine.connect() as conn:
                 raise await self._lease_refused(conn, project, key, now)
@@ -467,22 +599,21 @@ class PostgresValkeyDispatcher(Dispatcher):
             await self.broker.extend_lock(project, key, token, lease)
         except exceptions.BackendError as exc:
             logger.warning("could not extend the Valkey lock of %s/%s: %s", project, key, exc)
-        return Lease(token=token, holder=holder or "", expires_at=expires)
+        return Lease(token=token, holder=holder or "", expires_at=row["lease_expires_at"], seconds=lease)
 
     async def complete(self, project: str, key: str, token: str, result: Any = None) -> Task:
         """See :meth:`Dispatcher.complete`; dependents are promoted by the same statement."""
         now = self._now()
-        async with wrap_errors(), self._raw.connection() as conn:
-            row = await conn.fetchrow(COMPLETE_SQL, project, key, token, result, now)
+        promoted: list[Any] = []
+        async with wrap_errors(), self._raw.connection() as conn, conn.transaction():
+            row = await conn.fetchrow(COMPLETE_SQL, project, key, token, result)
+            if row is not None:
+                promoted = await _recount_dependents(conn, [row["id"]])
         if row is None:
             async with wrap_errors(), self.engine.connect() as sa_conn:
                 raise await self._lease_refused(sa_conn, project, key, now)
         batch = BrokerBatch(unlocks=[(project, key, token)])
-        for dep_key, role, priority, _seq, not_before in row["promoted"]:
-            if not_before is None or not_before <= now:
-                batch.ready.append(ReadyItem(project, dep_key, role, priority))
-            else:
-                batch.scheduled.append((project, dep_key, not_before))
+        _promote(batch, project, promoted)
         payload = {
             "id": row["event_id"],
             "project": project,
@@ -490,7 +621,7 @@ class PostgresValkeyDispatcher(Dispatcher):
             "kind": EVENT_COMPLETED,
             "status": S.DONE.value,
             "version": row["version"],
-            "at": now.isoformat(),
+            "at": row["updated_at"].isoformat(),
             "data": {},
         }
         batch.events.append((project, payload))
@@ -502,7 +633,6 @@ class PostgresValkeyDispatcher(Dispatcher):
     ) -> list[Task | exceptions.QueueServiceError]:
         """See :meth:`Dispatcher.complete_many`: every item, its event and the dependents' promotion in
         one autocommit statement; then one Valkey pipeline (unlocks, newly ready dependents, events)."""
-        now = self._now()
         out: list[Task | exceptions.QueueServiceError | None] = [None] * len(items)
         # An item repeating an earlier (key, token) can only be a second completion of the same lease.
         first: dict[tuple[str, str], int] = {}
@@ -514,12 +644,15 @@ class PostgresValkeyDispatcher(Dispatcher):
                 first[(key, token)] = i
                 send.append(i)
         rows: list[Any] = []
+        promoted: list[Any] = []
         if send:
             keys = [items[i][0] for i in send]
             tokens = [items[i][1] for i in send]
             results = [None if items[i][2] is None else json.dumps(items[i][2]) for i in send]
-            async with wrap_errors(), self._raw.connection() as conn:
-                rows = await conn.fetch(COMPLETE_MANY_SQL, project, keys, tokens, results, now)
+            async with wrap_errors(), self._raw.connection() as conn, conn.transaction():
+                rows = await conn.fetch(COMPLETE_MANY_SQL, project, keys, tokens, results)
+                if rows:
+                    promoted = await _recount_dependents(conn, [r["id"] for r in rows])
         batch = BrokerBatch()
         for row in rows:
             key, token = row["key"], row["done_token"]
@@ -535,23 +668,18 @@ class PostgresValkeyDispatcher(Dispatcher):
                         "kind": EVENT_COMPLETED,
                         "status": S.DONE.value,
                         "version": row["version"],
-                        "at": now.isoformat(),
+                        "at": row["updated_at"].isoformat(),
                         "data": {},
                     },
                 )
             )
         if rows:
-            for dep_key, role, priority, _seq, not_before in rows[0]["promoted"]:
-                if not_before is None or not_before <= now:
-                    batch.ready.append(ReadyItem(project, dep_key, role, priority))
-                else:
-                    batch.scheduled.append((project, dep_key, not_before))
+            _promote(batch, project, promoted)
             await self._signal(batch)
         if not items:
             await self.require_project(None, project)
-        # Items the statement did not complete: a bad or expired token, an unknown key, or (rarely) a
-        # task depending on another item of the batch. Each goes through complete() on its own,
-        # which completes the last kind and explains the others (refusals are the exception).
+        # Items the statement did not complete: a bad or expired token or an unknown key. Each goes
+        # through complete() on its own, which explains it (refusals are the exception).
         for i in send:
             if out[i] is None:
                 key, token, result = items[i]
@@ -683,22 +811,31 @@ class PostgresValkeyDispatcher(Dispatcher):
         kind: str,
         now: datetime,
         data: dict[str, Any],
+        backoff: bool = True,
     ) -> tuple[Any, Effects]:
-        """Count an attempt on a leased task (row locked by the caller): backoff or dead-letter."""
+        """Count an attempt on a leased task (row locked by the caller): backoff or dead-letter.
+
+        Without *backoff* (a lease that expired: the holder vanished, nothing says the task is at
+        fault) a task with attempts left is ready again at once."""
         attempts += 1
         values: dict[str, Any] = {
             "attempts": attempts,
             "last_error": error,
-            "updated_at": now,
+            "updated_at": _DB_NOW,
             "version": _tasks.c.version + 1,
             **_END_LEASE,
         }
-        if retryable and attempts < max_attempts:
+        if retryable and attempts < max_attempts and not backoff:
+            values.update(status=S.NOT_STARTED.value, not_before=None)
+            data = {**data, "retry_in": 0.0, "attempt": attempts}
+        elif retryable and attempts < max_attempts:
             delay = self._backoff(attempts)
-            values.update(status=S.NOT_STARTED.value, not_before=now + delay)
+            values.update(status=S.NOT_STARTED.value, not_before=_DB_NOW + delay, assignee=None)
             data = {**data, "retry_in": delay.total_seconds(), "attempt": attempts}
         else:
             values.update(status=S.FAILED.value)
+            if kind == EVENT_LEASE_EXPIRED:
+                values.update(assignee=None)  # an expired holder is not working on it any more
             data = {**data, "dead_letter": True, "attempt": attempts}
         row = (
             await conn.execute(
@@ -715,8 +852,8 @@ class PostgresValkeyDispatcher(Dispatcher):
         1. expire leases past ``lease_expires_at`` (``FOR UPDATE SKIP LOCKED``: each once);
         2. queue scheduled tasks whose backoff is due;
         3. reconcile: a missing epoch marker (Valkey flushed/restarted) triggers a full rebuild of
-           every project's lists, scheduled set and live locks; otherwise each project whose ready
-           count in Postgres exceeds its list depth is reconciled, and the leader re-checks
+           every project's lists, scheduled set and live locks; otherwise each project with a ready
+           task (in Postgres) that none of its lists holds is reconciled, and the leader re-checks
            everything every ``reconcile_seconds``;
         4. refresh the depth gauges.
         """
@@ -732,33 +869,35 @@ class PostgresValkeyDispatcher(Dispatcher):
         )
 
     async def _expire_leases(self, now: datetime) -> tuple[list[str], list[str]]:
+        """Expire leases past ``lease_expires_at`` by the database's clock, **one transaction per
+        lease**: each holds its task's row and then that task's dependents in id order, the lock
+        order of every other writer, so the sweep can never deadlock with a completion."""
         expired: list[str] = []
         dead: list[str] = []
-        stmt = (
-            select(
-                _tasks.c.id,
-                _tasks.c.project,
-                _tasks.c.key,
-                _tasks.c.attempts,
-                _tasks.c.max_attempts,
-                _tasks.c.lease_holder,
-                _tasks.c.lease_token,
-            )
-            .where(
-                (_tasks.c.status == S.IN_PROGRESS.value)
-                & _tasks.c.lease_expires_at.is_not(None)
-                & (_tasks.c.lease_expires_at <= now)
-            )
-            .order_by(_tasks.c.lease_expires_at)
-            .limit(_SWEEP_BATCH)
-            .with_for_update(skip_locked=True)
+        due = (
+            (_tasks.c.status == S.IN_PROGRESS.value)
+            & _tasks.c.lease_expires_at.is_not(None)
+            & (_tasks.c.lease_expires_at <= _DB_NOW)
         )
-        async with wrap_errors(), self.engine.begin() as conn:
-            rows = (await conn.execute(stmt)).all()
-            effects = Effects()
-            batch = BrokerBatch()
-            for r in rows:
-                row, eff = await self._record_failure(
+        candidates = select(_tasks.c.id).where(due).order_by(_tasks.c.lease_expires_at).limit(_SWEEP_BATCH)
+        lock_one = select(
+            _tasks.c.id,
+            _tasks.c.project,
+            _tasks.c.key,
+            _tasks.c.attempts,
+            _tasks.c.max_attempts,
+            _tasks.c.lease_holder,
+            _tasks.c.lease_token,
+        ).with_for_update(skip_locked=True)
+        async with wrap_errors(), self.engine.connect() as conn:
+            ids = list((await conn.execute(candidates)).scalars())
+        for task_id in ids:
+            async with wrap_errors(), self.engine.begin() as conn:
+                # re-checked under the lock: a heartbeat or completion may have come first
+                r = (await conn.execute(lock_one.where(due & (_tasks.c.id == task_id)))).first()
+                if r is None:
+                    continue
+                row, effects = await self._record_failure(
                     conn,
                     r.id,
                     r.attempts,
@@ -768,17 +907,21 @@ class PostgresValkeyDispatcher(Dispatcher):
                     EVENT_LEASE_EXPIRED,
                     now,
                     {"agent": r.lease_holder},
+                    backoff=False,
                 )
-                effects.merge(eff)
-                name = f"{r.project}/{r.key}"
-                expired.append(name)
-                if row.status == S.FAILED.value:
-                    dead.append(name)
-                if r.lease_token:
-                    batch.unlocks.append((r.project, r.key, r.lease_token))
-        if rows:
-            logger.info("expired %d lease(s): %s", len(expired), ", ".join(expired[:20]))
+            name = f"{r.project}/{r.key}"
+            expired.append(name)
+            if row.status == S.FAILED.value:
+                dead.append(name)
+            batch = BrokerBatch()
+            if r.lease_token:
+                batch.unlocks.append((r.project, r.key, r.lease_token))
+            # the reclaimed task goes to the head of its list: it waited its turn already
+            batch.ready_front.extend(_ready_item(x) for x in effects.ready if (x.project, x.key) == (r.project, r.key))
+            effects.ready = [x for x in effects.ready if (x.project, x.key) != (r.project, r.key)]
             await self.apply_effects(effects, batch)
+        if expired:
+            logger.info("expired %d lease(s): %s", len(expired), ", ".join(expired[:20]))
         return expired, dead
 
     async def _release_due(self, now: datetime) -> int:
@@ -856,13 +999,21 @@ class PostgresValkeyDispatcher(Dispatcher):
             periodic = await self.broker.acquire_leader(self.node_id, leader_ttl)
             if periodic:
                 self._last_full_reconcile = time.monotonic()
-        ready_counts = await self._ready_counts(now)
+        if rebuilt or periodic:
+            n += await self._repair_pending_counts(now)
+        ready_keys = await self._ready_keys(now)
         for project in projects:
             depth = await self.broker.depth(project)
-            pg = ready_counts.get(project, {})
-            # Cheap check: fewer list entries than ready tasks means something is missing. (Stale
-            # extra entries can hide a missing one; the leader's periodic full pass catches those.)
-            missing = any(count > depth.get(role, 0) for role, count in pg.items())
+            want = ready_keys.get(project, {})
+            pg: dict[str, int] = defaultdict(int)
+            for role, _list in want.values():
+                pg[role] += 1
+            # The check compares key sets, not counts: stale extra entries (claimed tasks still
+            # listed) must not hide a ready task that no list holds.
+            missing = False
+            if want and not rebuilt and not periodic:
+                listed = await self.broker.listed(project)
+                missing = any(list_key not in listed.get(key, ()) for key, (_role, list_key) in want.items())
             if not rebuilt and (periodic or missing):
                 requeued = await self.reconcile_project(project, now)
                 if requeued:
@@ -878,17 +1029,33 @@ class PostgresValkeyDispatcher(Dispatcher):
             del self.depth_gauges[gone]
         return n
 
-    async def _ready_counts(self, now: datetime) -> dict[str, dict[str, int]]:
-        """Ready tasks per project and role, as Postgres counts them."""
-        stmt = (
-            select(_tasks.c.project, _tasks.c.role, func.count())
-            .where(_READY_SQL & (_tasks.c.not_before.is_(None) | (_tasks.c.not_before <= now)))
-            .group_by(_tasks.c.project, _tasks.c.role)
+    async def _repair_pending_counts(self, now: datetime) -> int:
+        """Safety net (not the mechanism): recount not-started tasks whose ``pending_deps`` disagrees
+        with their dependencies, and queue those that are ready. Runs with the full reconcile only
+        (it reads every not-started task). ``SKIP LOCKED``: a task some writer holds is that
+        writer's to settle, and the net never waits while holding other rows."""
+        async with wrap_errors(), self.engine.begin() as conn:
+            ids = list((await conn.execute(_MISCOUNTED)).scalars())
+            if not ids:
+                return 0
+            locked = list((await conn.execute(_LOCK_MISCOUNTED, {"ids": ids})).scalars())
+            effects = await transitions.recompute_pending_deps(conn, locked, now)
+        if locked:
+            self.repaired_counts += len(locked)
+            logger.warning("recounted pending_deps of %d task(s) that disagreed with their dependencies", len(locked))
+            await self.apply_effects(effects)
+        return len(effects.ready)
+
+    async def _ready_keys(self, now: datetime) -> dict[str, dict[str, tuple[str, str]]]:
+        """Ready tasks as Postgres sees them: project → task key → (role, the ready list it belongs in)."""
+        stmt = select(_tasks.c.project, _tasks.c.key, _tasks.c.role, _tasks.c.priority).where(
+            _READY_SQL & (_tasks.c.not_before.is_(None) | (_tasks.c.not_before <= now))
         )
-        out: dict[str, dict[str, int]] = defaultdict(dict)
+        keys = self.broker.keys
+        out: dict[str, dict[str, tuple[str, str]]] = defaultdict(dict)
         async with wrap_errors(), self.engine.connect() as conn:
-            for project, role, count in await conn.execute(stmt):
-                out[project][role] = int(count)
+            for project, key, role, priority in await conn.execute(stmt):
+                out[project][key] = (role, keys.ready(project, role, priority))
         return out
 
     async def reconcile_project(self, project: str, now: datetime | None = None) -> int:
@@ -909,11 +1076,15 @@ class PostgresValkeyDispatcher(Dispatcher):
             ).all()
             leased = (
                 await conn.execute(
-                    select(_tasks.c.key, _tasks.c.lease_token, _tasks.c.lease_expires_at).where(
+                    select(
+                        _tasks.c.key,
+                        _tasks.c.lease_token,
+                        func.extract("epoch", _tasks.c.lease_expires_at - _DB_NOW).label("ttl"),
+                    ).where(
                         (_tasks.c.project == project)
                         & (_tasks.c.status == S.IN_PROGRESS.value)
                         & _tasks.c.lease_token.is_not(None)
-                        & (_tasks.c.lease_expires_at > now)
+                        & (_tasks.c.lease_expires_at > _DB_NOW)
                     )
                 )
             ).all()
@@ -929,7 +1100,7 @@ class PostgresValkeyDispatcher(Dispatcher):
         requeued = await self.broker.requeue(missing)
         await self.broker.schedule_many(scheduled)
         for r in leased:
-            ttl = (r.lease_expires_at - now).total_seconds()
+            ttl = float(r.ttl)
             if ttl > 0:
                 await self.broker.restore_lock(project, r.key, r.lease_token, ttl)
         if missing:

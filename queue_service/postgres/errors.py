@@ -10,11 +10,12 @@ from __future__ import annotations
 import contextlib
 from types import TracebackType
 
+import asyncpg
 from sqlalchemy import exc as sa_exc
 
 from queue_service import exceptions
 
-__all__ = ["translate", "wrap_errors"]
+__all__ = ["is_connection_failure", "translate", "wrap_errors"]
 
 #: SQLSTATE codes that mean "the server is not there / went away / refuses us for now".
 _UNAVAILABLE_SQLSTATES = {
@@ -49,6 +50,53 @@ def _sqlstate(exc: BaseException) -> str | None:
         if isinstance(code, str):
             return code
     return None
+
+
+#: asyncpg errors raised by the client side of a connection that is broken or being torn down: the
+#: server went away (``pg_terminate_backend``, restart), the socket died, the pool is closing, or the
+#: protocol is left in an impossible state ("cannot switch to state 12" after a shutdown message).
+_DRIVER_CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+    asyncpg.InterfaceError,  # includes ConnectionDoesNotExistError-like client states, "pool is closing"
+    asyncpg.InternalClientError,
+    asyncpg.ConnectionDoesNotExistError,
+    asyncpg.PostgresConnectionError,
+    ConnectionError,
+    OSError,
+    TimeoutError,
+)
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    """*exc*, SQLAlchemy's ``orig`` and the ``__cause__`` chain (bounded)."""
+    seen: list[BaseException] = []
+    todo: list[BaseException | None] = [exc]
+    while todo and len(seen) < 8:
+        cur = todo.pop(0)
+        if cur is None or any(cur is s for s in seen):
+            continue
+        seen.append(cur)
+        todo.extend([getattr(cur, "orig", None), cur.__cause__])
+    return seen
+
+
+def is_connection_failure(exc: BaseException) -> bool:
+    """True when *exc* (or what it wraps) says the connection itself failed, not the statement.
+
+    Such a connection must be discarded, and the caller told the backend is unavailable (503).
+    """
+    for cur in _chain(exc):
+        if isinstance(cur, exceptions.QueueServiceError):
+            return False
+        if isinstance(cur, _DRIVER_CONNECTION_ERRORS):
+            return True
+        state = getattr(cur, "sqlstate", None)
+        if isinstance(state, str) and (state in _UNAVAILABLE_SQLSTATES or state.startswith("08")):
+            return True
+        if isinstance(cur, sa_exc.DBAPIError) and cur.connection_invalidated:
+            return True
+        if isinstance(cur, (sa_exc.InterfaceError, sa_exc.DisconnectionError)):
+            return True
+    return False
 
 
 def _constraint(exc: BaseException) -> str | None:
@@ -88,6 +136,10 @@ def translate(exc: BaseException) -> exceptions.QueueServiceError | None:
             return exceptions.BackendUnavailable(f"Postgres connection pool timed out: {detail}")
         if isinstance(exc, sa_exc.DBAPIError) and isinstance(orig, OSError):
             return exceptions.BackendUnavailable(f"Postgres is unavailable: {detail}")
+        if is_connection_failure(exc):
+            # asyncpg's client-side errors ("cannot switch to state", "connection was closed in the
+            # middle of operation", "pool is closing") reach us wrapped as generic DBAPIErrors
+            return exceptions.BackendUnavailable(f"Postgres is unavailable: {detail}")
         if state == _UNDEFINED_TABLE:  # the usual cause: a fresh database nobody migrated yet
             return exceptions.BackendError(f"Postgres error: {detail} (run `queue-service migrate` first?)")
         return exceptions.BackendError(f"Postgres error: {detail}")
@@ -96,10 +148,8 @@ def translate(exc: BaseException) -> exceptions.QueueServiceError | None:
         state = getattr(exc, "sqlstate", None)
         if state == _UNIQUE_VIOLATION:
             return exceptions.AlreadyExists(f"already exists: {exc}")
-        if (isinstance(state, str) and (state in _UNAVAILABLE_SQLSTATES or state.startswith("08"))) or (
-            "ConnectionDoesNotExist" in type(exc).__name__ or "InterfaceError" in type(exc).__name__
-        ):
-            return exceptions.BackendUnavailable(f"Postgres is unavailable: {exc}")
+        if is_connection_failure(exc):
+            return exceptions.BackendUnavailable(f"Postgres is unavailable: {type(exc).__name__}: {exc}")
         return exceptions.BackendError(f"Postgres error: {exc}")
     return None
 

@@ -44,18 +44,47 @@ logger = logging.getLogger(__name__)
 # is not pushed again, however many times (and from however many replicas) it is announced ready; a
 # key in another list (its role or priority changed) is moved. The old list's name comes from the
 # hash, which is fine on a single Valkey node (not Cluster-safe; we do not run on Cluster).
+#
+# The dedupe entry is trusted only if the list really holds the key (LPOS, checked only on this
+# duplicate-announcement path): a claimer whose BLPOP took the key but whose follow-up dedupe removal
+# never arrived (Valkey blip, process killed) must not leave an entry that swallows every later
+# enqueue of that key. ARGV[3] '1' forces a push; ARGV[4] '1' pushes to the head (a task whose lease
+# expired goes back first in line, DESIGN §3.7).
 _ENQUEUE = """
 local cur = redis.call('HGET', KEYS[1], ARGV[1])
-if cur == KEYS[2] and ARGV[3] == '0' then
-  return 0
+if cur == KEYS[2] and ARGV[3] == '0' and ARGV[4] ~= '1' then
+  if redis.call('LPOS', KEYS[2], ARGV[1]) then
+    return 0
+  end
 end
 if cur then
   redis.call('LREM', cur, 0, ARGV[1])
 end
 redis.call('HSET', KEYS[1], ARGV[1], KEYS[2])
-redis.call('RPUSH', KEYS[2], ARGV[1])
+if ARGV[4] == '1' then
+  redis.call('LPUSH', KEYS[2], ARGV[1])
+else
+  redis.call('RPUSH', KEYS[2], ARGV[1])
+end
 redis.call('SADD', KEYS[3], ARGV[2])
 return 1
+"""
+
+# Give popped keys back to the head of the lists they came from (a claim failed before Postgres
+# decided): ARGV is {key, list, key, list, ...} in pop order, pushed back in reverse so the order is
+# kept. A key re-queued meanwhile (its dedupe entry names a list that holds it) is left alone.
+_PUSH_BACK = """
+local n = 0
+for i = #ARGV - 1, 1, -2 do
+  local key, list = ARGV[i], ARGV[i + 1]
+  local cur = redis.call('HGET', KEYS[1], key)
+  if not cur or not redis.call('LPOS', cur, key) then
+    redis.call('LPUSH', list, key)
+    redis.call('HSET', KEYS[1], key, list)
+    n = n + 1
+  end
+end
+return n
 """
 
 # Non-blocking pop across lists in the order given, and the dedupe entry removed in the same step.
@@ -279,12 +308,14 @@ class Popped:
 class BrokerBatch:
     """Everything one committed transaction asks of Valkey, sent in one pipelined round trip.
 
-    Order inside the pipeline: locks, unlocks, scheduled, ready, then events, so a subscriber that
+    Order inside the pipeline: locks, unlocks, scheduled, ready (head first), then events, so a subscriber that
     reacts to an event already finds the task queued.
     """
 
     #: tasks to put in their ready lists (deduplicated)
     ready: list[ReadyItem] = field(default_factory=list)
+    #: tasks to put at the *head* of their ready lists (leases that expired: first in line again)
+    ready_front: list[ReadyItem] = field(default_factory=list)
     #: ``(project, key, not_before)`` to remember in the scheduled set
     scheduled: list[tuple[str, str, datetime]] = field(default_factory=list)
     #: ``(project, key, token, ttl_seconds)`` claim locks to set
@@ -295,7 +326,7 @@ class BrokerBatch:
     events: list[tuple[str, Mapping[str, Any]]] = field(default_factory=list)
 
     def __bool__(self) -> bool:
-        return bool(self.ready or self.scheduled or self.locks or self.unlocks or self.events)
+        return bool(self.ready or self.ready_front or self.scheduled or self.locks or self.unlocks or self.events)
 
 
 class Subscription:
@@ -409,6 +440,7 @@ class ValkeyBroker:
             client = self._client
             self._scripts = {
                 "enqueue": client.register_script(_ENQUEUE),
+                "push_back": client.register_script(_PUSH_BACK),
                 "pop": client.register_script(_POP),
                 "pop_any": client.register_script(_POP_ANY),
                 "pop_many": client.register_script(_POP_MANY),
@@ -459,7 +491,8 @@ class ValkeyBroker:
         k = self.keys
         with wrap_valkey_errors("enqueue"):
             added = await self._scripts["enqueue"](
-                keys=[k.queued(project), k.ready(project, role, priority), k.roles(project)], args=[key, role, "0"]
+                keys=[k.queued(project), k.ready(project, role, priority), k.roles(project)],
+                args=[key, role, "0", "0"],
             )
         return bool(added)
 
@@ -480,7 +513,7 @@ class ValkeyBroker:
                     calls.add(
                         self._scripts["enqueue"],
                         [k.queued(it.project), k.ready(it.project, it.role, it.priority), k.roles(it.project)],
-                        [it.key, it.role, "1" if force else "0"],
+                        [it.key, it.role, "1" if force else "0", "0"],
                     )
                 results = await calls.execute()
         return sum(1 for r in results if r == 1)
@@ -500,11 +533,17 @@ class ValkeyBroker:
                     calls.add(release, [k.lock(project, key)], [token])
                 for project, key, at in batch.scheduled:
                     calls.command(pipe.zadd(k.scheduled(project), {key: at.timestamp()}))
+                for it in batch.ready_front:
+                    calls.add(
+                        enqueue,
+                        [k.queued(it.project), k.ready(it.project, it.role, it.priority), k.roles(it.project)],
+                        [it.key, it.role, "0", "1"],
+                    )
                 for it in batch.ready:
                     calls.add(
                         enqueue,
                         [k.queued(it.project), k.ready(it.project, it.role, it.priority), k.roles(it.project)],
-                        [it.key, it.role, "0"],
+                        [it.key, it.role, "0", "0"],
                     )
                 for project, payload in batch.events:
                     calls.command(pipe.publish(k.events(project), _dumps(payload)))
@@ -589,7 +628,12 @@ class ValkeyBroker:
                 got = await self._blocking_client.blpop(lists, timeout=round(slice_s, 3))
             if got:
                 list_key, key = got
-                await self.forget(project, str(key), str(list_key))
+                try:
+                    await self.forget(project, str(key), str(list_key))
+                except exceptions.BackendError as exc:
+                    # The key is ours (BLPOP took it): claim it anyway. Its dedupe entry may outlive
+                    # it; enqueue checks the list before trusting an entry, so none is swallowed.
+                    logger.warning("dedupe removal after BLPOP of %s failed: %s", key, exc)
                 return Popped(project=project, key=str(key), list_key=str(list_key))
 
     async def forget(self, project: str, key: str, list_key: str) -> None:
@@ -597,6 +641,25 @@ class ValkeyBroker:
         elsewhere meanwhile)."""
         with wrap_valkey_errors("forget"):
             await self._scripts["forget"](keys=[self.keys.queued(project)], args=[key, list_key])
+
+    async def push_back(self, popped: Sequence[Popped]) -> int:
+        """Return popped keys to the head of their lists, in their pop order (a claim failed before
+        Postgres decided, or was cancelled). Keys re-queued meanwhile stay where they are. Returns
+        how many were pushed back."""
+        by_project: dict[str, list[str]] = {}
+        for p in popped:
+            by_project.setdefault(p.project, []).extend((p.key, p.list_key))
+        n = 0
+        with wrap_valkey_errors("push back"):
+            for project, args in by_project.items():
+                n += int(await self._scripts["push_back"](keys=[self.keys.queued(project)], args=args))
+        return n
+
+    async def take_idle_check(self, project: str, seconds: float) -> bool:
+        """True for the first caller (across processes) per *seconds* window: the shared rate limit
+        (``SET NX PX``) of the reconcile a claimer starts when Valkey had nothing for it."""
+        with wrap_valkey_errors("rate limit"):
+            return bool(await self.client.set(self.keys.idle_check(project), "1", px=_ms(seconds), nx=True))
 
     async def depth(self, project: str) -> dict[str, int]:
         """Ready-list length per role (all priorities summed), for every known role."""

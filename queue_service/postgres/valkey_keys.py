@@ -12,6 +12,7 @@ validated slugs, task keys, roles and priorities, which never contain whitespace
 {prefix}:project:{project}:events                    chan   JSON events, published after commit
 {prefix}:project:{project}:depth                     hash   role -> ready depth (gauge, written by sweep)
 {prefix}:project:{project}:scheduled                 zset   backed-off task keys scored by not_before (epoch s)
+{prefix}:project:{project}:idle-check                string rate limit of a claimer-triggered reconcile (TTL)
 {prefix}:orchestrator:leader                         string leader lock of the orchestrator (TTL)
 {prefix}:epoch                                       string reconcile marker; gone = Valkey was flushed
 ```
@@ -90,6 +91,10 @@ class ValkeyKeys:
     def scheduled(self, project: str) -> str:
         """Sorted set of the project's backed-off task keys, score = ``not_before`` (epoch seconds)."""
         return f"{self.project(project)}:scheduled"
+
+    def idle_check(self, project: str) -> str:
+        """Shared rate limit of the claimers' own reconcile when Valkey had nothing for them."""
+        return f"{self.project(project)}:idle-check"
 
     # -- global ------------------------------------------------------------------------------
     @property

@@ -1,8 +1,8 @@
 """Reliability on real Postgres + Redis: killed agents, zombies, long work, a Valkey flush mid-run.
 
 Agents that must die or freeze run as real subprocesses (``tests/integration/agents/worker.py``).
-Bounds are correctness bounds with tolerant margins ("reclaimed within 2× the heartbeat"), never
-speed targets.
+Bounds are correctness bounds with tolerant margins ("reclaimable within lease + sweep period of the
+last renewal"), never speed targets.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 S = TaskStatus
 ROOT = Path(__file__).resolve().parents[2]
 HEARTBEAT = 0.5
-LEASE = 0.75  # 1.5 × heartbeat: a dead agent's lease runs out well within 2 × heartbeat
+LEASE = 0.75  # 1.5 × heartbeat: reclaimable within lease + sweep of the last renewal
 
 
 async def all_events(backend: PostgresValkeyBackend, project: str = "web") -> list[Event]:
@@ -108,7 +108,7 @@ async def backend(pg_url: str, valkey_url: str, valkey_prefix: str) -> AsyncIter
         yield b
 
 
-async def test_sigkilled_agent_task_is_reclaimed_within_two_heartbeats(
+async def test_sigkilled_agent_task_is_reclaimed_within_lease_plus_sweep(
     backend: PostgresValkeyBackend, pg_url: str, valkey_url: str, valkey_prefix: str
 ) -> None:
     t = await QueueService(backend).create_task("web", {"title": "crashy"})
@@ -123,15 +123,17 @@ async def test_sigkilled_agent_task_is_reclaimed_within_two_heartbeats(
         await agent.proc.wait()
     finally:
         await agent.kill()
-    async with Orchestrator(backend, interval=0.1):
+    sweep = 0.1
+    async with Orchestrator(backend, interval=sweep):
         c = await backend.dispatch.claim("web", "rescuer", wait=10.0, lease_seconds=30.0)
         reclaimed_after = time.monotonic() - killed_at
         assert c is not None
         assert c.task.key == t.key
         assert c.task.attempts == 1  # the dead attempt was counted
         done = await backend.dispatch.complete("web", t.key, c.lease.token, result="rescued")
-    # tolerant margin on top of 2× heartbeat: the machine is shared
-    assert reclaimed_after <= 2 * HEARTBEAT + 0.5, reclaimed_after
+    # the agent renewed at most HEARTBEAT before it was killed; tolerant margin: the machine is shared
+    print(f"reclaimed {reclaimed_after:.3f}s after the kill (bound: lease {LEASE}s + sweep {sweep}s)")
+    assert reclaimed_after <= LEASE + sweep + 0.5, reclaimed_after
     assert done.status is S.DONE
     kinds = Counter(e.kind for e in await all_events(backend) if e.task == t.key)
     assert kinds["claimed"] == 2

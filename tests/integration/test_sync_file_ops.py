@@ -21,6 +21,7 @@ import pytest
 from queue_service.models import TaskStatus
 from queue_service.service import QueueService
 from queue_service.testing import InMemoryBackend
+from queue_service.workspaces import WorkspacePolicy
 from tests.integration.sync_support import FAST, cell, editor_save, eventually, line_before, row_line, set_cell
 from tests.integration.test_sync import STATUS, TITLE, _synced, running, shows, started, syncer, task_is
 from workspace_sync.engine import FileSync
@@ -31,7 +32,8 @@ from workspace_sync.writer import SyncLock
 @pytest.fixture
 async def svc() -> AsyncIterator[QueueService]:
     async with InMemoryBackend(config=FAST) as backend:
-        yield QueueService(backend)
+        # the test is the operator: it names its own temporary workspace (issue 9)
+        yield QueueService(backend, workspaces=WorkspacePolicy(operator=True))
 
 
 @pytest.fixture

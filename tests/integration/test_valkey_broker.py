@@ -239,8 +239,10 @@ async def test_requeue_repairs_orphaned_dedupe_entry(broker: ValkeyBroker) -> No
     dev = broker.keys.ready("p", "dev", "P2")
     await broker.client.hset(broker.keys.queued("p"), "T-1", dev)
     await broker.client.sadd(broker.keys.roles("p"), "dev")
-    assert await broker.enqueue("p", "T-1", "dev", "P2") is False
-    assert await broker.listed("p") == {}
+    # the entry is checked against its list: a later enqueue is not swallowed (issue 10 finding 5)
+    assert await broker.enqueue("p", "T-1", "dev", "P2") is True
+    assert await broker.listed("p") == {"T-1": {dev}}
+    assert await broker.enqueue("p", "T-1", "dev", "P2") is False  # really listed now: deduplicated
     assert await broker.requeue([ReadyItem("p", "T-1", "dev", "P2")]) == 1
     assert await broker.listed("p") == {"T-1": {dev}}
     # requeue of a key that is listed moves it (no duplicate)

@@ -22,10 +22,12 @@ import pytest
 from typer.testing import CliRunner
 
 from queue_service import snapshot
+from queue_service.backend import DispatchConfig
 from queue_service.cli import app
 from queue_service.cli._core import CliState, Connection
 from queue_service.service import QueueService
 from queue_service.testing import InMemoryBackend
+from queue_service.workspaces import WorkspacePolicy
 
 EXPECTED_COMMANDS = {
     "project",
@@ -45,6 +47,13 @@ EXPECTED_COMMANDS = {
     "migrate",
     "token",
     "sync",  # registered by the workspace-sync engineer (queue_service/cli/sync.py)
+    # issue 11: the agent loop (queue_service/cli/agent_loop.py)
+    "next",
+    "ready",
+    "prime",
+    "dead-letter",
+    "dep",
+    "mcp",  # the MCP tools over stdio (issue 11, queue_service/cli/mcp.py)
 }
 
 
@@ -60,7 +69,12 @@ class Cli:
 
         @contextlib.asynccontextmanager
         async def conn() -> AsyncIterator[Connection]:
-            yield Connection(ops=QueueService(backend), mode="local", source="memory", sweep=backend.dispatch.sweep)
+            yield Connection(
+                ops=QueueService(backend, workspaces=WorkspacePolicy(operator=True)),
+                mode="local",
+                source="memory",
+                sweep=backend.dispatch.sweep,
+            )
 
         return conn()
 
@@ -81,9 +95,14 @@ class Cli:
         return str(lines[0]).removeprefix("error: ")
 
 
+#: A backoff far longer than any run of CLI invocations, so "WEB-1 is backing off" holds on a busy
+#: machine too (each in-process invocation can take half a second under load).
+SLOW_BACKOFF = DispatchConfig(backoff_base_seconds=600.0, backoff_max_seconds=600.0, backoff_jitter=0.0)
+
+
 @pytest.fixture
 def backend() -> InMemoryBackend:
-    return InMemoryBackend()
+    return InMemoryBackend(config=SLOW_BACKOFF)
 
 
 @pytest.fixture
@@ -122,7 +141,8 @@ def test_help_lists_exactly_the_working_commands() -> None:
         "task": {"add", "list", "show", "edit", "cancel", "retry", "note"},
         "project": {"create", "list", "show"},
         "mission": {"create", "list"},
-        "token": {"create"},
+        "token": {"create", "list", "revoke", "purge"},
+        "dep": {"add", "rm"},
     }.items():
         sub = CliRunner().invoke(app, [group, "--help"])
         assert sub.exit_code == 0
@@ -321,9 +341,15 @@ PER_PROJECT = {
     ("release",): "PROJECT KEY",
     ("stats",): "PROJECT",
     ("events",): "PROJECT",
-    ("run",): "PROJECT",  # these three always took it positionally
+    ("run",): "PROJECT",  # run takes PROJECT (or -p/QUEUE_PROJECT) before '--'
     ("export",): "PROJECT",
     ("sync",): "PROJECT",
+    ("next",): "PROJECT",
+    ("ready",): "PROJECT",
+    ("prime",): "PROJECT",
+    ("dead-letter",): "PROJECT",
+    ("dep", "add"): "PROJECT KEY DEP...",
+    ("dep", "rm"): "PROJECT KEY DEP...",
 }
 
 
@@ -351,12 +377,16 @@ def test_every_command_with_a_project_option_is_a_project_command() -> None:
             for name, sub in subcommands.items():
                 walk(sub, (*path, name))
             return
-        if any("--project" in getattr(p, "opts", ()) for p in command.params) and path != ("token", "create"):
+        # token create: --project scopes the token; run: PROJECT or -p before '--' (its own parser)
+        if any("--project" in getattr(p, "opts", ()) for p in command.params) and path not in {
+            ("token", "create"),
+            ("run",),
+        }:
             assert isinstance(command, ProjectCommand), path
             found.add(path)
 
     walk(root, ())
-    assert found == {k for k in PER_PROJECT if k not in {("run",), ("export",), ("sync",)}}
+    assert found == {k for k in PER_PROJECT if k != ("run",)}
 
 
 def test_task_add_batch(cli: Cli, tmp_path: Path) -> None:
@@ -479,9 +509,12 @@ def test_events(cli: Cli) -> None:
     after = [json.loads(x)["id"] for x in cli("events", "-p", "web", "--json", "--after", str(ids[1])).stdout.split()]
     assert after == ids[2:]
     assert len(cli("events", "-p", "web", "--json", "--limit", "2").stdout.splitlines()) == 2
-    # --follow stops after --limit events
-    out = cli("events", "-p", "web", "--json", "--follow", "--limit", "3", "--poll", "0.01").stdout
+    # --follow starts at now; --since all (or an id) replays history first; it stops after --limit events
+    out = cli("events", "-p", "web", "--json", "--follow", "--since", "all", "--limit", "3", "--poll", "0.01").stdout
     assert len(out.splitlines()) == 3
+    since = cli("events", "-p", "web", "--json", "--follow", "--since", str(ids[1]), "--limit", "1", "--poll", "0.01")
+    assert [json.loads(x)["id"] for x in since.stdout.split()] == [ids[2]]
+    assert "--since takes an event id or 'all'" in cli.error("events", "-p", "web", "--since", "yesterday")
     assert "claimed" in cli("events", "-p", "web").stdout
 
 
@@ -703,10 +736,13 @@ def test_flatfile_default_mode_across_invocations(monkeypatch: pytest.MonkeyPatc
     got = json.loads(ok("claim", "-p", "solo", "--json").stdout)
     ok("complete", "SOLO-1", "-p", "solo", "-t", got["lease"]["token"])
     code = "import json, sys; print(json.load(sys.stdin)['title'])"
-    summary = json.loads(ok("run", "solo", "--once", "--json", "--", sys.executable, "-c", code).stdout)
+    (tmp_path / "here").mkdir()
+    run = ("run", "solo", "--once", "--json", "--workdir", str(tmp_path / "here"), "--", sys.executable, "-c", code)
+    summary = json.loads(ok(*run).stdout)
     assert [t["outcome"] for t in summary["tasks"]] == ["completed"]
-    assert (tmp_path / "ws" / ".mosaic" / "orchestrator" / "next-task.json").exists()
-    page = json.loads(ok("task", "list", "-p", "solo", "--json").stdout)
+    # the runner's own directory, never the project's workspace (issue 9, finding 10)
+    assert (tmp_path / "here" / ".mosaic" / "orchestrator" / "next-task.json").exists()
+    page = json.loads(ok("task", "list", "-p", "solo", "--json", "--full").stdout)
     assert [(t["key"], t["status"]) for t in page["items"]] == [("SOLO-1", "done"), ("SOLO-2", "done")]
     assert page["items"][1]["result"]["stdout"] == "Second\n"
     dump = ok("export", "solo").stdout

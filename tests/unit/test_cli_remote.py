@@ -198,8 +198,10 @@ def test_remote_run(server: str, tmp_path: Path) -> None:
         sys.executable,
         "-c",
         child,
+        code=4,  # a task it ran failed once (then completed on its retry)
     )
     summary = json.loads(out.stdout)
+    assert summary["exit_code"] == 4
     assert sorted(t["outcome"] for t in summary["tasks"]) == ["completed", "completed", "retry"]
     for key in ("RRUN-1", "RRUN-2"):
         task = qs_json(server, "task", "show", key, "-p", "rrun")["task"]

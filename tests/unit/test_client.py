@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -194,9 +195,9 @@ def test_non_idempotent_calls_are_not_retried_on_503_or_read_errors() -> None:
     seen: list[httpx.Request] = []
     with Client(BASE, transport=_scripted([_down(), httpx.ReadTimeout("slow")], seen), retry=FAST_RETRY) as client:
         with pytest.raises(exceptions.BackendUnavailable):
-            client.complete("web", "WEB-1", "tok")
+            client.release("web", "WEB-1", "tok")
         with pytest.raises(ServiceUnreachable):
-            client.complete("web", "WEB-1", "tok")
+            client.release("web", "WEB-1", "tok")
     assert len(seen) == 2
 
 
@@ -459,3 +460,34 @@ async def test_async_worker_survives_a_lost_lease(app: FastAPI, qs: AsyncClient,
         jobs.append(job)
         break
     assert jobs[0].outcome == "lost"
+
+
+# -- issue 11: new-user fixes and the agent surface ---------------------------------------------
+def test_worker_stop_when_idle_does_not_long_poll() -> None:
+    seen: list[httpx.Request] = []
+    with Client(BASE, transport=_scripted([httpx.Response(204)], seen), retry=FAST_RETRY) as client:
+        jobs = list(client.worker("web", stop_when_idle=True))  # default wait_seconds is a long-poll
+    assert jobs == []
+    assert json.loads(seen[0].content)["wait_seconds"] == 0
+
+
+async def test_create_task_takes_a_title_and_mission_milestones_are_plain_json(qs: AsyncClient) -> None:
+    from queue_service.models import Milestone
+
+    await qs.create_project({"slug": "py"})
+    task = await qs.create_task("py", "just a title")
+    assert task.title == "just a title"
+    mission = await qs.create_mission("py", {"id": "m", "name": "M", "milestones": [Milestone(id="m1", name="Design")]})
+    assert [m.id for m in mission.milestones] == ["m1"]
+
+
+async def test_agent_claim_and_ready_over_rest(qs: AsyncClient) -> None:
+    await qs.create_project({"slug": "ag"})
+    await qs.create_tasks("ag", [{"title": "leaf"}, {"title": "hub"}, {"title": "after", "depends_on": ["#1"]}])
+    ready = await qs.ready_tasks("ag")
+    assert [t.title for t in ready.tasks] == ["hub", "leaf"] and ready.total == 2
+    claim = await qs.claim("ag", "agent", lease_profile="agent")
+    assert claim is not None and claim.task.title == "hub"
+    assert claim.lease.seconds is not None and claim.lease.seconds >= 900
+    worker = await qs.claim("ag", "worker")
+    assert worker is not None and worker.lease.seconds is not None and worker.lease.seconds < 900

@@ -4,8 +4,8 @@ Each row holds a task's synced values and a short history of earlier synced vers
 of TASKS.md is recognised). Existing bases stay in ``sync_state.state`` until the next cycle moves
 them here.
 
-Revision ID: 0002
-Revises: 0001
+Revision ID: 0003
+Revises: 0002_token_revoked_at
 Create Date: 2026-11-29 12:20:00
 """
 
@@ -15,8 +15,8 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
 
-revision: str = '0002'
-down_revision: str | Sequence[str] | None = '0001'
+revision: str = '0003'
+down_revision: str | Sequence[str] | None = '0002_token_revoked_at'
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
