@@ -32,6 +32,7 @@ from queue_service.backend import Backend
 from queue_service.orchestrator import Orchestrator
 from queue_service.service import QueueService
 from queue_service.settings import Settings, is_loopback
+from queue_service.ui import install_ui
 from workspace_sync.manager import WorkspaceSyncManager
 
 __all__ = ["check_exposure", "create_app"]
@@ -116,6 +117,9 @@ def create_app(settings: Settings, backend: Backend | None = None) -> FastAPI:
         version=__version__,
         description="Task orchestration for teams of AI agents. Errors are `{error: {code, message, details}}`.",
         lifespan=lifespan,
+        # served by install_ui from vendored assets, so they work offline (no CDN)
+        docs_url=None,
+        redoc_url=None,
     )
     errors.install_error_handlers(app)
     for module in (
@@ -128,4 +132,5 @@ def create_app(settings: Settings, backend: Backend | None = None) -> FastAPI:
         routes_sync,
     ):
         app.include_router(module.router)
+    install_ui(app)
     return app

@@ -759,9 +759,14 @@ class ProjectState:
             new = task.model_copy(
                 update={"status": S.NOT_STARTED, "attempts": attempts, "last_error": error, "not_before": now + delay}
             )
-            return self._transition(changes, task, new, kind, now, token=None, retry_in=delay.total_seconds())
+            return self._transition(
+                changes, task, new, kind, now, token=None, retry_in=delay.total_seconds(), attempt=attempts, error=error
+            )
         new = task.model_copy(update={"status": S.FAILED, "attempts": attempts, "last_error": error})
-        return self._transition(changes, task, new, kind, now, token=None, dead_letter=True)
+        # every attempt's error stays in the event log (the task keeps only the last): the UI lists them all
+        return self._transition(
+            changes, task, new, kind, now, token=None, dead_letter=True, attempt=attempts, error=error
+        )
 
     def plan_fail(
         self, key: str, token: str, error: str, retryable: bool, config: DispatchConfig, now: datetime

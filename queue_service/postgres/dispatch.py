@@ -696,10 +696,10 @@ class PostgresValkeyDispatcher(Dispatcher):
         if retryable and attempts < max_attempts:
             delay = self._backoff(attempts)
             values.update(status=S.NOT_STARTED.value, not_before=now + delay)
-            data = {**data, "retry_in": delay.total_seconds(), "attempt": attempts}
+            data = {**data, "retry_in": delay.total_seconds(), "attempt": attempts, "error": error}
         else:
             values.update(status=S.FAILED.value)
-            data = {**data, "dead_letter": True, "attempt": attempts}
+            data = {**data, "dead_letter": True, "attempt": attempts, "error": error}
         row = (
             await conn.execute(
                 update(_tasks).where(_tasks.c.id == task_id).values(**values).returning(*_TASK_RETURNING)
