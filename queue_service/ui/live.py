@@ -23,7 +23,8 @@ from queue_service.api.deps import get_service
 from queue_service.api.routes_events import _event_id
 from queue_service.api.sse import stream_events
 from queue_service.auth import Action
-from queue_service.ui import session
+from queue_service.ui import session, views
+from queue_service.ui.pages import throughput_tracker
 
 __all__ = ["RECHECK_SECONDS", "router"]
 
@@ -81,6 +82,10 @@ async def project_events(
     if after is None:
         after = _event_id(last_event_id, "last_event_id")
     await service.get_project(project)
+    if after is None:
+        # start after the newest event now, not at the subscription's first tick: a change made
+        # between this connection's first frame and the subscription starting is still sent
+        after = await views.last_event_id(throughput_tracker(request), service, project)
     stream = stream_events(service, project, after, follow=True, keepalive_seconds=_KEEPALIVE)
     return StreamingResponse(
         _rechecked(request, project, _named(stream)), media_type="text/event-stream", headers=_HEADERS
@@ -90,14 +95,19 @@ async def project_events(
 async def _all_projects(request: Request) -> AsyncIterator[bytes]:
     service = get_service(request)
     principal = await session.ui_principal(request)
+    tracker = throughput_tracker(request)
     slugs = [p.slug for p in await service.list_projects() if principal.allows(Action.READ, p.slug)]
+    # each project's stream starts after the newest event seen now: nothing falls between the
+    # page's render and the subscriptions starting
+    starts = {s: await views.last_event_id(tracker, service, s) for s in slugs}
     wake: asyncio.Queue[str] = asyncio.Queue(maxsize=1)
 
     async def pump(slug: str) -> None:
         with contextlib.suppress(exceptions.QueueServiceError):
-            async for _ in service.subscribe(slug):
-                with contextlib.suppress(asyncio.QueueFull):
-                    wake.put_nowait(slug)
+            async for chunk in stream_events(service, slug, starts[slug], keepalive_seconds=_KEEPALIVE):
+                if chunk.startswith(b"id: "):
+                    with contextlib.suppress(asyncio.QueueFull):
+                        wake.put_nowait(slug)
 
     pumps = [asyncio.create_task(pump(s)) for s in slugs]
     try:

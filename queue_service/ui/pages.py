@@ -16,7 +16,7 @@ from queue_service.models import TaskFilter, TaskStatus, parse_status, validate_
 from queue_service.ui import graphs, session, views
 from queue_service.ui.render import error_page, page
 
-__all__ = ["DAG_LIMIT", "redirect_home", "router"]
+__all__ = ["DAG_LIMIT", "redirect_home", "router", "throughput_tracker"]
 
 router = APIRouter(prefix="/ui", include_in_schema=False)
 
@@ -46,7 +46,8 @@ def _statuses(values: list[str]) -> tuple[TaskStatus, ...]:
             s = parse_status(v)
             if s not in out:
                 out.append(s)
-    return tuple(out)
+    order = [*views.BOARD_COLUMNS, TaskStatus.CANCELLED]
+    return tuple(sorted(out, key=order.index))
 
 
 def _fail(request: Request, principal: Principal | None, exc: exceptions.QueueServiceError) -> HTMLResponse:
@@ -58,7 +59,7 @@ async def overview(request: Request) -> Response:
     """Every project the caller may read: counts, ready depth per role, throughput, failures, agents."""
     principal = await session.ui_principal(request)
     service = get_service(request)
-    throughput: views.Throughput = get_state_ui(request)
+    throughput: views.Throughput = throughput_tracker(request)
     rows = []
     for project in await service.list_projects():
         if not principal.allows(Action.READ, project.slug):
@@ -80,7 +81,7 @@ async def overview(request: Request) -> Response:
     return page(request, "overview.html", principal, rows=rows, statuses=list(TaskStatus))
 
 
-def get_state_ui(request: Request) -> views.Throughput:
+def throughput_tracker(request: Request) -> views.Throughput:
     """The app's throughput tracker (made on first use; one per app)."""
     state = get_state(request)
     tracker = getattr(request.app.state, "ui_throughput", None)

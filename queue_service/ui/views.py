@@ -194,6 +194,10 @@ class Throughput:
                 lo = mid + 1
         return lo
 
+    def last_seen(self, project: str) -> int:
+        """The newest event id read for *project* so far (0 before the first look)."""
+        return self._last.get(project, 0)
+
     async def buckets(self, service: QueueService, project: str, now: datetime | None = None) -> list[tuple[int, int]]:
         """``(completed, failed)`` per minute, oldest first, the last being the current minute."""
         now = now or utcnow()
@@ -221,6 +225,12 @@ class Throughput:
             for m in [m for m in minutes if m < first]:
                 del minutes[m]
         return [tuple(minutes.get(m, [0, 0])) for m in range(first, this_minute + 1)]  # type: ignore[misc]
+
+
+async def last_event_id(tracker: Throughput, service: QueueService, project: str) -> int:
+    """The project's newest event id (read incrementally through the throughput tracker)."""
+    await tracker.buckets(service, project)
+    return tracker.last_seen(project)
 
 
 def lease_left(task: Task, now: datetime) -> str | None:
