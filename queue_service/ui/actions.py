@@ -87,7 +87,7 @@ async def create_task(request: Request, project: str) -> Response:
         if labels:
             data["labels"] = [x for x in labels.replace(",", " ").split() if x]
         task = await get_service(request).create_task(project, data)
-        return _task_url(project, task.key)
+        return f"/ui/p/{project}?" + urlencode({"created": task.key})
 
     return await _guarded(request, project, Action.ADMIN, run)
 

@@ -103,8 +103,9 @@ async def board(
     mission: _Text = None,
     milestone: _Text = None,
     q: _Text = None,
+    created: _Text = None,
 ) -> Response:
-    """The kanban board with its filters."""
+    """The kanban board with its filters (``created``: the key the create form just made)."""
     principal = await _reader(request, project)
     service = get_service(request)
     try:
@@ -134,6 +135,7 @@ async def board(
         missions=missions,
         all_statuses=list(TaskStatus),
         cards=views.CARDS,
+        created=_blank(created),
     )
 
 

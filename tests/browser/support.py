@@ -152,18 +152,18 @@ def seed_demo(client: Client, project: str = "web") -> dict[str, str]:
             },
         )
         keys.append(task.key)
-    agent = Client(client.base_url, token=client._token, agent="builder-7")
-    for i in (0, 1):
+    with Client(client.base_url, token=client._token, agent="builder-7") as agent:
+        for i in (0, 1):
+            claim = agent.claim(project, roles=["backend"])
+            assert claim is not None
+            agent.complete(project, claim.task.key, claim.lease.token, {"ok": True, "step": i})
         claim = agent.claim(project, roles=["backend"])
         assert claim is not None
-        agent.complete(project, claim.task.key, claim.lease.token, {"ok": True, "step": i})
-    claim = agent.claim(project, roles=["backend"])
-    assert claim is not None
-    agent.add_note(project, claim.task.key, "Endpoints sketched; pagination next.", author="builder-7")
-    busy = claim.task.key
-    claim2 = agent.claim(project, roles=["backend"])
-    assert claim2 is not None
-    agent.complete(project, claim2.task.key, claim2.lease.token, None)
+        agent.add_note(project, claim.task.key, "Endpoints sketched; pagination next.", author="builder-7")
+        busy = claim.task.key
+        claim2 = agent.claim(project, roles=["backend"])
+        assert claim2 is not None
+        agent.complete(project, claim2.task.key, claim2.lease.token, None)
     client.update_task(project, keys[5], {"status": "needs-qa"})
     client.update_task(project, keys[6], {"status": "blocked", "blocked_reason": "waiting for API keys"})
     flaky = client.create_task(project, {"title": "Nightly import", "role": "importer", "max_attempts": 2})

@@ -193,7 +193,9 @@ async def test_create_edit_note_cancel_retry_through_forms(app: FastAPI) -> None
             c, "/ui/p/web/tasks", {"title": "From form", "priority": "P1", "role": "ui", "depends_on": "WEB-1, WEB-2"}
         )
         assert r.status_code == 303
-        key = r.headers["location"].rsplit("/", 1)[1]
+        assert r.headers["location"].startswith("/ui/p/web?created=")
+        key = r.headers["location"].rsplit("=", 1)[1]
+        assert f'href="/ui/p/web/tasks/{key}"' in (await c.get(r.headers["location"])).text
         task = await svc.get_task("web", key)
         assert (task.title, task.priority.value, task.role, task.depends_on) == (
             "From form",
