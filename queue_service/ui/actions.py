@@ -30,7 +30,15 @@ BULK_LIMIT = 10_000
 _MAX_FIELD = 100_000
 
 
+#: largest form body read (a create form with a 100,000-character description fits)
+MAX_FORM_BYTES = 1024 * 1024
+
+
 async def _form(request: Request) -> FormData:
+    """The posted form, refused before it is read when it says it is too big or does not say."""
+    length = request.headers.get("content-length")
+    if length is None or not length.isdigit() or int(length) > MAX_FORM_BYTES:
+        raise exceptions.ValidationError(f"a form post needs a Content-Length of at most {MAX_FORM_BYTES} bytes")
     return await request.form(max_files=0, max_fields=BULK_LIMIT + 20, max_part_size=_MAX_FIELD + 1)
 
 

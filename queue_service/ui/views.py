@@ -96,49 +96,49 @@ async def iter_tasks(service: QueueService, project: str, filters: TaskFilter, l
         cursor = page.next_cursor
 
 
-async def _column(
-    service: QueueService, project: str, status: TaskStatus, f: BoardFilter, counts: dict[str, int]
-) -> Column:
-    store = f.store_filter([status])
-    if f.store_only:
-        page = await service.list_tasks(project, store, limit=CARDS)
-        return Column(status.value, counts.get(status.value, 0), list(page.items))
-    cards: list[Task] = []
-    count = 0
-    read = 0
-    async for task in iter_tasks(service, project, store, SCAN_LIMIT):
-        read += 1
-        if f.matches_text(task):
-            count += 1
-            if len(cards) < CARDS:
-                cards.append(task)
-    return Column(status.value, count, cards, capped=read >= SCAN_LIMIT)
-
-
 async def board(service: QueueService, project: str, f: BoardFilter) -> list[Column]:
-    """The kanban columns (the filter's statuses, or the default six)."""
+    """The kanban columns (the filter's statuses, or the default six).
+
+    With only a status filter the counts are the stats' and each column reads its first cards. With
+    any other filter one scan over the selected statuses (at most :data:`SCAN_LIMIT` tasks) counts
+    and fills every column at once.
+    """
     stats = await service.stats(project)
     statuses = f.statuses or BOARD_COLUMNS
-    return list(await asyncio.gather(*(_column(service, project, s, f, stats.by_status) for s in statuses)))
+    if f.store_only:
+        pages = await asyncio.gather(*(service.list_tasks(project, f.store_filter([s]), limit=CARDS) for s in statuses))
+        return [
+            Column(s.value, stats.by_status.get(s.value, 0), list(page.items))
+            for s, page in zip(statuses, pages, strict=True)
+        ]
+    columns = {s: Column(s.value, 0, []) for s in statuses}
+    read = 0
+    async for task in iter_tasks(service, project, f.store_filter(statuses), SCAN_LIMIT):
+        read += 1
+        if f.matches_text(task):
+            col = columns[task.status]
+            col.count += 1
+            if len(col.cards) < CARDS:
+                col.cards.append(task)
+    if read >= SCAN_LIMIT:
+        for col in columns.values():
+            col.capped = True
+    return list(columns.values())
 
 
 @dataclass
 class AgentRow:
     name: str
     held: list[Task] = field(default_factory=list)
-    assigned: int = 0
     #: the latest lease expiry among held tasks: the last heartbeat renewed it
     lease_expires_at: datetime | None = None
     last_seen: datetime | None = None
 
 
 async def agents(service: QueueService, project: str) -> list[AgentRow]:
-    """Agents as seen today: lease holders of in-progress tasks, plus assignees of open tasks.
-
-    The last heartbeat is the latest ``claimed``/heartbeat-renewed lease: a lease is renewed by each
-    heartbeat, so ``expires_at - lease length`` is when the agent last spoke; we show the task's
-    ``updated_at`` for claims and the lease expiry, both server times.
-    """
+    """Agents as seen today (a registry arrives with routing): whoever holds or works an
+    in-progress task. Each heartbeat renews the lease, so the lease expiry moves with the agent's
+    last heartbeat; ``last_seen`` is the latest change to a task it holds (its claim)."""
     rows: dict[str, AgentRow] = {}
     held = TaskFilter(status=[S.IN_PROGRESS])
     async for task in iter_tasks(service, project, held, SCAN_LIMIT):
@@ -151,10 +151,6 @@ async def agents(service: QueueService, project: str) -> list[AgentRow]:
             row.lease_expires_at = task.lease_expires_at
         if row.last_seen is None or task.updated_at > row.last_seen:
             row.last_seen = task.updated_at
-    open_statuses = [S.NOT_STARTED, S.NEEDS_QA, S.BLOCKED]
-    async for task in iter_tasks(service, project, TaskFilter(status=open_statuses), SCAN_LIMIT):
-        if task.assignee:
-            rows.setdefault(task.assignee, AgentRow(task.assignee)).assigned += 1
     return sorted(rows.values(), key=lambda r: (not r.held, r.name))
 
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import itertools
 import os
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
 from playwright.sync_api import Browser, Page, Playwright, sync_playwright
 
 from tests.browser.support import CHROMIUM, Server, launch_options, serve
@@ -45,6 +47,29 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """One auth-off flatfile server per module; tests keep apart by using their own project."""
     with serve(tmp_path_factory.mktemp("ui") / "data") as s:
         yield s
+
+
+@pytest.fixture
+def pg_server(tmp_path: Path, pg_url: str, valkey_url: str) -> Iterator[Server]:
+    """The same server on Postgres + Valkey (a fresh database and key space for the test).
+
+    The key space is cleaned with the sync redis client: Playwright's sync API keeps an event loop
+    of its own in this thread, so the async ``valkey_prefix`` fixture cannot run here.
+    """
+    prefix = f"mosaic:queue:ui{uuid.uuid4().hex[:12]}"
+    env = {"QUEUE_DATABASE_URL": pg_url, "QUEUE_VALKEY_URL": valkey_url, "QUEUE_TEST_KEY_PREFIX": prefix}
+    try:
+        with serve(tmp_path / "data", "tests.acceptance.serve_app", **env) as s:
+            yield s
+    finally:
+        client = redis.Redis.from_url(valkey_url)
+        try:
+            keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
+            for i in range(0, len(keys), 1000):
+                client.delete(*keys[i : i + 1000])
+            client.delete(prefix)
+        finally:
+            client.close()
 
 
 @pytest.fixture

@@ -39,13 +39,20 @@ class Server:
     port: int
     env: dict[str, str]
     log: Path
+    #: the module run with ``python -m`` (the real CLI by default)
+    module: str = "queue_service"
     process: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 60.0) -> None:
         """Start (or restart, on the same port and data) and wait until it is ready."""
         with self.log.open("ab") as out:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "queue_service", "serve", "--port", str(self.port)],
+                [
+                    sys.executable,
+                    "-m",
+                    self.module,
+                    *(["serve", "--port", str(self.port)] if self.module == "queue_service" else []),
+                ],
                 cwd=ROOT,
                 env={**os.environ, **self.env},
                 stdout=out,
@@ -83,19 +90,21 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def serve(data_dir: Path, **env: str) -> Iterator[Server]:
-    """``queue-service serve`` on a free loopback port with its data in *data_dir*."""
+def serve(data_dir: Path, module: str = "queue_service", **env: str) -> Iterator[Server]:
+    """``queue-service serve`` (or ``python -m module`` reading QUEUE_PORT) on a free loopback port
+    with its data in *data_dir* (flatfile unless *env* names a database)."""
     port = free_port()
     base = {
         "QUEUE_DATA_DIR": str(data_dir),
         "QUEUE_HOST": "127.0.0.1",
+        "QUEUE_PORT": str(port),
         "QUEUE_SYNC": "false",
         "QUEUE_LEASE_SECONDS": "600",
         "QUEUE_BACKOFF_BASE_SECONDS": "0",
         "QUEUE_BACKOFF_MAX_SECONDS": "0",
         "QUEUE_LOG_LEVEL": "warning",
     }
-    server = Server(f"http://127.0.0.1:{port}", port, {**base, **env}, data_dir.parent / f"server-{port}.log")
+    server = Server(f"http://127.0.0.1:{port}", port, {**base, **env}, data_dir.parent / f"server-{port}.log", module)
     server.start()
     try:
         yield server

@@ -12,6 +12,7 @@ import re
 import subprocess
 import sys
 
+import pytest
 from playwright.sync_api import Page, expect
 
 from tests.browser.support import ROOT, Server, fail_until_dead, seed_demo
@@ -51,8 +52,14 @@ def test_open_board_and_create_a_task_through_the_form(page: Page, server: Serve
     )
 
 
-def test_completing_through_the_api_moves_the_card_without_reload(page: Page, server: Server, project: str) -> None:
+@pytest.mark.parametrize("backend", ["flatfile", pytest.param("postgres+valkey", marks=pytest.mark.postgres)])
+def test_completing_through_the_api_moves_the_card_without_reload(
+    page: Page, backend: str, request: pytest.FixtureRequest
+) -> None:
+    server: Server = request.getfixturevalue("server" if backend == "flatfile" else "pg_server")
+    project = f"move{backend[:2]}"
     with server.client() as c:
+        c.create_project({"slug": project})
         task = c.create_task(project, {"title": "Ship it"})
         open_live(page, f"{server.url}/ui/p/{project}")
         expect(page.get_by_test_id("col-not-started").get_by_test_id(f"card-{task.key}")).to_be_visible()

@@ -174,13 +174,15 @@ async def test_dag_is_svg_coloured_by_status(app: FastAPI) -> None:
     assert 'data-key="WEB-1" data-status="not-started"' in r.text and '<path d="M' in r.text
 
 
-async def test_agents_view_lists_holders_and_assignees(app: FastAPI) -> None:
+async def test_agents_view_lists_holders_with_lease_left(app: FastAPI) -> None:
     svc = app.state.qs.service
-    await svc.claim("web", "builder-7")
+    claim = await svc.claim("web", "builder-7")
     await svc.create_task("web", {"title": "later", "assignee": "alice"})
     async with browser(app) as c:
         r = await c.get("/ui/p/web/agents")
-    assert 'data-testid="agent-builder-7"' in r.text and 'data-testid="agent-alice"' in r.text
+    row = r.text.split('data-testid="agent-builder-7"', 1)[1].split("</tr>", 1)[0]
+    assert f">{claim.task.key}</a>" in row and re.search(rf"{claim.task.key}: \d+s", row)
+    assert 'data-testid="agent-alice"' not in r.text  # assigned, but holds nothing
 
 
 # -- actions ------------------------------------------------------------------------------------
@@ -231,6 +233,8 @@ async def test_bad_form_input_is_refused_and_changes_nothing(app: FastAPI) -> No
         assert r.status_code == 412  # the form was rendered from an older version
         r = await post(c, "/ui/p/web/tasks/WEB-1/notes", {"text": "  "})
         assert r.status_code == 422
+        r = await post(c, "/ui/p/web/tasks", {"title": "big", "description": "x" * (1024 * 1024)})
+        assert r.status_code == 422 and "Content-Length" in r.text
     after = await svc.export_project("web")
     assert after.tasks == before.tasks and after.notes == before.notes
 
