@@ -176,12 +176,13 @@ async def test_dag_is_svg_coloured_by_status(app: FastAPI) -> None:
 
 async def test_agents_view_lists_holders_with_lease_left(app: FastAPI) -> None:
     svc = app.state.qs.service
-    claim = await svc.claim("web", "builder-7")
+    claim = await svc.claim("web", "builder-7", lease_seconds=600)
+    assert claim is not None
     await svc.create_task("web", {"title": "later", "assignee": "alice"})
     async with browser(app) as c:
         r = await c.get("/ui/p/web/agents")
     row = r.text.split('data-testid="agent-builder-7"', 1)[1].split("</tr>", 1)[0]
-    assert f">{claim.task.key}</a>" in row and re.search(rf"{claim.task.key}: \d+s", row)
+    assert f">{claim.task.key}</a>" in row and re.search(rf"{claim.task.key}: \d+m \d+s", row)
     assert 'data-testid="agent-alice"' not in r.text  # assigned, but holds nothing
 
 
