@@ -88,7 +88,9 @@ async def run(ctx: Context) -> None:
         for name, backend in backends:
             ctx.log(f"ui: filling {size} tasks on {name}")
             await _fill(backend, size, dag)
-            app = create_app(Settings(backend_url="memory://", orchestrator=False, sync=False), backend)
+            app = create_app(
+                Settings(backend_url="memory://", orchestrator=False, sync=False, allowed_hosts="bench"), backend
+            )
             async with (
                 app.router.lifespan_context(app),
                 httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://bench") as client,

@@ -260,6 +260,15 @@ class _Records(RecordStore):
     async def count_api_tokens(self) -> int:
         return await self.b.blocking(self.b.tokens.count, "read API tokens")
 
+    async def list_api_tokens(self) -> list[ApiToken]:
+        return await self.b.blocking(self.b.tokens.all, "read API tokens")
+
+    async def revoke_api_token(self, token_id: str) -> ApiToken:
+        return await self.b.blocking(lambda: self.b.tokens.revoke(token_id), "revoke an API token")
+
+    async def purge_api_tokens(self) -> int:
+        return await self.b.blocking(self.b.tokens.purge, "delete API tokens")
+
     async def export_project(self, project: str) -> ProjectSnapshot:
         return await self.b.read(project, snapshot_of)
 

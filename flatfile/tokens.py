@@ -17,7 +17,7 @@ from flatfile.atomic import ensure_dir, write_atomic
 from flatfile.errors import corrupt
 from flatfile.locks import FileLock
 from queue_service import exceptions
-from queue_service.models import ApiToken
+from queue_service.models import ApiToken, utcnow
 
 __all__ = ["TOKENS_FORMAT", "TokenFile"]
 
@@ -79,8 +79,39 @@ class TokenFile:
         return next((t for t in self._read() if t.token_hash == token_hash), None)
 
     def count(self) -> int:
-        """How many tokens exist."""
+        """How many token records exist (revoked ones included)."""
         return len(self._read())
+
+    def all(self) -> list[ApiToken]:
+        """Every token record, oldest first."""
+        return sorted(self._read(), key=lambda t: (t.created_at, t.id))
+
+    def _write(self, tokens: list[ApiToken]) -> None:
+        doc = {"format": TOKENS_FORMAT, "tokens": [t.model_dump(mode="json") for t in tokens]}
+        write_atomic(self.path, json.dumps(doc, indent=2).encode() + b"\n")
+        self._cache = None
+
+    def revoke(self, token_id: str) -> ApiToken:
+        """Mark a token revoked (idempotent). Raises NotFound for an unknown id."""
+        ensure_dir(self._data_dir)
+        with self.lock.hold(exclusive=True):
+            tokens = self._read()
+            found = next((t for t in tokens if t.id == token_id), None)
+            if found is None:
+                raise exceptions.NotFound(f"no token with id {token_id!r}", token=token_id)
+            if found.revoked_at is not None:
+                return found
+            revoked = found.model_copy(update={"revoked_at": utcnow()})
+            self._write([revoked if t.id == token_id else t for t in tokens])
+            return revoked
+
+    def purge(self) -> int:
+        """Delete every token record; returns how many there were."""
+        ensure_dir(self._data_dir)
+        with self.lock.hold(exclusive=True):
+            count = len(self._read())
+            self._write([])
+            return count
 
     def close(self) -> None:
         """Release the lock descriptor."""

@@ -24,15 +24,19 @@ from queue_service.api import (
     routes_projects,
     routes_sync,
     routes_tasks,
+    routes_tokens,
 )
 from queue_service.api.auth import Authenticator
 from queue_service.api.deps import AppState
+from queue_service.api.edge import EdgeMiddleware
+from queue_service.api.limits import StreamSlots
 from queue_service.api.metrics import Metrics
 from queue_service.backend import Backend
 from queue_service.orchestrator import Orchestrator
 from queue_service.service import QueueService
 from queue_service.settings import Settings, is_loopback
 from queue_service.ui import install_ui
+from queue_service.workspaces import WorkspacePolicy
 from workspace_sync.manager import WorkspaceSyncManager
 
 __all__ = ["check_exposure", "create_app"]
@@ -78,13 +82,15 @@ def create_app(settings: Settings, backend: Backend | None = None) -> FastAPI:
         try:
             await be.open()
             await check_exposure(settings, be)
-            service = QueueService(be, workspace_root=settings.workspace)
+            # API callers name workspaces only relative to QUEUE_WORKSPACE (issue 9)
+            service = QueueService(be, workspaces=WorkspacePolicy.from_settings(settings, operator=False))
             app.state.qs = AppState(
                 settings=settings,
                 backend=be,
                 service=service,
-                authenticator=Authenticator(be.records),
+                authenticator=Authenticator(be.records, require_tokens=not is_loopback(settings.host)),
                 metrics=Metrics(),
+                streams=StreamSlots(settings.max_event_streams),
             )
             if settings.orchestrator:
                 orchestrator = _make_orchestrator(be, settings.sweep_seconds)
@@ -121,6 +127,8 @@ def create_app(settings: Settings, backend: Backend | None = None) -> FastAPI:
         docs_url=None,
         redoc_url=None,
     )
+    # inside the catch-all (added next), so a failure in an edge check is still a JSON error
+    app.add_middleware(EdgeMiddleware, settings=settings)
     errors.install_error_handlers(app)
     for module in (
         routes_health,
@@ -130,6 +138,7 @@ def create_app(settings: Settings, backend: Backend | None = None) -> FastAPI:
         routes_events,
         routes_coord,
         routes_sync,
+        routes_tokens,
     ):
         app.include_router(module.router)
     install_ui(app)

@@ -243,7 +243,22 @@ class RecordStore(abc.ABC):
 
     @abc.abstractmethod
     async def count_api_tokens(self) -> int:
-        """How many tokens exist (0 means auth is off)."""
+        """How many token records exist, revoked ones included (0 means auth is off)."""
+
+    @abc.abstractmethod
+    async def list_api_tokens(self) -> list[ApiToken]:
+        """Every token record, oldest first (revoked ones included)."""
+
+    @abc.abstractmethod
+    async def revoke_api_token(self, token_id: str) -> ApiToken:
+        """Mark a token revoked (idempotent: a revoked token keeps its first revocation time).
+
+        Raises NotFound for an unknown id.
+        """
+
+    @abc.abstractmethod
+    async def purge_api_tokens(self) -> int:
+        """Delete every token record (auth turns off); returns how many there were."""
 
     # -- snapshots --------------------------------------------------------------------------
     @abc.abstractmethod

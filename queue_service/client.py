@@ -24,6 +24,7 @@ transport: ``AsyncClient(transport=httpx.ASGITransport(app=create_app(...)))``.
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
@@ -318,9 +319,20 @@ class _BaseClient:
         #: the agent id claims use when none is given (unique per client, see ``new_agent_id``)
         self.agent_id = agent or new_agent_id()
         self._headers = {"User-Agent": f"queue-service-client/{__version__}", "Accept": "application/json"}
+        if token is None:
+            # the same variable the CLI reads, so an agent's environment is enough to authenticate
+            token = os.environ.get("QUEUE_TOKEN") or None
         if token:
             self._headers["Authorization"] = f"Bearer {token}"
         self._token = token
+
+    def _headers_for(self, call: _Call) -> dict[str, str]:
+        headers = {**self._headers, **call.headers}
+        if call.method != "GET" and call.json is None:
+            # the service refuses state changes that are not JSON, body or not (a browser cannot
+            # send this header cross-site without asking first)
+            headers["Content-Type"] = "application/json"
+        return headers
 
     def _should_retry(self, call: _Call, attempt: int, exc: httpx.TransportError | None) -> bool:
         if attempt >= self.retry.attempts:
@@ -343,7 +355,7 @@ class Client(_BaseClient):
 
     Args:
         base_url: where the service listens (default ``http://127.0.0.1:8000``).
-        token: API token (``qs_…``), sent as ``Authorization: Bearer``.
+        token: API token (``qs_…``), sent as ``Authorization: Bearer``; default: ``$QUEUE_TOKEN``.
         timeout: seconds per request (claims add their ``wait_seconds``).
         retry: backoff policy for retryable failures.
         transport: an httpx transport to use (tests).
@@ -388,7 +400,7 @@ class Client(_BaseClient):
                     self.base_url + call.path if not self._owns_http else call.path,
                     json=call.json,
                     params=call.params,
-                    headers={**self._headers, **call.headers},
+                    headers=self._headers_for(call),
                     timeout=call.timeout if call.timeout is not None else self.timeout,
                 )
             except httpx.TransportError as exc:
@@ -681,7 +693,7 @@ class AsyncClient(_BaseClient):
 
     Args:
         base_url: where the service listens (default ``http://127.0.0.1:8000``).
-        token: API token (``qs_…``), sent as ``Authorization: Bearer``.
+        token: API token (``qs_…``), sent as ``Authorization: Bearer``; default: ``$QUEUE_TOKEN``.
         timeout: seconds per request (claims add their ``wait_seconds``).
         retry: backoff policy for retryable failures.
         transport: an httpx async transport (tests: ``httpx.ASGITransport(app=...)``).
@@ -735,7 +747,7 @@ class AsyncClient(_BaseClient):
                     self.base_url + call.path if not self._owns_http else call.path,
                     json=call.json,
                     params=call.params,
-                    headers={**self._headers, **call.headers},
+                    headers=self._headers_for(call),
                     timeout=call.timeout if call.timeout is not None else self.timeout,
                 )
             except httpx.TransportError as exc:

@@ -45,7 +45,9 @@ __all__ = [
     "TaskStatus",
     "TaskUpdate",
     "TokenRole",
+    "one_line",
     "parse_status",
+    "tasks_file_problem",
     "utcnow",
     "validate_key",
     "validate_slug",
@@ -200,7 +202,7 @@ class TokenRole(StrEnum):
 
 def validate_slug(value: str) -> str:
     """Check a project or mission slug (``^[a-z0-9][a-z0-9-]{0,62}$``)."""
-    if not isinstance(value, str) or not SLUG_RE.match(value):
+    if not isinstance(value, str) or not SLUG_RE.fullmatch(value):
         raise exceptions.ValidationError(
             f"invalid slug {value!r}: use 1-63 lowercase letters, digits and dashes, starting with a letter or digit",
             value=value,
@@ -210,7 +212,7 @@ def validate_slug(value: str) -> str:
 
 def validate_key(value: str) -> str:
     """Check a task key (``WEB-12``, ``CR-01-02``): letters/digits groups joined by dashes."""
-    if not isinstance(value, str) or len(value) > MAX_KEY_LEN or not KEY_RE.match(value):
+    if not isinstance(value, str) or len(value) > MAX_KEY_LEN or not KEY_RE.fullmatch(value):
         raise exceptions.ValidationError(
             f"invalid task key {value!r}: use letters and digits joined by dashes, "
             f"at most {MAX_KEY_LEN} characters (e.g. WEB-12)",
@@ -220,13 +222,13 @@ def validate_key(value: str) -> str:
 
 
 def _check_prefix(value: str) -> str:
-    if not PREFIX_RE.match(value):
+    if not PREFIX_RE.fullmatch(value):
         raise ValueError(f"invalid key prefix {value!r}: use 1-16 uppercase letters/digits, starting with a letter")
     return value
 
 
 def _check_slug(value: str) -> str:
-    if not SLUG_RE.match(value):
+    if not SLUG_RE.fullmatch(value):
         raise ValueError(
             f"invalid slug {value!r}: use 1-63 lowercase letters, digits and dashes, starting with a letter or digit"
         )
@@ -234,27 +236,42 @@ def _check_slug(value: str) -> str:
 
 
 def _check_key(value: str) -> str:
-    if len(value) > MAX_KEY_LEN or not KEY_RE.match(value):
+    if len(value) > MAX_KEY_LEN or not KEY_RE.fullmatch(value):
         raise ValueError(f"invalid task key {value!r}: use letters and digits joined by dashes (e.g. WEB-12)")
     return value
 
 
 def _check_role(value: str) -> str:
-    if not ROLE_RE.match(value):
+    if not ROLE_RE.fullmatch(value):
         raise ValueError(f"invalid role {value!r}: use letters, digits and . _ : / -, at most 128 characters")
     return value
 
 
 def _check_label(value: str) -> str:
-    if not LABEL_RE.match(value):
+    if not LABEL_RE.fullmatch(value):
         raise ValueError(f"invalid label {value!r}: no spaces, commas or pipes, at most 64 characters")
     return value
 
 
 def _check_dep_ref(value: str) -> str:
-    if re.fullmatch(r"#\d+", value):
+    if re.fullmatch(r"#\d{1,6}", value):
         return value
     return _check_key(value)
+
+
+#: every character ``str.splitlines`` breaks on: none may appear in a one-line field (issue 9, finding 11)
+_LINE_BREAK_RE = re.compile(r"[\r\n\v\f\x1c\x1d\x1e\x85\u2028\u2029]")
+#: a value made only of dashes reads as "empty" in a TASKS.md cell, so it could never round-trip
+_DASHES_ONLY_RE = re.compile(r"[-\u2010-\u2015\u2212]+")
+
+
+def one_line(value: str) -> str:
+    """Refuse text that TASKS.md cannot carry exactly: line breaks, or only dashes (``-``, ``—``)."""
+    if _LINE_BREAK_RE.search(value):
+        raise ValueError(f"{value[:60]!r} must be a single line (no line breaks)")
+    if _DASHES_ONLY_RE.fullmatch(value.strip()):
+        raise ValueError(f"{value!r} means 'none' in TASKS.md; use a word")
+    return value
 
 
 def _strip_nonempty(value: str) -> str:
@@ -267,6 +284,12 @@ def _strip_nonempty(value: str) -> str:
 def _aware(value: datetime | None) -> datetime | None:
     if value is not None and value.tzinfo is None:
         return value.replace(tzinfo=UTC)
+    if value is not None:
+        try:
+            # 0001-01-01T00:00+14:00 is before year 1 in UTC: no backend can store it
+            value.astimezone(UTC)
+        except OverflowError:
+            raise ValueError(f"{value.isoformat()} is out of range once converted to UTC") from None
     return value
 
 
@@ -279,8 +302,10 @@ DepRef = Annotated[
     str, BeforeValidator(lambda v: v.strip() if isinstance(v, str) else v), AfterValidator(_check_dep_ref)
 ]
 Role = Annotated[str, AfterValidator(_check_role)]
-Label = Annotated[str, AfterValidator(_check_label)]
-Title = Annotated[str, AfterValidator(_strip_nonempty), Field(max_length=500)]
+Label = Annotated[str, AfterValidator(_check_label), AfterValidator(one_line)]
+Title = Annotated[str, AfterValidator(_strip_nonempty), AfterValidator(one_line), Field(max_length=500)]
+#: free text that lands in one TASKS.md cell or heading (names, assignee, milestone)
+OneLine = Annotated[str, AfterValidator(one_line)]
 StatusField = Annotated[TaskStatus, BeforeValidator(parse_status)]
 PriorityField = Annotated[Priority, BeforeValidator(_parse_priority)]
 AwareDatetime = Annotated[datetime, AfterValidator(_aware)]
@@ -373,7 +398,7 @@ class ProjectCreate(_Input):
     """Input for creating a project."""
 
     slug: Slug
-    name: str | None = Field(default=None, max_length=200)
+    name: OneLine | None = Field(default=None, max_length=200)
     key_prefix: KeyPrefix | None = None
     workspace: str | None = Field(default=None, max_length=4096)
 
@@ -390,7 +415,7 @@ class ProjectCreate(_Input):
 class ProjectUpdate(_Input):
     """Patch for a project; only the fields given change."""
 
-    name: str | None = Field(default=None, max_length=200)
+    name: OneLine | None = Field(default=None, max_length=200)
     workspace: str | None = Field(default=None, max_length=4096)
 
 
@@ -400,6 +425,35 @@ class Milestone(_Frozen):
     id: str = Field(min_length=1, max_length=64)
     name: str = Field(min_length=1, max_length=200)
     status: MissionStatus = MissionStatus.PENDING
+
+
+#: one directory or file name of a mission's tasks_file (issue 9: no spaces, no ``~``, no control characters)
+TASKS_FILE_SEGMENT_RE = re.compile(r"[A-Za-z0-9._-]{1,100}")
+#: most path segments a tasks_file may have (``docs/plans/web/TASKS.md``)
+TASKS_FILE_MAX_SEGMENTS = 4
+
+
+def tasks_file_problem(value: str) -> str | None:
+    """Why *value* is not an acceptable mission ``tasks_file`` (None when it is).
+
+    The rule: relative to the workspace, at most 4 segments of ``[A-Za-z0-9._-]``, none of them
+    ``.`` or ``..``, ending in ``.md``. Also applied to stored missions before their file is synced.
+    """
+    if value.startswith("/"):
+        return f"tasks_file {value!r} must be relative to the workspace"
+    segments = value.split("/")
+    if any(s == "" for s in segments):
+        return f"tasks_file {value!r} has an empty segment"
+    if any(s in (".", "..") for s in segments):
+        return f"tasks_file {value!r}: '.' and '..' segments are refused"
+    bad = next((s for s in segments if not TASKS_FILE_SEGMENT_RE.fullmatch(s)), None)
+    if bad is not None:
+        return f"tasks_file {value!r}: each segment must match [A-Za-z0-9._-] (1-100 characters), not {bad!r}"
+    if len(segments) > TASKS_FILE_MAX_SEGMENTS:
+        return f"tasks_file {value!r} has {len(segments)} segments; at most {TASKS_FILE_MAX_SEGMENTS} are allowed"
+    if not value.endswith(".md") or segments[-1] == ".md":
+        return f"tasks_file {value!r} must name a .md file (such as docs/TASKS.md)"
+    return None
 
 
 class Mission(_Frozen):
@@ -420,7 +474,7 @@ class MissionCreate(_Input):
     """Input for creating a mission."""
 
     id: Slug
-    name: str | None = Field(default=None, max_length=200)
+    name: OneLine | None = Field(default=None, max_length=200)
     status: MissionStatus = MissionStatus.ACTIVE
     milestones: list[Milestone] = Field(default_factory=list)
     tasks_file: str | None = Field(default=None, max_length=1024)
@@ -430,13 +484,17 @@ class MissionCreate(_Input):
     def _relative_path(cls, value: str | None) -> str | None:
         if value is None:
             return None
-        if value.startswith("/") or ".." in value.split("/") or not value.strip():
-            raise ValueError(f"tasks_file {value!r} must be a relative path inside the workspace")
+        problem = tasks_file_problem(value)
+        if problem:
+            raise ValueError(problem)
         return value
 
     @pydantic.field_validator("milestones")
     @classmethod
     def _unique_milestones(cls, value: list[Milestone]) -> list[Milestone]:
+        for m in value:
+            one_line(m.id)
+            one_line(m.name)
         ids = [m.id for m in value]
         dupes = sorted({i for i in ids if ids.count(i) > 1})
         if dupes:
@@ -494,9 +552,9 @@ class TaskCreate(_Input):
     status: StatusField = TaskStatus.NOT_STARTED
     role: Role = DEFAULT_ROLE
     priority: PriorityField = Priority.P2
-    assignee: str | None = Field(default=None, max_length=200)
+    assignee: OneLine | None = Field(default=None, max_length=200)
     mission: Slug = DEFAULT_MISSION
-    milestone: str | None = Field(default=None, max_length=64)
+    milestone: OneLine | None = Field(default=None, max_length=64)
     depends_on: list[DepRef] = Field(default_factory=list, max_length=1000)
     labels: list[Label] = Field(default_factory=list, max_length=100)
     extra: dict[str, str] = Field(default_factory=dict)
@@ -523,9 +581,9 @@ class TaskUpdate(_Input):
     status: StatusField | None = None
     role: Role | None = None
     priority: PriorityField | None = None
-    assignee: str | None = Field(default=None, max_length=200)
+    assignee: OneLine | None = Field(default=None, max_length=200)
     mission: Slug | None = None
-    milestone: str | None = Field(default=None, max_length=64)
+    milestone: OneLine | None = Field(default=None, max_length=64)
     depends_on: list[TaskKey] | None = Field(default=None, max_length=1000)
     labels: list[Label] | None = None
     extra: dict[str, str] | None = None
@@ -635,6 +693,8 @@ class ApiToken(_Frozen):
     token_hash: str
     name: str | None = None
     created_at: datetime
+    #: set by ``qs token revoke``: the token no longer authenticates, but its record keeps auth on
+    revoked_at: datetime | None = None
 
 
 class ProjectSnapshot(_Frozen):

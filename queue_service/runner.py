@@ -2,14 +2,19 @@
 
 For each claimed task the runner spawns the agent command with the task as JSON on stdin and
 ``QUEUE_TASK_KEY``/``QUEUE_TASK_TITLE``/``QUEUE_PROJECT`` (and a few more) in the environment, in
-the project's workspace. While the child runs, a separate asyncio task heartbeats the lease, so a
+the work directory the user chose (``--workdir``/``QUEUE_WORKDIR``, else the current directory): never a
+path received from the server, which could otherwise point the runner at any directory of this
+machine (issue 9, finding 10). The child's environment is the runner's minus the service's own
+``QUEUE_*``/``MOSAIC_*`` variables (``QUEUE_TOKEN``, database and Valkey URLs), except ``QUEUE_URL`` and
+the names the user passes with ``--pass-env``. Log lines escape control characters, so a task title
+cannot forge lines. While the child runs, a separate asyncio task heartbeats the lease, so a
 child that is busy (or hung) never loses its lease by itself; if the lease is lost anyway (for
 example the runner was stopped with SIGSTOP past the lease), the child is stopped and its result
 discarded — a zombie never completes a task someone else now holds. Exit 0 completes the task with
 the tail of stdout as the result; any other exit is a retryable failure carrying the tail of stderr.
 SIGINT/SIGTERM stop the children and release their tasks (no attempt counted).
 
-Coord parity: the workspace's ``.mosaic/orchestrator/`` holds ``session.lock`` (one runner per
+Coord parity: the work directory's ``.mosaic/orchestrator/`` holds ``session.lock`` (one runner per
 workspace; JSON with ``session_id`` ``sess-NNN``, ``runtime``, ``pid``, ``started_at``,
 ``project_path``) and the ``next-task.json`` capsule (the task about to run). A lock whose pid is no
 longer running is stale and taken over; a live one makes the runner refuse to start.
@@ -31,6 +36,7 @@ import shutil
 import signal
 import socket
 import time
+import unicodedata
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -59,6 +65,50 @@ __all__ = [
 ]
 
 logger = logging.getLogger("queue_service.runner")
+
+#: characters escaped in log lines: controls (newline, ESC…), format characters (bidi overrides),
+#: line and paragraph separators
+_UNPRINTABLE_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp"})
+
+
+def escape_control(text: str) -> str:
+    """*text* with every control/format/separator character written as ``\\xNN``/``\\uNNNN``."""
+    if text.isprintable():
+        return text
+    out = []
+    for ch in text:
+        if unicodedata.category(ch) in _UNPRINTABLE_CATEGORIES:
+            code = ord(ch)
+            out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+class _EscapeControlCharacters(logging.Filter):
+    """Task titles, keys and error texts come from other people: one record is one log line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        escaped = escape_control(message)
+        if escaped != message:
+            record.msg, record.args = escaped, None
+        return True
+
+
+logger.addFilter(_EscapeControlCharacters())
+
+#: the service's own configuration and credentials, never given to children unless named in pass_env
+_PRIVATE_ENV_PREFIXES = ("QUEUE_", "MOSAIC_")
+#: ...except the service address, which an agent needs to call back (not a secret)
+_PUBLIC_ENV = frozenset({"QUEUE_URL"})
+
+
+def child_environment(environ: dict[str, str] | os._Environ[str], pass_env: Sequence[str] = ()) -> dict[str, str]:
+    """The runner's environment minus the service's private variables (see the module doc)."""
+    keep = set(pass_env) | _PUBLIC_ENV
+    return {k: v for k, v in environ.items() if k in keep or not k.startswith(_PRIVATE_ENV_PREFIXES)}
+
 
 LOCK_FILE = "session.lock"
 CAPSULE_FILE = "next-task.json"
@@ -269,8 +319,11 @@ class RunnerOptions:
     agent_name: str | None = None
     #: the ``runtime`` written to session.lock (default: the command's basename)
     runtime: str | None = None
-    #: where to run and write .mosaic/orchestrator (default: the project's workspace, else cwd)
+    #: where to run and write .mosaic/orchestrator (``--workdir``; default: the current directory).
+    #: Never taken from the server: the project's workspace is the server's path, not this machine's.
     workspace: Path | None = None
+    #: environment variables passed to children although private (``--pass-env QUEUE_TOKEN``)
+    pass_env: Sequence[str] = ()
     #: how much of stdout/stderr to keep for the result / error
     tail_chars: int = 4000
     #: how long one claim waits for a ready task before checking for stop/idle
@@ -428,12 +481,12 @@ class Runner:
         opts = self.options
         self._check_command()
         project = await self.ops.get_project(opts.project)
-        workspace = opts.workspace or (Path(project.workspace) if project.workspace else Path.cwd())
-        workspace = workspace.expanduser().resolve()
-        try:
-            workspace.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise exceptions.ValidationError(f"cannot use workspace {workspace}: {exc.strerror or exc}") from None
+        del project  # checked to exist; its workspace is a path on the server, never used here
+        workspace = (opts.workspace or Path.cwd()).expanduser().resolve()
+        if not workspace.is_dir():
+            raise exceptions.ValidationError(
+                f"work directory {workspace} does not exist or is not a directory (--workdir / QUEUE_WORKDIR)"
+            )
         self._workspace = workspace
         lock = SessionLock.acquire(
             orchestrator_dir(workspace),
@@ -583,7 +636,7 @@ class Runner:
             logger.warning("could not write %s: %s", CAPSULE_FILE, exc)
 
     def _child_env(self, task: Task) -> dict[str, str]:
-        env = dict(os.environ)
+        env = child_environment(os.environ, self.options.pass_env)
         env.update(
             {
                 "QUEUE_PROJECT": self.options.project,

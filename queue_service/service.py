@@ -38,8 +38,9 @@ from queue_service.models import (
     validate_slug,
     validated,
 )
+from queue_service.workspaces import WorkspacePolicy
 
-__all__ = ["QueueService", "new_agent_id"]
+__all__ = ["SERVICE_AUTHORS", "QueueService", "check_author", "new_agent_id"]
 
 MAX_BATCH = 10_000
 MAX_PAGE = 1000
@@ -79,12 +80,30 @@ def new_agent_id(name: str | None = None) -> str:
     return f"{name}@{base}" if name else base
 
 
+#: names the service writes notes and events under: no caller may sign a note with one (issue 9)
+SERVICE_AUTHORS = frozenset({"workspace-sync", "system", "dispatcher", "orchestrator", "queue-service"})
+
+
+def check_author(author: str) -> str:
+    """Refuse a note author that impersonates the service (``workspace-sync``…)."""
+    if author.strip().lower() in SERVICE_AUTHORS:
+        raise exceptions.ValidationError(
+            f"note author {author.strip()!r} is reserved for the service itself; sign notes with your own name",
+            value=author.strip(),
+        )
+    return author
+
+
 class QueueService:
     """Every task operation, written only against :class:`~queue_service.backend.Backend`."""
 
-    def __init__(self, backend: Backend, *, workspace_root: Path | None = None) -> None:
+    def __init__(
+        self, backend: Backend, *, workspace_root: Path | None = None, workspaces: WorkspacePolicy | None = None
+    ) -> None:
         self.backend = backend
-        self.workspace_root = workspace_root
+        #: where workspaces may live (issue 9); API-strict unless the caller says it is the operator
+        self.workspaces = workspaces or WorkspacePolicy(root=workspace_root)
+        self.workspace_root = self.workspaces.root
 
     # -- projects ---------------------------------------------------------------------------
     async def create_project(self, data: ProjectCreate | Mapping[str, Any]) -> Project:
@@ -94,8 +113,14 @@ class QueueService:
         ``<root>/<slug>``.
         """
         create = validated(ProjectCreate, data)
-        if create.workspace is None and self.workspace_root is not None:
-            create = create.model_copy(update={"workspace": str(self.workspace_root / create.slug)})
+        workspace = (
+            self.workspaces.default_for(create.slug)
+            if create.workspace is None
+            else self.workspaces.place(create.workspace)
+        )
+        if workspace is not None:
+            self.workspaces.check_overlap(workspace, create.slug, await self.backend.records.list_projects())
+            create = create.model_copy(update={"workspace": workspace})
         return await self.backend.records.create_project(create)
 
     async def get_project(self, slug: str) -> Project:
@@ -107,8 +132,13 @@ class QueueService:
         return await self.backend.records.list_projects()
 
     async def update_project(self, slug: str, data: ProjectUpdate | Mapping[str, Any]) -> Project:
-        """Patch a project (name, workspace)."""
-        return await self.backend.records.update_project(validate_slug(slug), validated(ProjectUpdate, data))
+        """Patch a project (name, workspace); a workspace is checked against :attr:`workspaces`."""
+        slug, patch = validate_slug(slug), validated(ProjectUpdate, data)
+        if patch.workspace is not None:
+            workspace = self.workspaces.place(patch.workspace)
+            self.workspaces.check_overlap(workspace, slug, await self.backend.records.list_projects())
+            patch = patch.model_copy(update={"workspace": workspace})
+        return await self.backend.records.update_project(slug, patch)
 
     # -- missions ---------------------------------------------------------------------------
     async def create_mission(self, project: str, data: MissionCreate | Mapping[str, Any]) -> Mission:
@@ -201,12 +231,20 @@ class QueueService:
             _check_text("reason", reason)
         return await self.backend.records.cancel_task(validate_slug(project), validate_key(key), reason, actor)
 
-    async def add_note(self, project: str, key: str, author: str, text: str, token: str | None = None) -> Note:
-        """Append a note to a task."""
+    async def add_note(
+        self, project: str, key: str, author: str, text: str, token: str | None = None, *, system: bool = False
+    ) -> Note:
+        """Append a note to a task.
+
+        Args:
+            system: the service itself writes it (the sync); only then may *author* be a service name.
+        """
         if not text or not text.strip():
             raise exceptions.ValidationError("note text must not be empty")
         if not author or not author.strip():
             raise exceptions.ValidationError("note author must not be empty")
+        if not system:
+            check_author(author)
         _check_text("text", text)
         _check_text("author", author)
         return await self.backend.records.add_note(

@@ -63,10 +63,11 @@ def decode_cursor(cursor: str | None) -> int:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         tag, _, num = raw.partition(":")
-        if tag != "seq":
+        # seq is a Postgres BIGINT: a longer number is malformed, not a driver error
+        if tag != "seq" or not num.isascii() or not num.isdigit() or len(num) > 19:
             raise ValueError(raw)
         value = int(num)
-        if value < 0:
+        if value >= 2**63:
             raise ValueError(raw)
         return value
     except (ValueError, UnicodeDecodeError):

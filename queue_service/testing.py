@@ -197,6 +197,23 @@ class _Records(RecordStore):
     async def count_api_tokens(self) -> int:
         return len(self.b.api_tokens)
 
+    async def list_api_tokens(self) -> list[ApiToken]:
+        return sorted(self.b.api_tokens.values(), key=lambda t: (t.created_at, t.id))
+
+    async def revoke_api_token(self, token_id: str) -> ApiToken:
+        token = self.b.api_tokens.get(token_id)
+        if token is None:
+            raise exceptions.NotFound(f"no token with id {token_id!r}", token=token_id)
+        if token.revoked_at is None:
+            token = token.model_copy(update={"revoked_at": utcnow()})
+            self.b.api_tokens[token_id] = token
+        return token
+
+    async def purge_api_tokens(self) -> int:
+        count = len(self.b.api_tokens)
+        self.b.api_tokens.clear()
+        return count
+
     async def export_project(self, project: str) -> ProjectSnapshot:
         return snapshot_of(self.b.state(project))
 

@@ -42,9 +42,11 @@ from queue_service.models import (
     utcnow,
 )
 from queue_service.service import QueueService
+from queue_service.workspaces import Confined
 from workspace_sync import merge as m
+from workspace_sync import safe_files
 from workspace_sync.format import MarkerKind, Row, RowData, TasksDocument, parse, render_document
-from workspace_sync.writer import SyncLock, atomic_write, content_hash
+from workspace_sync.writer import SyncLock, content_hash
 
 __all__ = [
     "STATE_FORMAT",
@@ -77,9 +79,10 @@ _TableShape = tuple[tuple[str, str], ...]
 def mission_path(workspace: Path | str, mission: Mission) -> Path:
     """The TASKS.md of *mission*: ``<workspace>/TASKS.md`` for the default one, else ``<workspace>/<tasks_file>``.
 
-    The result is absolute and normalised (it is also the key of the file's stored sync state).
+    The result is absolute and normalised (it is also the key of the file's stored sync state). ``~``
+    is never expanded (issue 9): stored workspaces are absolute paths.
     """
-    root = Path(workspace).expanduser()
+    root = Path(workspace)
     path = root / "TASKS.md" if mission.id == DEFAULT_MISSION else root / mission.tasks_file
     return Path(os.path.normpath(path.absolute()))
 
@@ -192,7 +195,7 @@ class _Cycle:
 
     async def note(self, key: str, text: str) -> None:
         try:
-            await self.svc.add_note(self.slug, key, SYNC_ACTOR, text)
+            await self.svc.add_note(self.slug, key, SYNC_ACTOR, text, system=True)
         except exceptions.QueueServiceError as exc:  # a note must never stop the sync
             logger.warning("could not add a sync note to %s/%s: %s", self.slug, key, exc)
 
@@ -527,6 +530,9 @@ class FileSync:
         path: the TASKS.md file.
         strict_coord: render fresh files with exactly coord's nine columns.
         lock_timeout: seconds to wait for another process's cycle on the same file.
+        target: how to reach *path* without following links (from
+            :func:`queue_service.workspaces.locate_tasks_file`); default: trust *path*'s directory.
+        max_bytes: the largest file read (a larger one is refused).
     """
 
     def __init__(
@@ -538,13 +544,18 @@ class FileSync:
         *,
         strict_coord: bool = False,
         lock_timeout: float = 30.0,
+        target: Confined | None = None,
+        max_bytes: int = safe_files.MAX_FILE_BYTES,
     ) -> None:
         self.service = service
         self.project = project
         self.mission = mission
-        self.path = Path(os.path.normpath(path.expanduser().absolute()))
+        # every read/write goes through safe_files from this (issue 9: no links, regular files only)
+        self.target = target or Confined.of(path)
+        self.path = self.target.path
+        self.max_bytes = max_bytes
         self.strict_coord = strict_coord
-        self.lock = SyncLock(self.path, timeout=lock_timeout)
+        self.lock = SyncLock(self.target, timeout=lock_timeout)
         self._mutex = asyncio.Lock()
         #: how many times this object wrote the file
         self.writes = 0
@@ -565,11 +576,12 @@ class FileSync:
         return str(self.path)
 
     def file_hash(self) -> str | None:
-        """The current file's content hash (None when missing or unreadable)."""
+        """The current file's content hash (None when missing, unreadable or refused); blocks."""
         try:
-            return content_hash(self.path.read_bytes())
-        except OSError:
+            data = safe_files.read_file(self.target, self.max_bytes)
+        except (OSError, safe_files.UnsafeFile):
             return None
+        return None if data is None else content_hash(data)
 
     async def changed_by_agent(self, key: str, entry: dict[str, Any]) -> bool:
         """Whether a change of *key* since its base came from dispatch (claims, completions, sweeps).
@@ -585,7 +597,7 @@ class FileSync:
         """Write *data* atomically unless the file no longer has *expected_hash* (None: it did not exist)."""
         if self.file_hash() != expected_hash:
             return False
-        atomic_write(self.path, data)
+        safe_files.write_atomic(self.target, data)
         return True
 
     def _is_own(self, event: Any, mission_changed: bool) -> bool:
@@ -634,7 +646,7 @@ class FileSync:
     async def status(self) -> dict[str, Any]:
         """The stored sync state's public part: path, errors, recent conflicts, problem, last sync."""
         state = await self.service.get_sync_state(self.project, self.state_key) or {}
-        return public_status(self.mission, self.path, state)
+        return public_status(self.mission, self.path, state, self.target)
 
     async def sync(self, *, force: bool = False) -> SyncReport:
         """Run one cycle (see the module docstring); never leaves a half-written file.
@@ -647,13 +659,14 @@ class FileSync:
         """
         async with self._mutex:
             self.cycles += 1
-            directory = self.path.parent
-            if not directory.is_dir():
-                return await self._problem(f"workspace directory {directory} does not exist")
-            if not os.access(directory, os.R_OK | os.W_OK | os.X_OK):
-                return await self._problem(f"workspace directory {directory} is not readable and writable")
-            async with self.lock.hold():
-                report = await self._cycle(force)
+            problem = await asyncio.to_thread(safe_files.directory_problem, self.target)
+            if problem:
+                return await self._problem(problem)
+            try:
+                async with self.lock.hold():
+                    report = await self._cycle(force)
+            except safe_files.UnsafeFile as exc:
+                return await self._problem(exc.message)
             self.last_report = report
             return report
 
@@ -690,9 +703,9 @@ class FileSync:
         self.own_versions = set()
         mission_changed = False
         try:
-            raw: bytes | None = self.path.read_bytes()
-        except FileNotFoundError:
-            raw = None
+            raw = await asyncio.to_thread(safe_files.read_file, self.target, self.max_bytes)
+        except safe_files.UnsafeFile as exc:
+            return await self._problem(exc.message)
         except OSError as exc:
             return await self._problem(f"cannot read {self.path}: {exc.strerror or exc}")
         file_hash = None if raw is None else content_hash(raw)
@@ -734,6 +747,16 @@ class FileSync:
             # the file is still what the last cycle rendered: its document is already parsed
             kept = memo.doc if memo is not None and file_hash == memo.file_hash else None
             doc = kept if kept is not None else parse(text)
+            if doc.project is not None and (doc.project, doc.mission or DEFAULT_MISSION) != (
+                self.project,
+                self.mission,
+            ):
+                # a copy of (or link to) another project's file: adopting it would import that project's
+                # tasks and cancel ours (issue 9); only a file without a marker, or with ours, is synced
+                return await self._problem(
+                    f"{self.path} is marked project={doc.project} mission={doc.mission or DEFAULT_MISSION}, "
+                    f"not project={self.project} mission={self.mission}: refused, left untouched"
+                )
             cycle = _Cycle(
                 self,
                 mission,
@@ -831,17 +854,22 @@ def collect_errors(doc: TasksDocument) -> list[dict[str, Any]]:
     return sorted(out, key=lambda e: (e["line"], e["column"]))
 
 
-def public_status(mission: str, path: Path, state: dict[str, Any]) -> dict[str, Any]:
-    """The part of a stored sync state shown by the API and ``queue-service sync --status``."""
+def public_status(
+    mission: str, path: Path, state: dict[str, Any], target: Confined | None = None, *, problem: str | None = None
+) -> dict[str, Any]:
+    """The part of a stored sync state shown by the API and ``queue-service sync --status``.
+
+    A *problem* (a refused path) is shown instead of the stored one, and the path is not even probed.
+    """
     base = state.get("base") or {}
     return {
         "mission": mission,
         "path": str(path),
-        "exists": path.is_file(),
+        "exists": problem is None and safe_files.is_regular_file(target or Confined.of(path)),
         "synced": bool(base),
         "synced_at": state.get("synced_at"),
         "tasks": len(base.get("rows", {})),
-        "problem": state.get("problem"),
+        "problem": problem or state.get("problem"),
         "errors": list(state.get("errors", [])),
         "conflicts": list(state.get("conflicts", []))[-10:],
     }

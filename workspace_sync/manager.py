@@ -28,6 +28,8 @@ from queue_service import exceptions
 from queue_service.models import Project
 from queue_service.service import QueueService
 from queue_service.settings import Settings
+from queue_service.workspaces import Confined, locate_tasks_file, locate_workspace
+from workspace_sync import safe_files
 from workspace_sync.engine import FileSync, SyncReport, mission_path, public_status
 from workspace_sync.watcher import DirectoryWatcher
 
@@ -47,16 +49,25 @@ async def sync_status(service: QueueService, project: str) -> dict[str, Any]:
     Returns:
         ``{"project", "workspace", "files": [...]}``; each file has its path, whether it exists, when
         it was last synced, the current ``errors`` (line, column, key, message), recent ``conflicts``
-        and any ``problem`` (for example a missing workspace).
+        and any ``problem`` (for example a missing workspace). A workspace that breaks a rule of
+        :mod:`queue_service.workspaces` adds ``disabled`` (the reason), also each file's ``problem``.
     """
     proj = await service.get_project(project)
     files: list[dict[str, Any]] = []
+    out: dict[str, Any] = {"project": proj.slug, "workspace": proj.workspace, "files": files}
     if proj.workspace:
+        located = locate_workspace(service.workspaces, proj, await service.list_projects())
+        if isinstance(located, str):
+            out["disabled"] = located
         for mission in await service.list_missions(project):
             path = mission_path(proj.workspace, mission)
             state = await service.get_sync_state(project, str(path)) or {}
-            files.append(public_status(mission.id, path, state))
-    return {"project": proj.slug, "workspace": proj.workspace, "files": files}
+            target = located if isinstance(located, str) else locate_tasks_file(service.workspaces, located, mission)
+            if isinstance(target, str):
+                files.append(public_status(mission.id, path, state, problem=target))
+            else:
+                files.append(public_status(mission.id, path, state, target))
+    return out
 
 
 class _Worker:
@@ -145,7 +156,8 @@ class WorkspaceSyncManager:
 
     Args:
         service: the QueueService facade.
-        settings: ``sync_rescan_seconds``, ``sync_debounce_seconds`` and the workspace root are read.
+        settings: ``sync_rescan_seconds`` and ``sync_debounce_seconds`` are read (the workspace rules come
+            from ``service.workspaces``).
         projects: sync only these project slugs (``queue-service sync PROJECT --watch``).
         polling: force watchdog's polling observer (default: inotify, polling only as a fallback).
         strict_coord: render fresh files with exactly coord's nine columns.
@@ -292,24 +304,24 @@ class WorkspaceSyncManager:
         return found
 
     async def _discover(self) -> None:
-        wanted: dict[tuple[str, str], Path] = {}
+        wanted: dict[tuple[str, str], Confined] = {}
+        everyone = await self.service.list_projects()
         for project in await self._projects():
-            assert project.workspace is not None
-            self._ensure_workspace(project, project.workspace)
             try:
-                missions = await self.service.list_missions(project.slug)
-            except exceptions.NotFound:
-                continue
-            for mission in missions:
-                wanted[(project.slug, mission.id)] = mission_path(project.workspace, mission)
+                await self._locate(project, everyone, wanted)
+                self._log_problem(f"project:{project.slug}", None)
+            except (OSError, exceptions.QueueServiceError) as exc:
+                # one project's trouble (ENAMETOOLONG, a vanished project) never stops the others
+                self._log_problem(f"project:{project.slug}", f"project {project.slug}: {exc}")
         for key, worker in list(self._workers.items()):
-            if wanted.get(key) != worker.sync.path:
+            if wanted.get(key) != worker.sync.target:
                 await worker.stop()
                 del self._workers[key]
                 self._by_path.pop(str(worker.sync.path), None)
-        for key, path in wanted.items():
+        for key, target in wanted.items():
+            path = target.path
             if key not in self._workers:
-                sync = FileSync(self.service, key[0], key[1], path, strict_coord=self.strict_coord)
+                sync = FileSync(self.service, key[0], key[1], path, strict_coord=self.strict_coord, target=target)
                 worker = _Worker(sync, self.settings.sync_debounce_seconds)
                 self._workers[key] = worker
                 self._by_path[str(path)] = worker
@@ -325,17 +337,36 @@ class WorkspaceSyncManager:
         for slug in set(self._subscriptions) - {k[0] for k in wanted}:
             self._subscriptions.pop(slug).cancel()
 
-    def _ensure_workspace(self, project: Project, where: str) -> None:
-        """Create ``$QUEUE_WORKSPACE/<slug>``; any other missing workspace is the user's to create."""
-        workspace = Path(where).expanduser()
-        root = self.settings.workspace
-        if workspace.is_dir() or root is None:
+    async def _locate(self, project: Project, everyone: list[Project], wanted: dict[tuple[str, str], Confined]) -> None:
+        """Add the project's files to *wanted*, unless a rule of queue_service.workspaces disables them."""
+        policy = self.service.workspaces
+        located = locate_workspace(policy, project, everyone)
+        if isinstance(located, str):
+            self._log_problem(f"disabled:{project.slug}", f"project {project.slug}: {located}")
             return
+        self._log_problem(f"disabled:{project.slug}", None)
+        await asyncio.to_thread(self._ensure_workspace, project, located)
         try:
-            if workspace.absolute().parent == root.expanduser().absolute():
-                workspace.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            self._log_problem(project.slug, f"cannot create workspace {workspace}: {exc}")
+            missions = await self.service.list_missions(project.slug)
+        except exceptions.NotFound:
+            return
+        for mission in missions:
+            target = locate_tasks_file(policy, located, mission)
+            key = f"disabled:{project.slug}:{mission.id}"
+            if isinstance(target, str):
+                self._log_problem(key, f"project {project.slug} mission {mission.id}: {target}")
+                continue
+            self._log_problem(key, None)
+            wanted[(project.slug, mission.id)] = target
+
+    def _ensure_workspace(self, project: Project, workspace: Confined) -> None:
+        """Create a missing workspace below ``$QUEUE_WORKSPACE``; any other is the user's to create (blocks)."""
+        if not workspace.parts:
+            return  # operator mode without a root: the user's own directory
+        try:
+            safe_files.ensure_directory(workspace)
+        except (OSError, safe_files.UnsafeFile) as exc:
+            self._log_problem(project.slug, f"cannot create workspace {workspace.path}: {exc}")
 
     def _watch(self, directory: Path) -> None:
         if self._watcher is None:

@@ -3,7 +3,8 @@
 * :func:`atomic_write`: temp file in the same directory (a name the watcher ignores), ``fsync``,
   ``os.replace``, then ``fsync`` of the directory, so readers see the old or the new file, never half
   of one, and a crash cannot leave an empty TASKS.md.
-* :class:`SyncLock`: an advisory ``flock`` on ``.<name>.lock`` next to the file (filelock). It is
+* :class:`SyncLock`: an advisory ``flock`` on ``.<name>.lock`` next to the file, opened through
+  :mod:`workspace_sync.safe_files` (never through a symlink, only a regular file). It is
   held for one sync cycle at a time, so several processes (service replicas, a ``queue-service sync``
   next to ``serve``) take turns instead of interleaving. A file lock was chosen over a Postgres
   advisory lock because it works the same for every backend (memory, flatfile, Postgres) and needs
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import fnmatch
 import hashlib
 import os
@@ -22,9 +24,9 @@ import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import filelock
-
 from queue_service import exceptions
+from queue_service.workspaces import Confined
+from workspace_sync import safe_files
 
 __all__ = [
     "TEMP_SUFFIX",
@@ -36,7 +38,7 @@ __all__ = [
 ]
 
 #: Suffix of our temp files (``.TASKS.md.<hex>.qs-tmp``).
-TEMP_SUFFIX = ".qs-tmp"
+TEMP_SUFFIX = safe_files.TEMP_SUFFIX
 
 #: Names editors and tools create next to a file while saving; never a reason to sync.
 _IGNORED = (
@@ -114,15 +116,15 @@ class SyncLock:
     """The cross-process lock of one workspace file (see the module docstring).
 
     Args:
-        path: the TASKS.md file it guards.
+        path: the TASKS.md file it guards (a plain path trusts its directory; the sync passes a
+            :class:`~queue_service.workspaces.Confined` one).
         timeout: how long :meth:`hold` waits before raising.
     """
 
-    def __init__(self, path: Path, timeout: float = 30.0) -> None:
-        self.path = lock_path(path)
+    def __init__(self, path: Path | Confined, timeout: float = 30.0) -> None:
+        self.target = path if isinstance(path, Confined) else Confined.of(path)
+        self.path = lock_path(self.target.path)
         self.timeout = timeout
-        # thread_local=False: acquired and released on the event-loop thread, never shared
-        self._lock = filelock.FileLock(str(self.path), thread_local=False)
 
     @contextlib.asynccontextmanager
     async def hold(self) -> AsyncIterator[None]:
@@ -131,26 +133,32 @@ class SyncLock:
         Raises:
             Conflict: another process held it for longer than ``timeout``.
             BackendError: the lock file cannot be created (e.g. the directory is read-only).
+            UnsafeFile: the lock file is a symlink or not a regular file.
         """
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.timeout
-        delay = 0.005
-        while True:
-            try:
-                self._lock.acquire(timeout=0)
-                break
-            except filelock.Timeout:
-                if loop.time() >= deadline:
-                    raise exceptions.Conflict(
-                        f"another process is syncing {self.path.parent / self.path.name[1:-5]} "
-                        f"(lock {self.path} held for over {self.timeout:.0f}s)",
-                        lock=str(self.path),
-                    ) from None
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 0.1)
-            except OSError as exc:
-                raise exceptions.BackendError(f"cannot create the sync lock {self.path}: {exc}") from exc
         try:
-            yield
+            fd = await asyncio.to_thread(safe_files.open_lock_file, self.target, self.path.name)
+        except OSError as exc:
+            raise exceptions.BackendError(f"cannot create the sync lock {self.path}: {exc}") from exc
+        try:
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + self.timeout
+            delay = 0.005
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if loop.time() >= deadline:
+                        raise exceptions.Conflict(
+                            f"another process is syncing {self.target.path} "
+                            f"(lock {self.path} held for over {self.timeout:.0f}s)",
+                            lock=str(self.path),
+                        ) from None
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 0.1)
+            try:
+                yield
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
         finally:
-            self._lock.release()
+            os.close(fd)

@@ -1,10 +1,12 @@
 """Bearer-token authentication for the API, with small caches so auth costs no storage round trip
 on most requests.
 
-* Whether auth is on (any token stored) is re-read at most every ``recheck_seconds`` while it is off;
-  once a token exists, auth stays on for the life of the process (there is no token revocation API,
-  so this can only err on the safe side).
-* A verified token is remembered for ``cache_seconds``.
+* Whether auth is on (any token record stored, revoked ones included) is re-read at most every
+  ``recheck_seconds`` while it is off, and every ``cache_seconds`` while it is on: only
+  ``qs token purge`` deletes the records, and every replica notices within ``cache_seconds``.
+* A verified token is remembered for ``cache_seconds`` (30 s), so a revocation (``qs token revoke``,
+  ``DELETE /v1/tokens/{id}``) takes effect on every replica within that time.
+  :meth:`Authenticator.still_valid` answers the same question for a session made with a token (UI).
 """
 
 from __future__ import annotations
@@ -30,27 +32,31 @@ class Authenticator:
         recheck_seconds: float = 1.0,
         cache_seconds: float = 30.0,
         cache_size: int = 1024,
+        require_tokens: bool = False,
     ) -> None:
         self._records = records
+        #: bound where other machines reach it: with every token purged, refuse everyone instead of
+        #: running open (the start-up check alone would only catch this at the next restart)
+        self._require_tokens = require_tokens
         self._recheck = recheck_seconds
         self._ttl = cache_seconds
         self._cache_size = cache_size
         self._enabled = False
         self._checked_at = float("-inf")
         self._cache: dict[str, tuple[float, Principal]] = {}
+        self._valid_ids: dict[str, tuple[float, bool]] = {}
 
     def reset(self) -> None:
         """Forget what is cached (tests, or after creating the first token in-process)."""
         self._enabled = False
         self._checked_at = float("-inf")
         self._cache.clear()
+        self._valid_ids.clear()
 
     async def enabled(self) -> bool:
         """True when at least one token is stored."""
-        if self._enabled:
-            return True
         now = time.monotonic()
-        if now - self._checked_at >= self._recheck:
+        if now - self._checked_at >= (self._ttl if self._enabled else self._recheck):
             # claim the re-check before awaiting: requests arriving meanwhile use the cached answer
             # instead of each running their own count
             self._checked_at = now
@@ -68,6 +74,11 @@ class Authenticator:
             AuthError: auth is on and the token is missing or unknown.
         """
         if not await self.enabled():
+            if self._require_tokens:
+                raise exceptions.AuthError(
+                    "this service is reachable from other machines and has no API token: "
+                    "an operator must create one (qs token create --role admin --all-projects)"
+                )
             return Principal.open()
         if not credential:
             raise exceptions.AuthError("this service requires a bearer token: send 'Authorization: Bearer qs_…'")
@@ -81,8 +92,27 @@ class Authenticator:
         record = await self._records.find_api_token(digest)
         if record is None:
             raise exceptions.AuthError("invalid bearer token")
+        if record.revoked_at is not None:
+            raise exceptions.AuthError(f"token {record.id} was revoked")
         principal = Principal.from_token(record)
         if len(self._cache) >= self._cache_size:
             self._cache.clear()
         self._cache[digest] = (now, principal)
         return principal
+
+    async def still_valid(self, token_id: str) -> bool:
+        """True if the token with this id exists and is not revoked (cached ``cache_seconds``).
+
+        For sessions made with a token (the UI's cookie session): check this on every request, and
+        the session ends within ``cache_seconds`` of ``qs token revoke``.
+        """
+        now = time.monotonic()
+        hit = self._valid_ids.get(token_id)
+        if hit is not None and now - hit[0] < self._ttl:
+            return hit[1]
+        tokens = await self._records.list_api_tokens()
+        valid = any(t.id == token_id and t.revoked_at is None for t in tokens)
+        if len(self._valid_ids) >= self._cache_size:
+            self._valid_ids.clear()
+        self._valid_ids[token_id] = (now, valid)
+        return valid

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 from fastapi import Depends, Path, Request, Response
@@ -17,6 +17,8 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from queue_service import exceptions
 from queue_service.api.auth import Authenticator
+from queue_service.api.edge import PRINCIPAL_SCOPE_KEY
+from queue_service.api.limits import StreamSlots
 from queue_service.api.metrics import Metrics
 from queue_service.auth import Action, Principal
 from queue_service.backend import Backend
@@ -50,6 +52,8 @@ class AppState:
     service: QueueService
     authenticator: Authenticator
     metrics: Metrics
+    #: open event streams on this replica (QUEUE_MAX_EVENT_STREAMS)
+    streams: StreamSlots = field(default_factory=lambda: StreamSlots(256))
 
 
 def get_state(request: Request) -> AppState:
@@ -74,7 +78,14 @@ _bearer = HTTPBearer(auto_error=False, description="an API token: `Authorization
 async def get_principal(
     request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 ) -> Principal:
-    """The caller (401 if auth is on and the token is missing or unknown)."""
+    """The caller (401 if auth is on and the token is missing or unknown).
+
+    On ``/v1`` and ``/mcp`` the HTTP edge has already authenticated the request, before its body was
+    read (``api.edge``); its answer is reused.
+    """
+    checked = request.scope.get(PRINCIPAL_SCOPE_KEY)
+    if isinstance(checked, Principal):
+        return checked
     return await get_state(request).authenticator.authenticate(credentials.credentials if credentials else None)
 
 

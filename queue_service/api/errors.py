@@ -26,7 +26,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from queue_service import exceptions, models
 
-__all__ = ["CatchAllMiddleware", "error_response", "install_error_handlers"]
+__all__ = ["CatchAllMiddleware", "domain_error_response", "error_response", "install_error_handlers"]
 
 logger = logging.getLogger("queue_service.api")
 
@@ -93,10 +93,16 @@ def _domain_error_response(exc: exceptions.QueueServiceError) -> Response:
         # backpressure and a backend outage are both "come back shortly"
         headers["Retry-After"] = "1"
     if status >= 500 and status != 503:
-        # our 5xx messages are written by us, but details may carry driver text: log, don't send
+        # a backend's 5xx message and details may quote the driver (SQL, paths, hosts): log, don't send
         logger.error("request failed: %s: %s %r", exc.code, exc.message, exc.details, exc_info=exc)
-        return error_response(status, exc.code, exc.message, {}, headers)
+        message = f"internal error ({exc.code}); the server log has the details"
+        return error_response(status, exc.code, message, {}, headers)
     return error_response(status, exc.code, exc.message, exc.details, headers)
+
+
+def domain_error_response(exc: exceptions.QueueServiceError) -> Response:
+    """The response for a domain error raised outside a route (the HTTP edge)."""
+    return _domain_error_response(exc)
 
 
 def _problems(errors: Sequence[Any]) -> list[dict[str, Any]]:

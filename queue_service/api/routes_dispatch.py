@@ -8,6 +8,7 @@ import time
 from fastapi import APIRouter, Request, Response, status
 
 from queue_service import exceptions
+from queue_service.api import limits
 from queue_service.api.deps import KeyPath, ProjectPath, ServiceDep, StateDep, StrictJSONRoute, WorkDep
 from queue_service.api.schemas import (
     ClaimBatch,
@@ -91,6 +92,7 @@ async def heartbeat(
 @router.post("/tasks/{key}/complete", response_model=Task)
 async def complete(project: ProjectPath, key: KeyPath, body: CompleteRequest, state: StateDep, _: WorkDep) -> Task:
     """Finish the task with a result; dependents whose deps are all done become ready."""
+    limits.check_result(body.result, state.settings)
     task = await state.service.complete(project, key, body.token, body.result)
     state.metrics.completions.labels(project).inc()
     return task

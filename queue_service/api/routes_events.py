@@ -8,7 +8,8 @@ from fastapi import APIRouter, Header, Query
 from starlette.responses import StreamingResponse
 
 from queue_service import exceptions
-from queue_service.api.deps import ProjectPath, ReadDep, ServiceDep, StrictJSONRoute
+from queue_service.api.deps import ProjectPath, ReadDep, ServiceDep, StateDep, StrictJSONRoute
+from queue_service.api.limits import SlotStreamingResponse
 from queue_service.api.schemas import ErrorBody
 from queue_service.api.sse import stream_events
 
@@ -31,12 +32,13 @@ def _event_id(value: str | None, source: str) -> int | None:
     response_class=StreamingResponse,
     responses={
         200: {"content": {"text/event-stream": {}}, "description": "`id: <event id>` / `data: <Event JSON>`"},
-        **{code: {"model": ErrorBody} for code in (401, 403, 404, 422)},
+        **{code: {"model": ErrorBody} for code in (401, 403, 404, 422, 429)},
     },
 )
 async def events(
     project: ProjectPath,
     service: ServiceDep,
+    state: StateDep,
     _: ReadDep,
     last_event_id_header: Annotated[str | None, Header(alias="Last-Event-ID", max_length=40)] = None,
     last_event_id: Annotated[
@@ -53,8 +55,10 @@ async def events(
     if after is None:
         after = _event_id(last_event_id, "last_event_id")
     await service.get_project(project)  # a 404 now, not a broken stream later
-    return StreamingResponse(
+    state.streams.acquire()  # 429 past QUEUE_MAX_EVENT_STREAMS; the response gives it back
+    return SlotStreamingResponse(
         stream_events(service, project, after, follow=follow),
+        state.streams,
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )

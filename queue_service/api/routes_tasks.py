@@ -8,7 +8,17 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Query, Response, status
 
 from queue_service import exceptions
-from queue_service.api.deps import AdminDep, KeyPath, ProjectPath, ReadDep, ServiceDep, StrictJSONRoute, WorkDep
+from queue_service.api import limits
+from queue_service.api.deps import (
+    AdminDep,
+    KeyPath,
+    ProjectPath,
+    ReadDep,
+    ServiceDep,
+    StateDep,
+    StrictJSONRoute,
+    WorkDep,
+)
 from queue_service.api.schemas import (
     CancelRequest,
     ErrorBody,
@@ -21,6 +31,7 @@ from queue_service.api.schemas import (
     TaskResult,
 )
 from queue_service.models import Note, QueueStats, Task, TaskCreate, TaskPage, TaskUpdate
+from queue_service.service import check_author
 
 __all__ = ["etag", "parse_if_match", "router"]
 
@@ -78,6 +89,7 @@ async def create_tasks(project: ProjectPath, body: TaskBatch, service: ServiceDe
 async def list_tasks(
     project: ProjectPath,
     service: ServiceDep,
+    state: StateDep,
     _: ReadDep,
     status: Annotated[
         list[str] | None, Query(max_length=20, description="status words; repeat or comma-separate")
@@ -91,7 +103,11 @@ async def list_tasks(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     cursor: Annotated[str | None, Query(max_length=1000, description="next_cursor of the previous page")] = None,
 ) -> TaskPage:
-    """Tasks matching every filter, in creation order, one page at a time."""
+    """Tasks matching every filter, in creation order, one page at a time.
+
+    A page holds at most ``limit`` tasks and stops early once its JSON passes a few maximal results
+    (``next_cursor`` then continues where it stopped).
+    """
     filters: dict[str, object] = {
         name: value
         for name, value in {
@@ -108,7 +124,11 @@ async def list_tasks(
         words = [word.strip() for item in status for word in item.split(",") if word.strip()]
         if words:
             filters["status"] = words
-    return await service.list_tasks(project, filters, limit=limit, cursor=cursor)
+    page = await service.list_tasks(project, filters, limit=limit, cursor=cursor)
+    items, cut = limits.bounded_tasks(page.items, limits.page_budget(state.settings))
+    if not cut:
+        return page
+    return TaskPage(items=items, next_cursor=limits.cursor_after(items[-1]))
 
 
 @router.get("/tasks/{key}", response_model=Task)
@@ -138,11 +158,19 @@ async def update_task(
 
 
 @router.post("/tasks/{key}/notes", response_model=Note, status_code=status.HTTP_201_CREATED)
-async def add_note(
-    project: ProjectPath, key: KeyPath, body: NoteCreate, service: ServiceDep, principal: WorkDep
-) -> Note:
-    """Append a note (with ``token``, only the lease holder may)."""
-    return await service.add_note(project, key, body.author or principal.actor, body.text, body.token)
+async def add_note(project: ProjectPath, key: KeyPath, body: NoteCreate, state: StateDep, principal: WorkDep) -> Note:
+    """Append a note (with ``token``, only the lease holder may).
+
+    With auth on, the note carries the token's principal: ``author`` given by the caller is kept only
+    as a label next to it (``bot-7 [token:ab12]``). Service names (``workspace-sync``) are refused.
+    """
+    limits.check_note_text(body.text, state.settings)
+    author = body.author or principal.actor
+    if body.author is not None:
+        check_author(body.author)
+        if principal.authenticated and body.author.strip() != principal.actor:
+            author = f"{body.author.strip()} [{principal.actor}]"
+    return await state.service.add_note(project, key, author, body.text, body.token)
 
 
 @router.get("/tasks/{key}/notes", response_model=NoteList)

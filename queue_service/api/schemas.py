@@ -24,6 +24,7 @@ from queue_service.models import (
     Task,
     TaskCreate,
     TaskStatus,
+    one_line,
 )
 
 __all__ = [
@@ -59,13 +60,13 @@ LeaseSeconds = Annotated[float, Field(gt=0, le=86_400, allow_inf_nan=False, desc
 
 
 def _check_role(value: str) -> str:
-    if not ROLE_RE.match(value):
+    if not ROLE_RE.fullmatch(value):
         raise ValueError(f"invalid role {value!r}: use letters, digits and . _ : / -, at most 128 characters")
     return value
 
 
 def _check_key(value: str) -> str:
-    if len(value) > MAX_KEY_LEN or not KEY_RE.match(value):
+    if len(value) > MAX_KEY_LEN or not KEY_RE.fullmatch(value):
         raise ValueError(f"invalid task key {value!r}: use letters and digits joined by dashes (e.g. WEB-12)")
     return value
 
@@ -224,7 +225,7 @@ class ClaimRequest(_Body):
     def _agent_not_blank(cls, value: str) -> str:
         if not value.strip():
             raise ValueError("agent must not be blank")
-        return value
+        return one_line(value)
 
 
 class ClaimBatch(BaseModel):

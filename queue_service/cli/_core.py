@@ -173,6 +173,7 @@ def state_of(ctx: typer.Context) -> CliState:
 @contextlib.asynccontextmanager
 async def _local(state: CliState) -> AsyncIterator[Connection]:
     from queue_service.service import QueueService
+    from queue_service.workspaces import WorkspacePolicy
 
     settings = state.settings()
     url = settings.resolved_backend_url()
@@ -181,7 +182,8 @@ async def _local(state: CliState) -> AsyncIterator[Connection]:
     except ImportError as exc:
         raise exceptions.ConfigurationError(f"the backend for {url!r} is not available: {exc}") from None
     async with backend:
-        service = QueueService(backend, workspace_root=settings.workspace)
+        # no server: the user is the operator of this machine (see queue_service.workspaces)
+        service = QueueService(backend, workspaces=WorkspacePolicy.from_settings(settings, operator=True))
         yield Connection(
             ops=service, mode="local", source=backend.name, sweep=backend.dispatch.sweep, settings=settings
         )

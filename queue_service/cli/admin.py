@@ -7,16 +7,20 @@ through ``QUEUE_URL``: they are how a server is started, prepared and given cred
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated
+from collections.abc import Awaitable, Callable
+from typing import Annotated, TypeVar
 
 import typer
 
 from queue_service import exceptions
+from queue_service.backend import RecordStore
 from queue_service.cli._core import JsonOpt, emit, state_of, stdout
 from queue_service.models import ApiToken, TokenRole
 from queue_service.settings import Settings, is_loopback
 
 __all__ = ["register", "token_app"]
+
+T = TypeVar("T")
 
 token_app = typer.Typer(
     help="API bearer tokens (stored hashed in the configured backend; shown once).", no_args_is_help=True
@@ -129,6 +133,82 @@ def token_create(
         stdout.print(secret, markup=False, soft_wrap=True)
 
     emit(ctx, json_out, shown, human)
+
+
+def _with_records(ctx: typer.Context, op: Callable[[RecordStore], Awaitable[T]]) -> T:
+    settings = state_of(ctx).settings()
+
+    async def run() -> T:
+        backend = settings.build_backend()
+        async with backend:
+            return await op(backend.records)
+
+    return asyncio.run(run())
+
+
+@token_app.command("list")
+def token_list(ctx: typer.Context, json_out: JsonOpt = False) -> None:
+    """Every token record (id, role, scope, name, created, revoked); never the secrets."""
+
+    async def op(records: RecordStore) -> list[ApiToken]:
+        return await records.list_api_tokens()
+
+    tokens = _with_records(ctx, op)
+    rows = [t.model_dump(mode="json", exclude={"token_hash"}) for t in tokens]
+
+    def human() -> None:
+        if not rows:
+            stdout.print("No tokens: auth is off (allowed only on loopback).", markup=False)
+            return
+        for row in rows:
+            state = f"revoked {row['revoked_at']}" if row["revoked_at"] else "active"
+            scope = row["project"] or "all projects"
+            name = row["name"] or "-"
+            stdout.print(f"{row['id']}  {row['role']:<6}  {scope}  {name}  {row['created_at']}  {state}", markup=False)
+
+    emit(ctx, json_out, {"items": rows}, human)
+
+
+@token_app.command("revoke")
+def token_revoke(
+    ctx: typer.Context,
+    token_id: Annotated[str, typer.Argument(metavar="ID", help="The token id (from `qs token list`).")],
+    json_out: JsonOpt = False,
+) -> None:
+    """Revoke a token: refused by every replica within 30 s. Auth stays on (see `qs token purge`)."""
+
+    async def op(records: RecordStore) -> ApiToken:
+        return await records.revoke_api_token(token_id)
+
+    record = _with_records(ctx, op)
+    row = record.model_dump(mode="json", exclude={"token_hash"})
+    emit(ctx, json_out, row, lambda: stdout.print(f"Revoked token {record.id} at {row['revoked_at']}.", markup=False))
+
+
+@token_app.command("purge")
+def token_purge(
+    ctx: typer.Context,
+    yes: Annotated[bool, typer.Option("--yes", help="Confirm: delete every token record and turn auth off.")] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Delete every token record, revoked ones included: auth turns OFF (loopback servers only)."""
+    if not yes:
+        raise exceptions.ValidationError(
+            "qs token purge deletes every token and turns auth off; run it again with --yes to confirm"
+        )
+
+    async def op(records: RecordStore) -> int:
+        return await records.purge_api_tokens()
+
+    count = _with_records(ctx, op)
+    emit(
+        ctx,
+        json_out,
+        {"deleted": count},
+        lambda: stdout.print(
+            f"Deleted {count} token record(s); auth is off once servers re-check (30 s).", markup=False
+        ),
+    )
 
 
 def register(app: typer.Typer) -> None:

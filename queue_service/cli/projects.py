@@ -44,7 +44,11 @@ def project_create(
     name: Annotated[str | None, typer.Option(help="Display name (default: the slug).")] = None,
     prefix: Annotated[str | None, typer.Option(help="Task key prefix, e.g. WEB (default: from the slug).")] = None,
     workspace: Annotated[
-        str | None, typer.Option(help="Workspace directory (TASKS.md, .mosaic/orchestrator/).")
+        str | None,
+        typer.Option(
+            help="Workspace directory, relative to QUEUE_WORKSPACE (default <root>/<slug>); without "
+            "QUEUE_WORKSPACE and no server, a directory on this machine."
+        ),
     ] = None,
     json_out: JsonOpt = False,
 ) -> None:

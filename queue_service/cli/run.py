@@ -38,8 +38,23 @@ def run(
     runtime: Annotated[
         str | None, typer.Option(help="runtime written to session.lock (default: the command's name).")
     ] = None,
-    workspace: Annotated[
-        Path | None, typer.Option(help="Run here instead of the project's workspace (or cwd).")
+    workdir: Annotated[
+        Path | None,
+        typer.Option(
+            "--workdir",
+            "--workspace",
+            envvar="QUEUE_WORKDIR",
+            help="Run the commands and write session.lock here (default: the current directory). "
+            "--workspace is an old spelling.",
+        ),
+    ] = None,
+    pass_env: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--pass-env",
+            metavar="NAME",
+            help="Give the commands this private variable too (repeat), e.g. --pass-env QUEUE_TOKEN.",
+        ),
     ] = None,
     grace: Annotated[float, typer.Option(help="Seconds between SIGTERM and SIGKILL when stopping.")] = 5.0,
     json_out: JsonOpt = False,
@@ -49,7 +64,10 @@ def run(
     The task is JSON on the command's stdin; QUEUE_TASK_KEY, QUEUE_TASK_TITLE and QUEUE_PROJECT are in
     its environment. Exit 0 completes the task (stdout tail as result); any other
     exit is a retryable failure (stderr tail). Ctrl-C/SIGTERM stops the commands and releases their tasks.
-    Writes session.lock and next-task.json in <workspace>/.mosaic/orchestrator/.
+    Runs in --workdir (env QUEUE_WORKDIR, default: the current directory), never in a path the server
+    names, and writes session.lock and next-task.json in <workdir>/.mosaic/orchestrator/. The commands
+    get this environment minus QUEUE_*/MOSAIC_* variables (QUEUE_TOKEN, database URLs) except
+    QUEUE_URL; --pass-env NAME passes one anyway.
 
     Example: qs run web --role dev -c 2 -- claude -p "do the task on stdin"
     """
@@ -68,7 +86,8 @@ def run(
         idle_exit=(0.0 if idle_exit is None else idle_exit) if once else idle_exit,
         agent_name=agent,
         runtime=runtime,
-        workspace=workspace,
+        workspace=workdir,
+        pass_env=tuple(pass_env or ()),
         stop_grace_seconds=grace,
     )
     options.check()

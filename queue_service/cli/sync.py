@@ -128,7 +128,9 @@ def sync(
 
     async def body(conn: Connection) -> dict[str, Any]:
         from queue_service.service import QueueService
-        from workspace_sync.engine import FileSync, mission_path
+        from queue_service.workspaces import locate_tasks_file, locate_workspace
+        from workspace_sync import safe_files
+        from workspace_sync.engine import FileSync, SyncReport, mission_path
         from workspace_sync.manager import WorkspaceSyncManager, sync_status
 
         service = conn.ops
@@ -159,10 +161,20 @@ def sync(
                     stdout.print(f"Syncing {project} in {proj.workspace} (Ctrl-C to stop)…", markup=False)
                 await stop.wait()
                 return await manager.status(project)
+        located = locate_workspace(service.workspaces, proj, await service.list_projects())
+        if isinstance(located, str):
+            raise exceptions.ValidationError(f"project {project}: {located}")
+        if located.parts:  # below QUEUE_WORKSPACE: created as the server's sync would
+            with contextlib.suppress(OSError, safe_files.UnsafeFile):
+                await asyncio.to_thread(safe_files.ensure_directory, located)
         reports = []
         for mission in await service.list_missions(project):
-            path = mission_path(proj.workspace, mission)
-            file_sync = FileSync(service, project, mission.id, path, strict_coord=strict_coord)
+            target = locate_tasks_file(service.workspaces, located, mission)
+            if isinstance(target, str):
+                path = mission_path(proj.workspace, mission)
+                reports.append(SyncReport(path=str(path), problem=target).to_dict())
+                continue
+            file_sync = FileSync(service, project, mission.id, target.path, strict_coord=strict_coord, target=target)
             reports.append((await file_sync.sync(force=True)).to_dict())
         return {"project": project, "reports": reports}
 

@@ -4,7 +4,8 @@ The split of responsibilities:
 
 * **Postgres decides.** A claim is a conditional ``UPDATE`` (still not-started, ``pending_deps = 0``,
   ``not_before`` passed): exactly one racer matches. Heartbeat/complete/fail/release match on
-  ``lease_token = :token AND status = 'in-progress' AND lease_expires_at > now``, so a zombie whose
+  ``lease_token = :token AND status = 'in-progress' AND lease_expires_at > statement_timestamp()``
+  (the database's clock, never a replica's), so a zombie whose
   lease expired or was reclaimed changes nothing.
 * **Valkey signals.** Ready lists tell claimers *which* key to try (BLPOP wakes them instantly, no
   polling); the lock key mirrors the lease for observers; pub/sub carries events after commit. All of
@@ -29,7 +30,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import asyncpg
-from sqlalchemy import Text, bindparam, func, select, update
+from sqlalchemy import BigInteger, Text, bindparam, func, select, text, update
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from queue_service import domain, exceptions
@@ -47,6 +49,8 @@ from queue_service.postgres.hotpath import (
     COMPLETE_MANY_SQL,
     COMPLETE_SQL,
     HEARTBEAT_SQL,
+    LOCK_DEPENDENTS_SQL,
+    RECOUNT_SQL,
     RESTAGE_SQL,
     RawPool,
     asyncpg_dsn,
@@ -96,13 +100,15 @@ _P_PROJECT = bindparam("p_project", type_=Text)
 _P_KEY = bindparam("p_key", type_=Text)
 _P_TOKEN = bindparam("p_token", type_=Text)
 _P_NOW = bindparam("p_now", type_=_tasks.c.updated_at.type)
+#: The database's time: every lease decision uses it, never a replica's clock (issue 10, finding 3).
+_DB_NOW = func.statement_timestamp(type_=_tasks.c.updated_at.type)
 
 _LEASE_MATCH = (
     (_tasks.c.project == _P_PROJECT)
     & (_tasks.c.key == _P_KEY)
     & (_tasks.c.lease_token == _P_TOKEN)
     & (_tasks.c.status == S.IN_PROGRESS.value)
-    & (_tasks.c.lease_expires_at > _P_NOW)
+    & (_tasks.c.lease_expires_at > _DB_NOW)
 )
 _END_LEASE: dict[str, Any] = {"lease_holder": None, "lease_token": None, "lease_expires_at": None}
 
@@ -114,6 +120,23 @@ _RELEASE = (
     .returning(*_TASK_RETURNING)
 )
 _LOCK_FOR_FAILURE = select(_tasks.c.id, _tasks.c.attempts, _tasks.c.max_attempts).where(_LEASE_MATCH).with_for_update()
+
+
+#: Not-started tasks whose pending count disagrees with their dependencies (see
+#: :meth:`PostgresValkeyDispatcher._repair_pending_counts`).
+_MISCOUNTED = text(
+    """
+    SELECT t.id FROM tasks t
+    WHERE t.status = 'not-started' AND t.pending_deps <> (
+        SELECT count(*) FROM task_dependencies d JOIN tasks p ON p.id = d.depends_on_id
+        WHERE d.task_id = t.id AND p.status <> 'done'
+    )
+    ORDER BY t.id LIMIT 500
+    """
+)
+_LOCK_MISCOUNTED = text(
+    "SELECT id FROM tasks WHERE id = ANY(:ids) AND status = 'not-started' ORDER BY id FOR UPDATE SKIP LOCKED"
+).bindparams(bindparam("ids", type_=ARRAY(BigInteger)))
 
 
 def event_payload(event: Event) -> dict[str, Any]:
@@ -133,6 +156,30 @@ def event_payload(event: Event) -> dict[str, Any]:
 
 def _ready_item(task: ReadyTask) -> ReadyItem:
     return ReadyItem(project=task.project, key=task.key, role=task.role, priority=task.priority)
+
+
+async def _recount_dependents(conn: asyncpg.Connection, task_ids: Sequence[int]) -> list[Any]:
+    """Lock the direct dependents of *task_ids* (rows the caller changed in this transaction) in id
+    order, then recount their ``pending_deps``; returns the recounted rows now ready, best first.
+
+    Two statements on purpose: the recount starts after every lock is held, so its snapshot has
+    every edge and every dependency status that committed before (see docs/plans/dispatch.md).
+    """
+    ids = sorted({r["id"] for r in await conn.fetch(LOCK_DEPENDENTS_SQL, list(task_ids))})
+    if not ids:
+        return []
+    rows = await conn.fetch(RECOUNT_SQL, ids)
+    ready = [r for r in rows if r["status"] == S.NOT_STARTED.value and r["pending_deps"] == 0]
+    return sorted(ready, key=lambda r: (r["priority"], r["seq"]))
+
+
+def _promote(batch: BrokerBatch, project: str, rows: Sequence[Any]) -> None:
+    """File recounted ready dependents: due ones in their lists, the others in the scheduled set."""
+    for r in rows:
+        if r["due"]:
+            batch.ready.append(ReadyItem(project, r["key"], r["role"], r["priority"]))
+        else:
+            batch.scheduled.append((project, r["key"], r["not_before"]))
 
 
 class PostgresValkeyDispatcher(Dispatcher):
@@ -171,6 +218,9 @@ class PostgresValkeyDispatcher(Dispatcher):
         #: last ready depth per project and role, refreshed by every sweep (for /metrics)
         self.depth_gauges: dict[str, dict[str, int]] = {}
         self._last_full_reconcile = 0.0
+        #: not-started tasks whose pending_deps the full reconcile found wrong and recounted (a
+        #: safety net: by construction this stays 0; the history checker asserts it)
+        self.repaired_counts = 0
         #: how often the leader re-checks every ready task against the lists, seconds
         self.reconcile_seconds = float(config.extra.get("reconcile_seconds", max(30.0, 10 * config.sweep_seconds)))
 
@@ -225,14 +275,14 @@ class PostgresValkeyDispatcher(Dispatcher):
         await self.require_project(conn, project)
         row = (
             await conn.execute(
-                select(_tasks.c.status, _tasks.c.lease_expires_at).where(
-                    (_tasks.c.project == project) & (_tasks.c.key == key)
-                )
+                select(
+                    _tasks.c.status, _tasks.c.lease_expires_at, (_tasks.c.lease_expires_at <= _DB_NOW).label("expired")
+                ).where((_tasks.c.project == project) & (_tasks.c.key == key))
             )
         ).first()
         if row is None:
             return exceptions.TaskNotFound(f"no task {key!r} in project {project!r}", project=project, task=key)
-        if row.status == S.IN_PROGRESS.value and row.lease_expires_at is not None and row.lease_expires_at <= now:
+        if row.status == S.IN_PROGRESS.value and row.lease_expires_at is not None and row.expired:
             return exceptions.LeaseError(f"lease on task {key} expired at {row.lease_expires_at.isoformat()}", task=key)
         return exceptions.LeaseError(
             f"lease token for task {key} is not valid (the task was reclaimed, finished or never claimed "
@@ -288,18 +338,16 @@ class PostgresValkeyDispatcher(Dispatcher):
     async def _claim_key(
         self, project: str, key: str, agent: str, roles: list[str] | None, lease: float
     ) -> Claim | None:
-        now = self._now()
         token = secrets.token_urlsafe(24)
-        expires = now + timedelta(seconds=lease)
         data = {"agent": agent}
-        args: list[Any] = [project, key, agent, token, expires, now, data]
+        args: list[Any] = [project, key, agent, token, lease, data]
         if roles is not None:
             args.append(roles)
         restage: BrokerBatch | None = None
         async with wrap_errors(), self._raw.connection() as conn:
             row = await conn.fetchrow(CLAIM_ANY_ROLE_SQL if roles is None else CLAIM_ROLES_SQL, *args)
             if row is None:
-                restage = self._restage(await conn.fetchrow(RESTAGE_SQL, project, key), project, key, roles, now)
+                restage = self._restage(await conn.fetchrow(RESTAGE_SQL, project, key), project, key, roles)
         if row is None:
             if restage:
                 await self._signal(restage)
@@ -311,12 +359,13 @@ class PostgresValkeyDispatcher(Dispatcher):
             "kind": EVENT_CLAIMED,
             "status": S.IN_PROGRESS.value,
             "version": row["version"],
-            "at": now.isoformat(),
+            "at": row["updated_at"].isoformat(),
             "data": data,
         }
         await self._signal(BrokerBatch(locks=[(project, key, token, lease)], events=[(project, payload)]))
         return Claim.model_construct(
-            task=task_from_record(row), lease=Lease.model_construct(token=token, holder=agent, expires_at=expires)
+            task=task_from_record(row),
+            lease=Lease.model_construct(token=token, holder=agent, expires_at=row["lease_expires_at"]),
         )
 
     async def claim_many(
@@ -386,12 +435,10 @@ class PostgresValkeyDispatcher(Dispatcher):
         self, project: str, keys: list[str], agent: str, roles: list[str] | None, lease: float
     ) -> list[Claim]:
         """Claim whichever of *keys* are still ready, in one statement; re-file misplaced stale ones."""
-        now = self._now()
         keys = sorted(set(keys))  # one lock order for racing batches; a key listed twice counts once
         tokens = [secrets.token_urlsafe(24) for _ in keys]
-        expires = now + timedelta(seconds=lease)
         data = {"agent": agent}
-        args: list[Any] = [project, keys, agent, tokens, expires, now, data]
+        args: list[Any] = [project, keys, agent, tokens, lease, data]
         if roles is not None:
             args.append(roles)
         restage = BrokerBatch()
@@ -407,7 +454,7 @@ class PostgresValkeyDispatcher(Dispatcher):
                     # the claims above are committed: keep them; a misplaced stale key is left to reconcile
                     logger.warning("restage lookup after a batch claim failed: %s", exc)
                 for st in states:
-                    fix = self._restage(st, project, st["key"], roles, now)
+                    fix = self._restage(st, project, st["key"], roles)
                     if fix:
                         restage.ready.extend(fix.ready)
                         restage.scheduled.extend(fix.scheduled)
@@ -425,7 +472,7 @@ class PostgresValkeyDispatcher(Dispatcher):
                         "kind": EVENT_CLAIMED,
                         "status": S.IN_PROGRESS.value,
                         "version": row["version"],
-                        "at": now.isoformat(),
+                        "at": row["updated_at"].isoformat(),
                         "data": data,
                     },
                 )
@@ -433,19 +480,20 @@ class PostgresValkeyDispatcher(Dispatcher):
             claims.append(
                 Claim.model_construct(
                     task=task_from_record(row),
-                    lease=Lease.model_construct(token=token, holder=agent, expires_at=expires),
+                    lease=Lease.model_construct(token=token, holder=agent, expires_at=row["lease_expires_at"]),
                 )
             )
         await self._signal(restage)
         return claims
 
     @staticmethod
-    def _restage(row: Any, project: str, key: str, roles: list[str] | None, now: datetime) -> BrokerBatch | None:
+    def _restage(row: Any, project: str, key: str, roles: list[str] | None) -> BrokerBatch | None:
         """A popped key did not claim. If the task still waits to be dispatched but sat in the wrong
-        place (its role changed, or its backoff is not over), put it where it belongs now."""
+        place (its role changed, or its backoff is not over by the database's clock), put it where
+        it belongs now."""
         if row is None or row["status"] != S.NOT_STARTED.value or row["pending_deps"] != 0:
             return None
-        if row["not_before"] is not None and row["not_before"] > now:
+        if row["not_due"]:
             return BrokerBatch(scheduled=[(project, key, row["not_before"])])
         if roles is not None and row["role"] not in roles:
             return BrokerBatch(ready=[ReadyItem(project, key, row["role"], row["priority"])])
@@ -456,9 +504,8 @@ class PostgresValkeyDispatcher(Dispatcher):
         """See :meth:`Dispatcher.heartbeat`. Lease bookkeeping only: no version bump, no event."""
         now = self._now()
         lease = float(lease_seconds if lease_seconds is not None else self.config.lease_seconds)
-        expires = now + timedelta(seconds=lease)
         async with wrap_errors(), self._raw.connection() as raw:
-            row = await raw.fetchrow(HEARTBEAT_SQL, project, key, token, now, expires)
+            row = await raw.fetchrow(HEARTBEAT_SQL, project, key, token, lease)
         if row is None:
             async with wrap_errors(), self.engine.connect() as conn:
                 raise await self._lease_refused(conn, project, key, now)
@@ -467,22 +514,21 @@ class PostgresValkeyDispatcher(Dispatcher):
             await self.broker.extend_lock(project, key, token, lease)
         except exceptions.BackendError as exc:
             logger.warning("could not extend the Valkey lock of %s/%s: %s", project, key, exc)
-        return Lease(token=token, holder=holder or "", expires_at=expires)
+        return Lease(token=token, holder=holder or "", expires_at=row["lease_expires_at"])
 
     async def complete(self, project: str, key: str, token: str, result: Any = None) -> Task:
         """See :meth:`Dispatcher.complete`; dependents are promoted by the same statement."""
         now = self._now()
-        async with wrap_errors(), self._raw.connection() as conn:
-            row = await conn.fetchrow(COMPLETE_SQL, project, key, token, result, now)
+        promoted: list[Any] = []
+        async with wrap_errors(), self._raw.connection() as conn, conn.transaction():
+            row = await conn.fetchrow(COMPLETE_SQL, project, key, token, result)
+            if row is not None:
+                promoted = await _recount_dependents(conn, [row["id"]])
         if row is None:
             async with wrap_errors(), self.engine.connect() as sa_conn:
                 raise await self._lease_refused(sa_conn, project, key, now)
         batch = BrokerBatch(unlocks=[(project, key, token)])
-        for dep_key, role, priority, _seq, not_before in row["promoted"]:
-            if not_before is None or not_before <= now:
-                batch.ready.append(ReadyItem(project, dep_key, role, priority))
-            else:
-                batch.scheduled.append((project, dep_key, not_before))
+        _promote(batch, project, promoted)
         payload = {
             "id": row["event_id"],
             "project": project,
@@ -490,7 +536,7 @@ class PostgresValkeyDispatcher(Dispatcher):
             "kind": EVENT_COMPLETED,
             "status": S.DONE.value,
             "version": row["version"],
-            "at": now.isoformat(),
+            "at": row["updated_at"].isoformat(),
             "data": {},
         }
         batch.events.append((project, payload))
@@ -502,7 +548,6 @@ class PostgresValkeyDispatcher(Dispatcher):
     ) -> list[Task | exceptions.QueueServiceError]:
         """See :meth:`Dispatcher.complete_many`: every item, its event and the dependents' promotion in
         one autocommit statement; then one Valkey pipeline (unlocks, newly ready dependents, events)."""
-        now = self._now()
         out: list[Task | exceptions.QueueServiceError | None] = [None] * len(items)
         # An item repeating an earlier (key, token) can only be a second completion of the same lease.
         first: dict[tuple[str, str], int] = {}
@@ -514,12 +559,15 @@ class PostgresValkeyDispatcher(Dispatcher):
                 first[(key, token)] = i
                 send.append(i)
         rows: list[Any] = []
+        promoted: list[Any] = []
         if send:
             keys = [items[i][0] for i in send]
             tokens = [items[i][1] for i in send]
             results = [None if items[i][2] is None else json.dumps(items[i][2]) for i in send]
-            async with wrap_errors(), self._raw.connection() as conn:
-                rows = await conn.fetch(COMPLETE_MANY_SQL, project, keys, tokens, results, now)
+            async with wrap_errors(), self._raw.connection() as conn, conn.transaction():
+                rows = await conn.fetch(COMPLETE_MANY_SQL, project, keys, tokens, results)
+                if rows:
+                    promoted = await _recount_dependents(conn, [r["id"] for r in rows])
         batch = BrokerBatch()
         for row in rows:
             key, token = row["key"], row["done_token"]
@@ -535,23 +583,18 @@ class PostgresValkeyDispatcher(Dispatcher):
                         "kind": EVENT_COMPLETED,
                         "status": S.DONE.value,
                         "version": row["version"],
-                        "at": now.isoformat(),
+                        "at": row["updated_at"].isoformat(),
                         "data": {},
                     },
                 )
             )
         if rows:
-            for dep_key, role, priority, _seq, not_before in rows[0]["promoted"]:
-                if not_before is None or not_before <= now:
-                    batch.ready.append(ReadyItem(project, dep_key, role, priority))
-                else:
-                    batch.scheduled.append((project, dep_key, not_before))
+            _promote(batch, project, promoted)
             await self._signal(batch)
         if not items:
             await self.require_project(None, project)
-        # Items the statement did not complete: a bad or expired token, an unknown key, or (rarely) a
-        # task depending on another item of the batch. Each goes through complete() on its own,
-        # which completes the last kind and explains the others (refusals are the exception).
+        # Items the statement did not complete: a bad or expired token or an unknown key. Each goes
+        # through complete() on its own, which explains it (refusals are the exception).
         for i in send:
             if out[i] is None:
                 key, token, result = items[i]
@@ -689,13 +732,13 @@ class PostgresValkeyDispatcher(Dispatcher):
         values: dict[str, Any] = {
             "attempts": attempts,
             "last_error": error,
-            "updated_at": now,
+            "updated_at": _DB_NOW,
             "version": _tasks.c.version + 1,
             **_END_LEASE,
         }
         if retryable and attempts < max_attempts:
             delay = self._backoff(attempts)
-            values.update(status=S.NOT_STARTED.value, not_before=now + delay)
+            values.update(status=S.NOT_STARTED.value, not_before=_DB_NOW + delay)
             data = {**data, "retry_in": delay.total_seconds(), "attempt": attempts, "error": error}
         else:
             values.update(status=S.FAILED.value)
@@ -732,33 +775,35 @@ class PostgresValkeyDispatcher(Dispatcher):
         )
 
     async def _expire_leases(self, now: datetime) -> tuple[list[str], list[str]]:
+        """Expire leases past ``lease_expires_at`` by the database's clock, **one transaction per
+        lease**: each holds its task's row and then that task's dependents in id order, the lock
+        order of every other writer, so the sweep can never deadlock with a completion."""
         expired: list[str] = []
         dead: list[str] = []
-        stmt = (
-            select(
-                _tasks.c.id,
-                _tasks.c.project,
-                _tasks.c.key,
-                _tasks.c.attempts,
-                _tasks.c.max_attempts,
-                _tasks.c.lease_holder,
-                _tasks.c.lease_token,
-            )
-            .where(
-                (_tasks.c.status == S.IN_PROGRESS.value)
-                & _tasks.c.lease_expires_at.is_not(None)
-                & (_tasks.c.lease_expires_at <= now)
-            )
-            .order_by(_tasks.c.lease_expires_at)
-            .limit(_SWEEP_BATCH)
-            .with_for_update(skip_locked=True)
+        due = (
+            (_tasks.c.status == S.IN_PROGRESS.value)
+            & _tasks.c.lease_expires_at.is_not(None)
+            & (_tasks.c.lease_expires_at <= _DB_NOW)
         )
-        async with wrap_errors(), self.engine.begin() as conn:
-            rows = (await conn.execute(stmt)).all()
-            effects = Effects()
-            batch = BrokerBatch()
-            for r in rows:
-                row, eff = await self._record_failure(
+        candidates = select(_tasks.c.id).where(due).order_by(_tasks.c.lease_expires_at).limit(_SWEEP_BATCH)
+        lock_one = select(
+            _tasks.c.id,
+            _tasks.c.project,
+            _tasks.c.key,
+            _tasks.c.attempts,
+            _tasks.c.max_attempts,
+            _tasks.c.lease_holder,
+            _tasks.c.lease_token,
+        ).with_for_update(skip_locked=True)
+        async with wrap_errors(), self.engine.connect() as conn:
+            ids = list((await conn.execute(candidates)).scalars())
+        for task_id in ids:
+            async with wrap_errors(), self.engine.begin() as conn:
+                # re-checked under the lock: a heartbeat or completion may have come first
+                r = (await conn.execute(lock_one.where(due & (_tasks.c.id == task_id)))).first()
+                if r is None:
+                    continue
+                row, effects = await self._record_failure(
                     conn,
                     r.id,
                     r.attempts,
@@ -769,16 +814,16 @@ class PostgresValkeyDispatcher(Dispatcher):
                     now,
                     {"agent": r.lease_holder},
                 )
-                effects.merge(eff)
-                name = f"{r.project}/{r.key}"
-                expired.append(name)
-                if row.status == S.FAILED.value:
-                    dead.append(name)
-                if r.lease_token:
-                    batch.unlocks.append((r.project, r.key, r.lease_token))
-        if rows:
-            logger.info("expired %d lease(s): %s", len(expired), ", ".join(expired[:20]))
+            name = f"{r.project}/{r.key}"
+            expired.append(name)
+            if row.status == S.FAILED.value:
+                dead.append(name)
+            batch = BrokerBatch()
+            if r.lease_token:
+                batch.unlocks.append((r.project, r.key, r.lease_token))
             await self.apply_effects(effects, batch)
+        if expired:
+            logger.info("expired %d lease(s): %s", len(expired), ", ".join(expired[:20]))
         return expired, dead
 
     async def _release_due(self, now: datetime) -> int:
@@ -856,6 +901,8 @@ class PostgresValkeyDispatcher(Dispatcher):
             periodic = await self.broker.acquire_leader(self.node_id, leader_ttl)
             if periodic:
                 self._last_full_reconcile = time.monotonic()
+        if rebuilt or periodic:
+            n += await self._repair_pending_counts(now)
         ready_counts = await self._ready_counts(now)
         for project in projects:
             depth = await self.broker.depth(project)
@@ -877,6 +924,23 @@ class PostgresValkeyDispatcher(Dispatcher):
         for gone in set(self.depth_gauges) - set(projects):
             del self.depth_gauges[gone]
         return n
+
+    async def _repair_pending_counts(self, now: datetime) -> int:
+        """Safety net (not the mechanism): recount not-started tasks whose ``pending_deps`` disagrees
+        with their dependencies, and queue those that are ready. Runs with the full reconcile only
+        (it reads every not-started task). ``SKIP LOCKED``: a task some writer holds is that
+        writer's to settle, and the net never waits while holding other rows."""
+        async with wrap_errors(), self.engine.begin() as conn:
+            ids = list((await conn.execute(_MISCOUNTED)).scalars())
+            if not ids:
+                return 0
+            locked = list((await conn.execute(_LOCK_MISCOUNTED, {"ids": ids})).scalars())
+            effects = await transitions.recompute_pending_deps(conn, locked, now)
+        if locked:
+            self.repaired_counts += len(locked)
+            logger.warning("recounted pending_deps of %d task(s) that disagreed with their dependencies", len(locked))
+            await self.apply_effects(effects)
+        return len(effects.ready)
 
     async def _ready_counts(self, now: datetime) -> dict[str, dict[str, int]]:
         """Ready tasks per project and role, as Postgres counts them."""
@@ -909,11 +973,15 @@ class PostgresValkeyDispatcher(Dispatcher):
             ).all()
             leased = (
                 await conn.execute(
-                    select(_tasks.c.key, _tasks.c.lease_token, _tasks.c.lease_expires_at).where(
+                    select(
+                        _tasks.c.key,
+                        _tasks.c.lease_token,
+                        func.extract("epoch", _tasks.c.lease_expires_at - _DB_NOW).label("ttl"),
+                    ).where(
                         (_tasks.c.project == project)
                         & (_tasks.c.status == S.IN_PROGRESS.value)
                         & _tasks.c.lease_token.is_not(None)
-                        & (_tasks.c.lease_expires_at > now)
+                        & (_tasks.c.lease_expires_at > _DB_NOW)
                     )
                 )
             ).all()
@@ -929,7 +997,7 @@ class PostgresValkeyDispatcher(Dispatcher):
         requeued = await self.broker.requeue(missing)
         await self.broker.schedule_many(scheduled)
         for r in leased:
-            ttl = (r.lease_expires_at - now).total_seconds()
+            ttl = float(r.ttl)
             if ttl > 0:
                 await self.broker.restore_lock(project, r.key, r.lease_token, ttl)
         if missing:

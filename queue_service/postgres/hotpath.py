@@ -3,19 +3,22 @@
 Why a second path next to SQLAlchemy: a claim+complete through SQLAlchemy Core costs a few
 milliseconds of Python per task (statement execution machinery, greenlet hops, result processing,
 model validation) and the completion took five round trips (BEGIN, UPDATE, event INSERT, dependent
-promotion, COMMIT). Here each operation is **one** autocommit statement, prepared once per
-connection by asyncpg's statement cache, and rows become domain models without re-validation
+promotion, COMMIT). Here claim and heartbeat are **one** autocommit statement each, a completion
+one statement plus the dependents' lock and recount, prepared once per connection by asyncpg's
+statement cache, and rows become domain models without re-validation
 (every value comes from our own schema's constraints).
 
 The statements do exactly what the SQLAlchemy versions they replace did:
 
 * claim: the conditional ``UPDATE`` (still not-started, ``pending_deps = 0``, ``not_before`` passed,
   role allowed) and its ``claimed`` event row, in one statement;
-* complete: the token-checked ``UPDATE`` to ``done``, its ``completed`` event row, and the
-  ``pending_deps`` decrement of every direct dependent, returning the dependents that are now ready
-  (``transitions.on_status_changes`` does the same for in-progress → done: only the pending count
-  moves, nobody is blocked or unblocked by it);
+* complete: the token-checked ``UPDATE`` to ``done`` and its ``completed`` event row in one
+  statement, then -- in the same transaction, as separate statements so each sees what committed
+  before it got its locks -- the direct dependents locked in id order and their ``pending_deps``
+  recounted from their dependencies (see ``docs/plans/dispatch.md``, "Readiness");
 * heartbeat: the token-checked lease extension.
+
+Every lease decision uses the database's clock (``statement_timestamp()``), never the replica's.
 
 Connections come from a small asyncpg pool of their own (created on first use, closed with the
 backend). Nothing here leaves session state behind, so the pool skips asyncpg's per-release reset
@@ -45,6 +48,8 @@ __all__ = [
     "CLAIM_ROLES_SQL",
     "COMPLETE_SQL",
     "HEARTBEAT_SQL",
+    "LOCK_DEPENDENTS_SQL",
+    "RECOUNT_SQL",
     "RESTAGE_SQL",
     "RawPool",
     "asyncpg_dsn",
@@ -61,20 +66,22 @@ _RETURNING = (
 
 
 def _claim_sql(with_roles: bool) -> str:
-    # $1 project, $2 key, $3 agent, $4 token, $5 lease expiry, $6 now, $7 event data, [$8 roles]
-    roles = "AND role = ANY($8::text[])" if with_roles else ""
+    # $1 project, $2 key, $3 agent, $4 token, $5 lease seconds, $6 event data, [$7 roles].
+    # Every time is the database's (statement_timestamp()): a replica's clock never decides a lease.
+    roles = "AND role = ANY($7::text[])" if with_roles else ""
     return f"""
     WITH claimed AS (
         UPDATE tasks
         SET status = 'in-progress', assignee = $3, lease_holder = $3, lease_token = $4,
-            lease_expires_at = $5, started_at = coalesce(started_at, $6), updated_at = $6,
+            lease_expires_at = statement_timestamp() + make_interval(secs => $5::float8),
+            started_at = coalesce(started_at, statement_timestamp()), updated_at = statement_timestamp(),
             version = version + 1
         WHERE project = $1 AND key = $2 AND status = 'not-started' AND pending_deps = 0
-          AND (not_before IS NULL OR not_before <= $6) {roles}
+          AND (not_before IS NULL OR not_before <= statement_timestamp()) {roles}
         RETURNING {_RETURNING}
     ), logged AS (
         INSERT INTO events (project, task_key, kind, status, version, at, data)
-        SELECT project, key, 'claimed', status, version, $6, $7::jsonb FROM claimed
+        SELECT project, key, 'claimed', status, version, updated_at, $6::jsonb FROM claimed
         RETURNING id
     )
     SELECT claimed.*, logged.id AS event_id FROM claimed, logged
@@ -86,59 +93,69 @@ CLAIM_ANY_ROLE_SQL = _claim_sql(False)
 #: Claim one task only if its role is in ``$8``.
 CLAIM_ROLES_SQL = _claim_sql(True)
 
-#: Complete a leased task: the update, its event, and the dependents' pending counts, in one
-#: statement. ``promoted`` lists ``(key, role, priority, seq, not_before)`` of the dependents that
-#: are now not-started with every dependency done, best first. No row: the lease did not match.
+#: Complete a leased task: the update and its event, in one statement (run inside a transaction
+#: followed by :data:`LOCK_DEPENDENTS_SQL` and :data:`RECOUNT_SQL`). $1 project, $2 key, $3 token,
+#: $4 result. No row: the lease did not match (judged by the database's clock).
 COMPLETE_SQL = f"""
 WITH done AS (
     UPDATE tasks
-    SET status = 'done', result = $4::jsonb, completed_at = $5, updated_at = $5, version = version + 1,
+    SET status = 'done', result = $4::jsonb, completed_at = statement_timestamp(),
+        updated_at = statement_timestamp(), version = version + 1,
         lease_holder = NULL, lease_token = NULL, lease_expires_at = NULL
-    WHERE project = $1 AND key = $2 AND lease_token = $3 AND status = 'in-progress' AND lease_expires_at > $5
+    WHERE project = $1 AND key = $2 AND lease_token = $3 AND status = 'in-progress'
+      AND lease_expires_at > statement_timestamp()
     RETURNING {_RETURNING}
 ), logged AS (
     INSERT INTO events (project, task_key, kind, status, version, at, data)
-    SELECT project, key, 'completed', status, version, $5, '{{}}'::jsonb FROM done
+    SELECT project, key, 'completed', status, version, updated_at, '{{}}'::jsonb FROM done
     RETURNING id
-), locked AS (
-    -- one global lock order (by id): completions that share dependents can never deadlock
-    SELECT dep.id FROM tasks dep
-    JOIN task_dependencies d ON dep.id = d.task_id JOIN done ON d.depends_on_id = done.id
-    WHERE dep.project = $1 ORDER BY dep.id FOR UPDATE OF dep
-), dependents AS (
-    UPDATE tasks dep SET pending_deps = dep.pending_deps - 1
-    FROM locked
-    WHERE dep.id = locked.id
-    RETURNING dep.key, dep.role, dep.priority, dep.seq, dep.not_before, dep.status, dep.pending_deps
 )
-SELECT done.*, logged.id AS event_id,
-       ARRAY(
-           SELECT ROW(key, role, priority, seq, not_before) FROM dependents
-           WHERE status = 'not-started' AND pending_deps = 0 ORDER BY priority, seq
-       ) AS promoted
-FROM done, logged
+SELECT done.*, logged.id AS event_id FROM done, logged
+"""
+
+#: The direct dependents of the tasks ``$1`` (ids), locked in id order (the one lock order for
+#: dependents everywhere). Run as its own statement *after* the tasks' rows were changed: its
+#: snapshot then holds every edge to them that will ever count (an edge writer reads a
+#: dependency's status under ``FOR SHARE``, which waits for the change to commit).
+LOCK_DEPENDENTS_SQL = """
+SELECT dep.id FROM tasks dep JOIN task_dependencies d ON d.task_id = dep.id
+WHERE d.depends_on_id = ANY($1::bigint[]) ORDER BY dep.id FOR UPDATE OF dep
+"""
+
+#: Set ``pending_deps`` of the tasks ``$1`` (locked by the caller) from their dependencies as they
+#: are now: a count derived in a fresh snapshot, never a delta applied to a stale one. Returns the
+#: tasks that are ready or scheduled now, with ``due`` judged by the database's clock.
+RECOUNT_SQL = """
+UPDATE tasks t SET pending_deps = (
+    SELECT count(*) FROM task_dependencies d JOIN tasks p ON p.id = d.depends_on_id
+    WHERE d.task_id = t.id AND p.status <> 'done'
+)
+WHERE t.id = ANY($1::bigint[])
+RETURNING t.key, t.role, t.priority, t.seq, t.not_before, t.status, t.pending_deps,
+          (t.not_before IS NULL OR t.not_before <= statement_timestamp()) AS due
 """
 
 
 def _claim_many_sql(with_roles: bool) -> str:
-    # $1 project, $2 keys, $3 agent, $4 tokens (one per key), $5 lease expiry, $6 now, $7 event data,
-    # [$8 roles]. Keys are sorted by the caller so racing batches lock shared rows in one order.
-    roles = "AND role = ANY($8::text[])" if with_roles else ""
+    # $1 project, $2 keys, $3 agent, $4 tokens (one per key), $5 lease seconds, $6 event data,
+    # [$7 roles]. Keys are sorted by the caller so racing batches lock shared rows in one order.
+    roles = "AND role = ANY($7::text[])" if with_roles else ""
     return f"""
     WITH wanted AS (
         SELECT k, tok FROM unnest($2::text[], $4::text[]) AS u(k, tok)
     ), claimed AS (
         UPDATE tasks
         SET status = 'in-progress', assignee = $3, lease_holder = $3, lease_token = wanted.tok,
-            lease_expires_at = $5, started_at = coalesce(started_at, $6), updated_at = $6,
+            lease_expires_at = statement_timestamp() + make_interval(secs => $5::float8),
+            started_at = coalesce(started_at, statement_timestamp()), updated_at = statement_timestamp(),
             version = version + 1
         FROM wanted
         WHERE project = $1 AND key = wanted.k AND status = 'not-started' AND pending_deps = 0
-          AND (not_before IS NULL OR not_before <= $6) {roles}
+          AND (not_before IS NULL OR not_before <= statement_timestamp()) {roles}
         RETURNING wanted.tok AS claim_token, {_RETURNING}
     ), logged AS (
         INSERT INTO events (project, task_key, kind, status, version, at, data)
-        SELECT project, key, 'claimed', status, version, $6, $7::jsonb FROM claimed ORDER BY priority, seq
+        SELECT project, key, 'claimed', status, version, updated_at, $6::jsonb FROM claimed ORDER BY priority, seq
         RETURNING id, task_key
     )
     SELECT claimed.*, logged.id AS event_id FROM claimed JOIN logged ON logged.task_key = claimed.key
@@ -152,71 +169,51 @@ CLAIM_MANY_ANY_ROLE_SQL = _claim_many_sql(False)
 CLAIM_MANY_ROLES_SQL = _claim_many_sql(True)
 
 #: Complete many leased tasks in one statement: $1 project, $2 keys, $3 tokens, $4 results (JSON
-#: text, NULL for none), $5 now. Each item matches only with its own live token, so a bad item just
-#: returns no row (as does the rare item that depends on another item of the batch; see below).
-#: Dependents' pending counts drop by the number of their dependencies completed here (aggregated:
-#: an UPDATE changes a row once however many source rows join it). Every returned row carries the
-#: same ``promoted`` array: dependents now ready, best first.
+#: text, NULL for none). Each item matches only with its own live token, so a bad item just returns
+#: no row. Dependents are recounted afterwards in the same transaction, as for :data:`COMPLETE_SQL`.
 COMPLETE_MANY_SQL = f"""
 WITH items AS (
     SELECT k, tok, res FROM unnest($2::text[], $3::text[], $4::text[]) AS u(k, tok, res)
 ), done AS (
     UPDATE tasks
-    SET status = 'done', result = items.res::jsonb, completed_at = $5, updated_at = $5, version = version + 1,
+    SET status = 'done', result = items.res::jsonb, completed_at = statement_timestamp(),
+        updated_at = statement_timestamp(), version = version + 1,
         lease_holder = NULL, lease_token = NULL, lease_expires_at = NULL
     FROM items
     WHERE project = $1 AND key = items.k AND lease_token = items.tok AND status = 'in-progress'
-      AND lease_expires_at > $5
-      -- A task depending on another item of the batch (possible only after a hand edit reopened
-      -- its dependency) is left out: the dependents update below would change its row a second
-      -- time in this statement, and Postgres keeps only one of the two changes. The caller
-      -- completes such an item on its own afterwards.
-      AND NOT EXISTS (
-          SELECT 1 FROM task_dependencies d JOIN tasks p ON p.id = d.depends_on_id
-          WHERE d.task_id = tasks.id AND p.key = ANY($2::text[])
-      )
+      AND lease_expires_at > statement_timestamp()
     RETURNING items.tok AS done_token, {_RETURNING}
 ), logged AS (
     INSERT INTO events (project, task_key, kind, status, version, at, data)
-    SELECT project, key, 'completed', status, version, $5, '{{}}'::jsonb FROM done ORDER BY seq
+    SELECT project, key, 'completed', status, version, updated_at, '{{}}'::jsonb FROM done ORDER BY seq
     RETURNING id, task_key
-), counts AS (
-    SELECT d.task_id, count(*)::int AS n FROM task_dependencies d JOIN done ON d.depends_on_id = done.id
-    GROUP BY d.task_id
-), locked AS (
-    -- one global lock order (by id), as in COMPLETE_SQL
-    SELECT dep.id, counts.n FROM tasks dep JOIN counts ON dep.id = counts.task_id
-    WHERE dep.project = $1 ORDER BY dep.id FOR UPDATE OF dep
-), dependents AS (
-    UPDATE tasks dep SET pending_deps = dep.pending_deps - locked.n
-    FROM locked
-    WHERE dep.id = locked.id
-    RETURNING dep.key, dep.role, dep.priority, dep.seq, dep.not_before, dep.status, dep.pending_deps
 )
-SELECT done.*, logged.id AS event_id,
-       ARRAY(
-           SELECT ROW(key, role, priority, seq, not_before) FROM dependents
-           WHERE status = 'not-started' AND pending_deps = 0 ORDER BY priority, seq
-       ) AS promoted
+SELECT done.*, logged.id AS event_id
 FROM done JOIN logged ON logged.task_key = done.key
 ORDER BY logged.id
 """
 
 #: Why batch items did not claim/complete: $1 project, $2 keys.
 BATCH_STATE_SQL = (
-    "SELECT key, status, pending_deps, not_before, role, priority, lease_expires_at FROM tasks "
+    "SELECT key, status, pending_deps, not_before, role, priority, lease_expires_at, "
+    "(not_before IS NOT NULL AND not_before > statement_timestamp()) AS not_due FROM tasks "
     "WHERE project = $1 AND key = ANY($2::text[])"
 )
 
-#: Extend a lease: $1 project, $2 key, $3 token, $4 now, $5 new expiry.
+#: Extend a lease by $4 seconds of database time: $1 project, $2 key, $3 token.
 HEARTBEAT_SQL = """
-UPDATE tasks SET lease_expires_at = $5
-WHERE project = $1 AND key = $2 AND lease_token = $3 AND status = 'in-progress' AND lease_expires_at > $4
-RETURNING lease_holder
+UPDATE tasks SET lease_expires_at = statement_timestamp() + make_interval(secs => $4::float8)
+WHERE project = $1 AND key = $2 AND lease_token = $3 AND status = 'in-progress'
+  AND lease_expires_at > statement_timestamp()
+RETURNING lease_holder, lease_expires_at
 """
 
 #: Where a popped key that did not claim belongs now.
-RESTAGE_SQL = "SELECT status, pending_deps, not_before, role, priority FROM tasks WHERE project = $1 AND key = $2"
+RESTAGE_SQL = (
+    "SELECT status, pending_deps, not_before, role, priority, "
+    "(not_before IS NOT NULL AND not_before > statement_timestamp()) AS not_due "
+    "FROM tasks WHERE project = $1 AND key = $2"
+)
 
 
 def asyncpg_dsn(url: URL) -> str:

@@ -127,6 +127,23 @@ def _due(now: datetime) -> ColumnElement[bool]:
     return or_(t.tasks.c.not_before.is_(None), t.tasks.c.not_before <= now)
 
 
+#: Runs of a PATCH chosen as a deadlock victim (see :meth:`PostgresRecordStore.update_task`).
+_DEADLOCK_ATTEMPTS = 3
+
+
+def _is_deadlock(exc: BaseException) -> bool:
+    """Whether a translated error came from Postgres's deadlock detector (SQLSTATE 40P01)."""
+    seen: BaseException | None = exc
+    for _ in range(4):
+        if seen is None:
+            return False
+        for candidate in (seen, getattr(seen, "orig", None)):
+            if getattr(candidate, "sqlstate", None) == "40P01" or getattr(candidate, "pgcode", None) == "40P01":
+                return True
+        seen = seen.__cause__
+    return False
+
+
 def task_from_row(row: Any) -> Task:
     """Build the domain Task from a row selected with :data:`task_columns`."""
     return Task(
@@ -181,6 +198,7 @@ def _token_from_row(row: Any) -> ApiToken:
         token_hash=row.token_hash,
         name=row.name,
         created_at=row.created_at,
+        revoked_at=row.revoked_at,
     )
 
 
@@ -633,11 +651,17 @@ class PostgresRecordStore(RecordStore):
             deps_of[keys[i]] = deps
         ext_rows: dict[str, Any] = {}
         if external:
+            # FOR SHARE, in id order: a dependency's status read here cannot change until this
+            # transaction commits, and a completion in flight is waited for (its recount of
+            # dependents then sees the new edges). See docs/plans/dispatch.md, "Readiness".
             rows = await conn.execute(
-                select(t.tasks.c.id, t.tasks.c.key, t.tasks.c.status).where(
+                select(t.tasks.c.id, t.tasks.c.key, t.tasks.c.status)
+                .where(
                     t.tasks.c.project == project,
                     t.tasks.c.key == func.any(bindparam("dk", sorted(external), _TEXTS)),
                 )
+                .order_by(t.tasks.c.id)
+                .with_for_update(read=True)
             )
             ext_rows = {r.key: r for r in rows}
             for i in fresh:
@@ -856,9 +880,26 @@ class PostgresRecordStore(RecordStore):
         dispatch: done promotes dependents, failed/cancelled blocks them, a return to not-started
         unblocks dependents blocked because of this task. A patch that changes nothing returns the
         task unchanged (no version bump, no event).
+
+        Two PATCHes that would close a dependency cycle between them lock each other's rows and one
+        is chosen as a deadlock victim; it is run again once and then sees the other's edges (and
+        raises DependencyCycle), so neither caller gets a database error.
         """
+        for attempt in range(_DEADLOCK_ATTEMPTS):
+            try:
+                return await self._update_task_once(project, key, patch, expected_version, actor)
+            except exceptions.BackendError as exc:
+                if attempt + 1 == _DEADLOCK_ATTEMPTS or not _is_deadlock(exc):
+                    raise
+        raise AssertionError("unreachable")
+
+    async def _update_task_once(
+        self, project: str, key: str, patch: TaskUpdate, expected_version: int | None, actor: str
+    ) -> Task:
         now = self.clock()
         async with self._tx() as (conn, effects):
+            if patch.depends_on:
+                await self._share_lock_deps(conn, project, patch.depends_on)
             row = await self._task_row(conn, project, key, lock="update")
             old = task_from_row(row)
             if expected_version is not None and expected_version != old.version:
@@ -946,6 +987,18 @@ class PostgresRecordStore(RecordStore):
             return stored
 
     @staticmethod
+    async def _share_lock_deps(conn: AsyncConnection, project: str, deps: Sequence[str]) -> None:
+        """Lock the (existing) tasks named in a new ``depends_on`` ``FOR SHARE``, in id order, before
+        the task itself: their statuses cannot change until this transaction commits, and the lock
+        order matches completions (dependency first, then its dependents)."""
+        await conn.execute(
+            select(t.tasks.c.id)
+            .where(t.tasks.c.project == project, t.tasks.c.key == func.any(bindparam("sk", list(deps), _TEXTS)))
+            .order_by(t.tasks.c.id)
+            .with_for_update(read=True)
+        )
+
+    @staticmethod
     def _status_side_fields(old: Task, new_status: TaskStatus, now: datetime) -> dict[str, Any]:
         """Lease/timestamp fields that change with the status (same rules as the in-memory state)."""
         values: dict[str, Any] = {}
@@ -992,26 +1045,61 @@ class PostgresRecordStore(RecordStore):
                     dependency=dep,
                 )
         # A cycle appears iff the task is reachable from one of its new deps along existing edges.
-        path = await conn.scalar(
+        # UNION (not UNION ALL over paths): each task is visited once, so a dense DAG costs O(edges);
+        # enumerating paths was exponential (the history checker's soak hung a PATCH for 20 minutes).
+        params: tuple[Any, Any] = (bindparam("deps", [ids[d] for d in deps], _BIGINTS), bindparam("target", task_id))
+        reachable = await conn.scalar(
             text(
                 """
-                WITH RECURSIVE reach(id, path) AS (
-                    SELECT p.id, ARRAY[p.key] FROM tasks p WHERE p.id = ANY(:deps)
-                    UNION ALL
-                    SELECT d.depends_on_id, reach.path || p.key
-                    FROM reach
-                    JOIN task_dependencies d ON d.task_id = reach.id
-                    JOIN tasks p ON p.id = d.depends_on_id
+                WITH RECURSIVE reach(id) AS (
+                    SELECT unnest(CAST(:deps AS bigint[]))
+                    UNION
+                    SELECT d.depends_on_id FROM reach JOIN task_dependencies d ON d.task_id = reach.id
                     WHERE reach.id <> :target
                 )
-                SELECT path FROM reach WHERE id = :target LIMIT 1
+                SELECT EXISTS (SELECT 1 FROM reach WHERE id = :target)
                 """
-            ).bindparams(bindparam("deps", [ids[d] for d in deps], _BIGINTS), bindparam("target", task_id)),
+            ).bindparams(*params)
         )
-        if path:
-            cycle = [key, *path]
+        if reachable:
+            cycle = [key, *await self._cycle_path(conn, params)]
             raise exceptions.DependencyCycle(f"dependency cycle: {' -> '.join(cycle)}", cycle=cycle)
         return [ids[d] for d in deps]
+
+    @staticmethod
+    async def _cycle_path(conn: AsyncConnection, params: tuple[Any, Any]) -> list[str]:
+        """Keys from one of the new deps to the target along existing edges (only after a cycle was
+        found): one parent per reached task, each task visited once."""
+        rows = await conn.execute(
+            text(
+                """
+                WITH RECURSIVE reach(id, parent) AS (
+                    SELECT x, CAST(NULL AS bigint) FROM unnest(CAST(:deps AS bigint[])) AS x
+                    UNION
+                    SELECT d.depends_on_id, reach.id FROM reach JOIN task_dependencies d ON d.task_id = reach.id
+                    WHERE reach.id <> :target
+                )
+                SELECT reach.id, reach.parent, t.key FROM reach JOIN tasks t ON t.id = reach.id
+                """
+            ).bindparams(*params)
+        )
+        parent: dict[int, int | None] = {}
+        key_of: dict[int, str] = {}
+        for r in rows:
+            key_of[r.id] = r.key
+            if r.parent is None:  # one of the new deps: the path starts there
+                parent[r.id] = None
+            else:
+                parent.setdefault(r.id, r.parent)
+        target = params[1].value
+        path: list[str] = []
+        node: int | None = target
+        seen: set[int] = set()
+        while node is not None and node not in seen:
+            seen.add(node)
+            path.append(key_of[node])
+            node = parent.get(node)
+        return path[::-1]
 
     async def cancel_task(self, project: str, key: str, reason: str | None = None, actor: str = "api") -> Task:
         """Move the task to cancelled (from any status but done/cancelled); ends any lease; blocks
@@ -1312,9 +1400,34 @@ class PostgresRecordStore(RecordStore):
             return _token_from_row(row) if row is not None else None
 
     async def count_api_tokens(self) -> int:
-        """How many tokens exist (0 means auth is off)."""
+        """How many token records exist, revoked ones included (0 means auth is off)."""
         async with self._read() as conn:
             return int(await conn.scalar(select(func.count()).select_from(t.api_tokens)) or 0)
+
+    async def list_api_tokens(self) -> list[ApiToken]:
+        """Every token record, oldest first (revoked ones included)."""
+        async with self._read() as conn:
+            rows = await conn.execute(select(t.api_tokens).order_by(t.api_tokens.c.created_at, t.api_tokens.c.id))
+            return [_token_from_row(row) for row in rows]
+
+    async def revoke_api_token(self, token_id: str) -> ApiToken:
+        """Mark a token revoked (idempotent). Raises NotFound for an unknown id."""
+        async with self._tx() as (conn, _effects):
+            await conn.execute(
+                update(t.api_tokens)
+                .where(t.api_tokens.c.id == token_id, t.api_tokens.c.revoked_at.is_(None))
+                .values(revoked_at=func.now())
+            )
+            row = (await conn.execute(select(t.api_tokens).where(t.api_tokens.c.id == token_id))).first()
+            if row is None:
+                raise exceptions.NotFound(f"no token with id {token_id!r}", token=token_id)
+            return _token_from_row(row)
+
+    async def purge_api_tokens(self) -> int:
+        """Delete every token record (auth turns off); returns how many there were."""
+        async with self._tx() as (conn, _effects):
+            result = await conn.execute(delete(t.api_tokens))
+            return int(result.rowcount or 0)
 
     # -- snapshots --------------------------------------------------------------------------
     async def export_project(self, project: str) -> ProjectSnapshot:

@@ -286,6 +286,8 @@ class ApiTokenRow(Base):
     token_hash: Mapped[str] = mapped_column(Text)
     name: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(_TZ, server_default=func.now())
+    #: set by ``qs token revoke`` (migration 0002); a revoked record still keeps auth on
+    revoked_at: Mapped[datetime | None] = mapped_column(_TZ)
 
 
 metadata = Base.metadata

@@ -3,9 +3,10 @@
 Shared by the record store (patch, cancel) and the dispatcher (claim, complete, fail, retry, sweep), so
 both apply exactly the rules of :mod:`queue_service.domain`:
 
-* a task becomes ``done`` → each dependent's ``pending_deps`` drops by one; dependents that reach 0
-  while ``not-started`` are reported ready (or *scheduled*, when ``not_before`` is still ahead);
-* a task leaves ``done`` → each dependent's ``pending_deps`` grows by one again;
+* a task becomes ``done`` or leaves it → each dependent's ``pending_deps`` is recounted from its
+  dependencies (after locking the dependents in id order, in a statement of its own: see
+  ``docs/plans/dispatch.md``); dependents now at 0 while ``not-started`` are reported ready (or
+  *scheduled*, when ``not_before`` is still ahead);
 * a task becomes ``failed``/``cancelled`` → its ``not-started`` dependents become ``blocked`` with
   ``blocked_reason = domain.dependency_block_reason(key, status)`` (version + 1, an event each);
 * a task leaves ``failed``/``cancelled`` for another status → dependents blocked *because of it* go
@@ -32,7 +33,7 @@ from typing import Any
 from sqlalchemy import bindparam, text
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncConnection
-from sqlalchemy.types import BigInteger, DateTime, Integer, Text
+from sqlalchemy.types import BigInteger, DateTime, Text
 
 from queue_service.domain import DEPENDENCY_BLOCK_PREFIX, TERMINAL_FAILURE, dependency_block_reason
 from queue_service.models import Event, TaskStatus
@@ -220,20 +221,15 @@ async def insert_event(
 
 _IDS = bindparam("ids", type_=ARRAY(BigInteger))
 
-_SHIFT_PENDING = text(
+# The dependents of :ids, locked in id order: the one lock order for dependents (completion, sweep,
+# fail, cancel, PATCH). Its own statement, run after the caller changed the rows of :ids, so the
+# statements that follow see every edge to them (edge writers read a dependency under FOR SHARE).
+_LOCK_DEPENDENTS = text(
     """
-    WITH delta AS (
-        SELECT d.task_id, sum(x.delta)::int AS n
-        FROM task_dependencies d
-        JOIN unnest(:ids, :deltas) AS x(id, delta) ON d.depends_on_id = x.id
-        GROUP BY d.task_id
-    )
-    UPDATE tasks t SET pending_deps = t.pending_deps + delta.n
-    FROM delta
-    WHERE t.id = delta.task_id AND delta.n <> 0 AND t.project = :project
-    RETURNING t.project, t.key, t.role, t.priority, t.seq, t.not_before, t.status, t.pending_deps
+    SELECT dep.id FROM tasks dep JOIN task_dependencies d ON d.task_id = dep.id
+    WHERE d.depends_on_id = ANY(:ids) ORDER BY dep.id FOR UPDATE OF dep
     """
-).bindparams(_IDS, bindparam("deltas", type_=ARRAY(Integer)))
+).bindparams(_IDS)
 
 _BLOCK_DEPENDENTS = text(
     """
@@ -339,27 +335,25 @@ async def on_status_changes(
     if not real:
         return effects
 
-    # 1. pending_deps bookkeeping for dependents of tasks entering or leaving done.
-    shift: dict[int, int] = {}
-    for c in real:
-        if c.new == S.DONE and c.old != S.DONE:
-            shift[c.task_id] = shift.get(c.task_id, 0) - 1
-        elif c.old == S.DONE and c.new != S.DONE:
-            shift[c.task_id] = shift.get(c.task_id, 0) + 1
-    shift = {k: v for k, v in shift.items() if v}
-    if shift:
-        result = await conn.execute(
-            _SHIFT_PENDING, {"ids": list(shift), "deltas": list(shift.values()), "project": project}
-        )
-        for row in result:
-            if row.status == S.NOT_STARTED and row.pending_deps == 0:
-                effects.add_candidate(_ready_task(row), now)
+    failing = [c for c in real if c.new in TERMINAL_FAILURE and c.old not in TERMINAL_FAILURE]
+    reviving = [c for c in real if c.old in TERMINAL_FAILURE and c.new not in TERMINAL_FAILURE]
+    done_moved = [c for c in real if (c.new == S.DONE) != (c.old == S.DONE)]
+    if not (failing or reviving or done_moved):
+        return effects
+
+    # 0. Lock every direct dependent in id order before touching any of them.
+    locked = sorted({r.id for r in await conn.execute(_LOCK_DEPENDENTS, {"ids": [c.task_id for c in real]})})
+
+    # 1. Dependents of tasks entering or leaving done: pending_deps recounted from their
+    # dependencies as they are now (a derived count, never a delta on a stale view).
+    if done_moved and locked:
+        recounted = await recompute_pending_deps(conn, locked, now)
+        effects.merge(recounted)
 
     events: list[EventInput] = []
     keys_by_id = {c.task_id: c.key for c in real}
 
     # 2. Dependents of tasks that just failed or were cancelled become blocked.
-    failing = [c for c in real if c.new in TERMINAL_FAILURE and c.old not in TERMINAL_FAILURE]
     if failing:
         result = await conn.execute(
             _BLOCK_DEPENDENTS,
@@ -384,7 +378,6 @@ async def on_status_changes(
             )
 
     # 3. Dependents blocked because of tasks that left failed/cancelled are released.
-    reviving = [c for c in real if c.old in TERMINAL_FAILURE and c.new not in TERMINAL_FAILURE]
     if reviving:
         reasons = [dependency_block_reason(c.key, s) for c in reviving for s in sorted(TERMINAL_FAILURE)]
         result = await conn.execute(

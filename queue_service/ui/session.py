@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import hmac
 import secrets
-from urllib.parse import urlsplit
 
 from fastapi import Request, Response
 
 from queue_service import exceptions
 from queue_service.api.deps import get_state
+from queue_service.api.edge import cross_site_reason
 from queue_service.auth import Action, Principal
 
 __all__ = [
@@ -106,23 +106,15 @@ def attach_csrf_cookie(request: Request, response: Response) -> None:
 
 
 def check_origin(request: Request) -> None:
-    """Refuse a state change a browser sent from another site (same rule as the API's cross-site check).
+    """Refuse a state change a browser sent from another site: the API's own rule
+    (:func:`queue_service.api.edge.cross_site_reason`).
 
     Raises:
         Forbidden: ``Origin`` names another host, or ``Sec-Fetch-Site`` says cross-site.
     """
-    site = request.headers.get("sec-fetch-site")
-    if site is not None and site not in ("same-origin", "none"):
-        raise exceptions.Forbidden(f"cross-site request refused (Sec-Fetch-Site: {site[:20]})")
-    origin = request.headers.get("origin")
-    if origin is None:
-        return
-    if origin == "null":
-        raise exceptions.Forbidden("cross-site request refused (Origin: null)")
-    parts = urlsplit(origin)
-    host = request.headers.get("host", "")
-    if parts.netloc != host or parts.scheme not in ("http", "https"):
-        raise exceptions.Forbidden(f"cross-site request refused (Origin {origin[:100]!r} is not {host[:100]!r})")
+    reason = cross_site_reason(request.headers)
+    if reason is not None:
+        raise exceptions.Forbidden(f"cross-site request refused: {reason}", reason=reason)
 
 
 def check_csrf(request: Request, submitted: str | None) -> None:

@@ -348,3 +348,26 @@ async def test_export_import_round_trip(backend, svc: QueueService, web: str) ->
     assert nxt.key == "WEB-3"
     with pytest.raises(exceptions.AlreadyExists):
         await svc.import_project(snap)
+
+
+async def test_token_list_revoke_purge(backend, svc: QueueService, web: str) -> None:
+    from queue_service import exceptions
+    from queue_service.models import ApiToken, TokenRole, utcnow
+
+    first = ApiToken(id="t1", project=web, role=TokenRole.AGENT, token_hash="h1", created_at=utcnow())
+    second = ApiToken(id="t2", project=None, role=TokenRole.ADMIN, token_hash="h2", created_at=utcnow())
+    await backend.records.add_api_token(first)
+    await backend.records.add_api_token(second)
+    assert [t.id for t in await backend.records.list_api_tokens()] == ["t1", "t2"]
+    revoked = await backend.records.revoke_api_token("t1")
+    assert revoked.revoked_at is not None
+    again = await backend.records.revoke_api_token("t1")  # idempotent: the first time is kept
+    assert again.revoked_at == revoked.revoked_at
+    found = await backend.records.find_api_token("h1")
+    assert found is not None and found.revoked_at == revoked.revoked_at
+    assert await backend.records.count_api_tokens() == 2  # a revoked record keeps auth on
+    with pytest.raises(exceptions.NotFound):
+        await backend.records.revoke_api_token("nope")
+    assert await backend.records.purge_api_tokens() == 2
+    assert await backend.records.count_api_tokens() == 0
+    assert await backend.records.list_api_tokens() == []

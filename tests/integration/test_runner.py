@@ -39,6 +39,7 @@ from queue_service.runner import (
 )
 from queue_service.service import QueueService
 from queue_service.testing import InMemoryBackend
+from queue_service.workspaces import WorkspacePolicy
 
 FAST = DispatchConfig(
     lease_seconds=5.0,
@@ -76,7 +77,7 @@ async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 30.0
 @pytest.fixture
 async def svc() -> AsyncIterator[QueueService]:
     async with InMemoryBackend(config=FAST) as backend:
-        service = QueueService(backend)
+        service = QueueService(backend, workspaces=WorkspacePolicy(operator=True))
         await service.create_project({"slug": "web", "key_prefix": "WEB"})
         yield service
 
@@ -288,15 +289,22 @@ async def test_only_the_given_roles_are_claimed(svc: QueueService, tmp_path: Pat
     assert [o.key for o in summary.outcomes] == ["WEB-2"]
 
 
-async def test_workspace_defaults_to_the_projects(svc: QueueService, tmp_path: Path) -> None:
+async def test_workdir_defaults_to_the_current_directory_not_the_projects_workspace(
+    svc: QueueService, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the project's workspace is a path on the server: the runner never uses it (issue 9, finding 10)
     ws = tmp_path / "project-ws"
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
     await svc.create_project({"slug": "api", "workspace": str(ws)})
     await svc.create_task("api", {"title": "where am I"})
     r = Runner(svc, RunnerOptions(project="api", command=py("import os; print(os.getcwd())"), idle_exit=0.0))
     await r.run(handle_signals=False)
     task = await svc.get_task("api", "API-1")
-    assert Path(task.result["stdout"].strip()) == ws.resolve()
-    assert (orchestrator_dir(ws) / CAPSULE_FILE).exists()
+    assert Path(task.result["stdout"].strip()) == here.resolve()
+    assert (orchestrator_dir(here) / CAPSULE_FILE).exists()
+    assert not ws.exists()
 
 
 async def test_a_stale_session_lock_is_taken_over(svc: QueueService, tmp_path: Path) -> None:

@@ -23,6 +23,7 @@ import pytest
 from queue_service.models import TaskStatus
 from queue_service.service import QueueService
 from queue_service.testing import InMemoryBackend
+from queue_service.workspaces import WorkspacePolicy
 from tests.integration.sync_support import (
     FAST,
     SAMPLES,
@@ -46,7 +47,7 @@ ID, STATUS, TITLE, AGENT, PRIORITY, DEPS, NOTES = range(7)
 @pytest.fixture
 async def svc() -> AsyncIterator[QueueService]:
     async with InMemoryBackend(config=FAST) as backend:
-        yield QueueService(backend)
+        yield QueueService(backend, workspaces=WorkspacePolicy(operator=True))
 
 
 @pytest.fixture
@@ -543,9 +544,11 @@ async def test_api_route_shows_sync_errors(workspace: Path) -> None:
     from tests.unit.api_support import settings as api_settings
 
     async with InMemoryBackend(config=FAST) as backend:
-        app = create_app(api_settings(sync=True, sync_rescan_seconds=0.5, sync_debounce_seconds=0.1), backend=backend)
+        # the API names a workspace relative to the operator's root (issue 9)
+        config = api_settings(sync=True, sync_rescan_seconds=0.5, sync_debounce_seconds=0.1, workspace=workspace.parent)
+        app = create_app(config, backend=backend)
         async with app_running(app), http_client(app) as client:
-            response = await client.post("/v1/projects", json={"slug": "web", "workspace": str(workspace)})
+            response = await client.post("/v1/projects", json={"slug": "web", "workspace": workspace.name})
             assert response.status_code == 201, response.text
             response = await client.post("/v1/projects/web/tasks", json={"title": "Design the schema"})
             assert response.status_code == 201, response.text
@@ -592,7 +595,7 @@ async def test_flatfile_backend_syncs_both_ways(tmp_path: Path, workspace: Path)
     from flatfile.backend import FlatfileBackend
 
     async with FlatfileBackend(tmp_path / "queue-data", config=FAST) as backend:
-        svc = QueueService(backend)
+        svc = QueueService(backend, workspaces=WorkspacePolicy(operator=True))
         path = await started(svc, workspace, "Design the schema")
         async with running(svc):
             text = await shows(path, "WEB-1")

@@ -12,6 +12,7 @@ import pytest
 from queue_service.models import TaskStatus
 from queue_service.postgres.backend import PostgresValkeyBackend
 from queue_service.service import QueueService
+from queue_service.workspaces import WorkspacePolicy
 from tests.integration.sync_support import (
     FAST,
     SAMPLES,
@@ -30,7 +31,7 @@ pytestmark = pytest.mark.postgres
 @pytest.fixture
 async def svc(pg_url: str, valkey_url: str, valkey_prefix: str) -> AsyncIterator[QueueService]:
     async with PostgresValkeyBackend(pg_url, valkey_url, FAST, key_prefix=valkey_prefix) as backend:
-        yield QueueService(backend)
+        yield QueueService(backend, workspaces=WorkspacePolicy(operator=True))
 
 
 async def test_end_to_end_on_postgres(svc: QueueService, tmp_path: Path) -> None:

@@ -29,7 +29,8 @@ S = TaskStatus
 
 @pytest.fixture
 async def app(backend: Backend) -> AsyncIterator[FastAPI]:
-    application = create_app(Settings(backend_url="memory://", orchestrator=False, sync=False), backend)
+    settings = Settings(backend_url="memory://", orchestrator=False, sync=False, allowed_hosts="qs.test")
+    application = create_app(settings, backend)
     async with application.router.lifespan_context(application):
         svc = application.state.qs.service
         await svc.create_project({"slug": "web", "name": "Web shop", "key_prefix": "WEB"})
@@ -430,7 +431,10 @@ async def revoke(app: FastAPI, token: str) -> None:
     then drop the authenticator's cache (its revocation cache does that part in production)."""
     backend = app.state.qs.backend
     digest = hash_token(token)
-    if isinstance(backend, InMemoryBackend):
+    record = await backend.records.find_api_token(digest)
+    if record is not None and hasattr(backend.records, "revoke_api_token"):
+        await backend.records.revoke_api_token(record.id)
+    elif isinstance(backend, InMemoryBackend):
         backend.api_tokens = {k: v for k, v in backend.api_tokens.items() if v.token_hash != digest}
     elif hasattr(backend, "tokens"):  # flatfile: the operator removes it from tokens.json
         path = backend.tokens.path

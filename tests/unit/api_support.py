@@ -38,7 +38,13 @@ BASE = "http://qs.test"
 
 def settings(**overrides: Any) -> Settings:
     """Settings for a memory-backed app without the orchestrator (tests sweep explicitly)."""
-    values: dict[str, Any] = {"backend_url": "memory://", "orchestrator": False, "sync": False}
+    # the test host names (httpx: qs.test, schemathesis/starlette: testserver) are not loopback names
+    values: dict[str, Any] = {
+        "backend_url": "memory://",
+        "orchestrator": False,
+        "sync": False,
+        "allowed_hosts": "qs.test,testserver,localhost",
+    }
     values.update(overrides)
     return Settings(**values)
 

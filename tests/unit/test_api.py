@@ -242,11 +242,12 @@ async def test_notes_cancel_retry_blockers_dependents(http: httpx.AsyncClient, p
     cancelled = await http.post(f"{P}/tasks/WEB-1/cancel", json={"reason": "not needed"})
     assert cancelled.json()["status"] == "cancelled"
     assert (await http.get(f"{P}/tasks/WEB-2")).json()["status"] == "blocked"
-    assert (await http.post(f"{P}/tasks/WEB-1/cancel")).status_code == 200  # idempotent, no body needed
-    retried = await http.post(f"{P}/tasks/WEB-1/retry")
+    json_only = {"Content-Type": "application/json"}  # no body, but state changes must be JSON (api.edge)
+    assert (await http.post(f"{P}/tasks/WEB-1/cancel", headers=json_only)).status_code == 200  # idempotent
+    retried = await http.post(f"{P}/tasks/WEB-1/retry", headers=json_only)
     assert retried.json()["status"] == "not-started"
     assert (await http.get(f"{P}/tasks/WEB-2")).json()["status"] == "not-started"
-    again = await http.post(f"{P}/tasks/WEB-1/retry")
+    again = await http.post(f"{P}/tasks/WEB-1/retry", headers=json_only)
     assert again.status_code == 409
     assert error_of(again)["code"] == "invalid_transition"
 
@@ -387,7 +388,10 @@ async def test_every_domain_error_maps_to_its_status_and_code(cls: type[exceptio
     assert response.status_code == cls.http_status
     err = error_of(response)
     assert err["code"] == cls.code
-    assert err["message"] == "it went wrong"
+    if cls.http_status < 500 or cls.http_status == 503:
+        assert err["message"] == "it went wrong"
+    else:
+        assert "it went wrong" not in err["message"]  # may quote the driver: logged, never sent
     if cls.http_status < 500 or cls.http_status == 503:
         assert err["details"] == {"task": "WEB-1"}
     else:

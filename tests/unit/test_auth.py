@@ -102,7 +102,9 @@ async def secured(mem: InMemoryBackend) -> AsyncIterator[tuple[FastAPI, dict[str
 
 async def _status(app: FastAPI, token: str | None, method: str, path: str, json: object = None) -> httpx.Response:
     async with http_client(app, token) as client:
-        return await client.request(method, path, json=json)
+        # a state change is always JSON, body or not (api.edge)
+        headers = {"Content-Type": "application/json"} if method != "GET" else {}
+        return await client.request(method, path, json=json, headers=headers)
 
 
 async def test_open_when_no_tokens(mem: InMemoryBackend) -> None:

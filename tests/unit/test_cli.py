@@ -26,6 +26,7 @@ from queue_service.cli import app
 from queue_service.cli._core import CliState, Connection
 from queue_service.service import QueueService
 from queue_service.testing import InMemoryBackend
+from queue_service.workspaces import WorkspacePolicy
 
 EXPECTED_COMMANDS = {
     "project",
@@ -60,7 +61,12 @@ class Cli:
 
         @contextlib.asynccontextmanager
         async def conn() -> AsyncIterator[Connection]:
-            yield Connection(ops=QueueService(backend), mode="local", source="memory", sweep=backend.dispatch.sweep)
+            yield Connection(
+                ops=QueueService(backend, workspaces=WorkspacePolicy(operator=True)),
+                mode="local",
+                source="memory",
+                sweep=backend.dispatch.sweep,
+            )
 
         return conn()
 
@@ -122,7 +128,7 @@ def test_help_lists_exactly_the_working_commands() -> None:
         "task": {"add", "list", "show", "edit", "cancel", "retry", "note"},
         "project": {"create", "list", "show"},
         "mission": {"create", "list"},
-        "token": {"create"},
+        "token": {"create", "list", "revoke", "purge"},
     }.items():
         sub = CliRunner().invoke(app, [group, "--help"])
         assert sub.exit_code == 0
@@ -703,9 +709,12 @@ def test_flatfile_default_mode_across_invocations(monkeypatch: pytest.MonkeyPatc
     got = json.loads(ok("claim", "-p", "solo", "--json").stdout)
     ok("complete", "SOLO-1", "-p", "solo", "-t", got["lease"]["token"])
     code = "import json, sys; print(json.load(sys.stdin)['title'])"
-    summary = json.loads(ok("run", "solo", "--once", "--json", "--", sys.executable, "-c", code).stdout)
+    (tmp_path / "here").mkdir()
+    run = ("run", "solo", "--once", "--json", "--workdir", str(tmp_path / "here"), "--", sys.executable, "-c", code)
+    summary = json.loads(ok(*run).stdout)
     assert [t["outcome"] for t in summary["tasks"]] == ["completed"]
-    assert (tmp_path / "ws" / ".mosaic" / "orchestrator" / "next-task.json").exists()
+    # the runner's own directory, never the project's workspace (issue 9, finding 10)
+    assert (tmp_path / "here" / ".mosaic" / "orchestrator" / "next-task.json").exists()
     page = json.loads(ok("task", "list", "-p", "solo", "--json").stdout)
     assert [(t["key"], t["status"]) for t in page["items"]] == [("SOLO-1", "done"), ("SOLO-2", "done")]
     assert page["items"][1]["result"]["stdout"] == "Second\n"

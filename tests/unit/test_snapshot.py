@@ -13,6 +13,7 @@ from queue_service import snapshot
 from queue_service.models import ProjectSnapshot
 from queue_service.service import QueueService
 from queue_service.testing import InMemoryBackend
+from queue_service.workspaces import WorkspacePolicy
 
 T0 = datetime(2025, 1, 31, 12, 0, 0, tzinfo=UTC)
 
@@ -50,7 +51,7 @@ async def _busy_project(svc: QueueService) -> ProjectSnapshot:
 
 @pytest.fixture
 async def svc() -> QueueService:
-    return QueueService(InMemoryBackend())
+    return QueueService(InMemoryBackend(), workspaces=WorkspacePolicy(operator=True))
 
 
 async def test_dump_is_deterministic_and_canonical(svc: QueueService) -> None:

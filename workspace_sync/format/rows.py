@@ -25,7 +25,7 @@ def _read_key(text: str) -> tuple[str | None, str | None]:
     """(key, error message) for an id cell value."""
     if text in _cells.NONE_WORDS or text == "+":
         return None, None
-    if len(text) > models.MAX_KEY_LEN or not models.KEY_RE.match(text):
+    if len(text) > models.MAX_KEY_LEN or not models.KEY_RE.fullmatch(text):
         return None, (
             f"invalid task id {text!r}: use letters and digits joined by dashes (e.g. WEB-12), or + for a new task"
         )
@@ -118,7 +118,7 @@ def read_row(
         elif field == "depends_on":
             depends_on = _cells.parse_list(text)
             for dep in depends_on:
-                if len(dep) > models.MAX_KEY_LEN or not models.KEY_RE.match(dep):
+                if len(dep) > models.MAX_KEY_LEN or not models.KEY_RE.fullmatch(dep):
                     message = f"invalid dependency {dep!r}: list task ids separated by commas or spaces"
                     errors.append(ParseError(line, _column_at(split, index), message, ErrorCode.INVALID_DEPENDENCY))
                 elif dep == key:
@@ -130,7 +130,7 @@ def read_row(
             except exceptions.ValidationError as exc:
                 errors.append(ParseError(line, _column_at(split, index), exc.message, ErrorCode.INVALID_PRIORITY))
         elif field == "role":
-            if models.ROLE_RE.match(text):
+            if models.ROLE_RE.fullmatch(text):
                 role = text
             else:
                 message = f"invalid role {text!r}: use letters, digits and . _ : / -, at most 128 characters"
@@ -138,7 +138,7 @@ def read_row(
         elif field == "labels":
             labels = _cells.parse_list(text)
             for label in labels:
-                if not models.LABEL_RE.match(label):
+                if not models.LABEL_RE.fullmatch(label):
                     message = f"invalid label {label!r}: no pipes, at most 64 characters"
                     errors.append(ParseError(line, _column_at(split, index), message, ErrorCode.INVALID_LABEL))
         elif field == "milestone":
