@@ -55,7 +55,7 @@ async def test_async_job_publish_and_client_stream(qs: AsyncClient) -> None:
     got = [c.chunk async for c in qs.stream("web", claim.task.key)]
     assert got == ["one", "two", "three"]
     # resume after the first id
-    first = [c async for c in qs.stream("web", claim.task.key, follow=False)][0]
+    first, *_ = [c async for c in qs.stream("web", claim.task.key, follow=False)]
     assert [c.chunk async for c in qs.stream("web", claim.task.key, after=first.id)] == ["two", "three"]
 
 
