@@ -117,6 +117,15 @@ class RemoteOps:
         """See QueueService.add_note."""
         return await self.client.add_note(project, key, text, author=author, token=token)
 
+    async def publish(self, project: str, key: str, chunks: list[str], token: str, /) -> list[str]:
+        """See QueueService.publish."""
+        return await self.client.publish(project, key, chunks, token)
+
+    async def end_stream(self, project: str, key: str, token: str, /) -> str | None:
+        """See QueueService.end_stream."""
+        await self.client.end_stream(project, key, token)
+        return None
+
     async def read_stream(
         self, project: str, key: str, after: str | None = None, stream: str = "default", /
     ) -> StreamPage:
