@@ -33,6 +33,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from flatfile.atomic import ensure_dir
 from flatfile.errors import wrap_errors
 from flatfile.journal import CompactionPolicy, Outcome, ProjectFiles, Txn, create_project_dir
+from flatfile.streams import FlatfileStreamStore
 from flatfile.tokens import TokenFile
 from queue_service import domain, exceptions
 from queue_service.backend import Backend, DispatchConfig, Dispatcher, EventStream, RecordStore
@@ -571,6 +572,7 @@ class FlatfileBackend(Backend):
         self.records = _Records(self)
         self.dispatch = _Dispatch(self)
         self.events = _Events(self)
+        self.streams = FlatfileStreamStore(self.data_dir / "streams", self.dispatch, poll_interval=poll_interval)
 
     @classmethod
     def from_url(cls, url: str, config: DispatchConfig | None = None) -> FlatfileBackend:

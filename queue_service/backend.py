@@ -49,6 +49,7 @@ from queue_service.models import (
     TaskPage,
     TaskUpdate,
 )
+from queue_service.streams import StreamStore
 
 __all__ = [
     "Backend",
@@ -474,6 +475,8 @@ class Backend(abc.ABC):
     records: RecordStore
     dispatch: Dispatcher
     events: EventStream
+    #: per-task chunk streams (issue 14)
+    streams: StreamStore
     config: DispatchConfig
     #: short name for logs and /readyz ("memory", "postgres+valkey", "flatfile")
     name: str = "backend"
@@ -502,6 +505,7 @@ def backend_from_url(
     valkey_url: str | None = None,
     config: DispatchConfig | None = None,
     key_prefix: str | None = None,
+    stream_url: str | None = None,
 ) -> Backend:
     """Build the backend a URL names, importing it lazily.
 
@@ -518,8 +522,8 @@ def backend_from_url(
         from queue_service.postgres.backend import PostgresValkeyBackend
 
         if key_prefix:
-            return PostgresValkeyBackend(url, valkey_url, config=config, key_prefix=key_prefix)
-        return PostgresValkeyBackend(url, valkey_url, config=config)
+            return PostgresValkeyBackend(url, valkey_url, config=config, key_prefix=key_prefix, stream_url=stream_url)
+        return PostgresValkeyBackend(url, valkey_url, config=config, stream_url=stream_url)
     if scheme == "file":
         from flatfile.backend import FlatfileBackend
 

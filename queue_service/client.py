@@ -39,6 +39,7 @@ import pydantic_core
 
 from queue_service import __version__, exceptions
 from queue_service.api.schemas import HealthStatus, ResultsResponse
+from queue_service.client_streams import StreamSSEParser, stream_request
 from queue_service.models import (
     Claim,
     Event,
@@ -57,6 +58,7 @@ from queue_service.models import (
     TaskUpdate,
 )
 from queue_service.service import new_agent_id
+from queue_service.streams import DEFAULT_STREAM, StreamChunk
 from queue_service.worker import AsyncJob, AsyncWorker, Job, PermanentError, Worker, completed_with
 
 __all__ = [
@@ -676,6 +678,61 @@ class Client(_BaseClient):
                 return
             time.sleep(self.retry.delay(max(1, failures), (parser.retry_ms or 1000) / 1000 if failures == 0 else None))
 
+    # -- task output streams (issue 14) ------------------------------------------------------
+    def publish(
+        self, project: str, key: str, chunks: str | Sequence[str], token: str, *, stream: str = DEFAULT_STREAM
+    ) -> list[str]:
+        """Append chunk(s) to the task's stream as the lease holder (renews the lease); their ids."""
+        body = {"token": token, "chunks": [chunks] if isinstance(chunks, str) else list(chunks)}
+        call = _Call("POST", f"/v1/projects/{_p(project)}/tasks/{_p(key)}/stream", body, params={"stream": stream})
+        return list(self._send(call).json()["ids"])
+
+    def end_stream(self, project: str, key: str, token: str, *, stream: str = DEFAULT_STREAM) -> None:
+        """Mark the task's stream done: followers stop after the last chunk."""
+        body = {"token": token, "done": True}
+        self._send(_Call("POST", f"/v1/projects/{_p(project)}/tasks/{_p(key)}/stream", body, params={"stream": stream}))
+
+    def stream(
+        self,
+        project: str,
+        key: str,
+        *,
+        after: str | None = None,
+        stream: str = DEFAULT_STREAM,
+        follow: bool = True,
+        include_done: bool = False,
+    ) -> Iterator[StreamChunk]:
+        """The task's chunks from the start (or after *after*), live until the stream is done;
+        reconnects with the last id seen if the connection drops. The done marker is yielded only
+        with *include_done*."""
+        parser = StreamSSEParser(after)
+        failures = 0
+        while True:
+            headers, url, params = stream_request(self._headers, project, key, parser.last_id, stream, follow)
+            try:
+                with self._http.stream(
+                    "GET",
+                    self.base_url + url if not self._owns_http else url,
+                    params=params,
+                    headers=headers,
+                    timeout=httpx.Timeout(self.timeout, read=None),
+                ) as response:
+                    if response.status_code >= 400:
+                        response.read()
+                        raise error_from_response(response)
+                    failures = 0
+                    for line in response.iter_lines():
+                        item = parser.feed(line)
+                        if item is not None and (include_done or not item.done):
+                            yield item
+            except httpx.TransportError as exc:
+                failures += 1
+                if not follow or failures >= self.retry.attempts:
+                    raise self._unreachable(exc) from exc
+            if parser.finished or not follow:
+                return
+            time.sleep(self.retry.delay(max(1, failures), None))
+
     # -- coord parity -----------------------------------------------------------------------
     def coord_status(self, project: str | None = None, mission: str | None = None) -> dict[str, Any]:
         """``GET /api/coord/status``: mission status in coord's shape."""
@@ -1047,6 +1104,63 @@ class AsyncClient(_BaseClient):
             await asyncio.sleep(
                 self.retry.delay(max(1, failures), (parser.retry_ms or 1000) / 1000 if failures == 0 else None)
             )
+
+    # -- task output streams (issue 14) ------------------------------------------------------
+    async def publish(
+        self, project: str, key: str, chunks: str | Sequence[str], token: str, *, stream: str = DEFAULT_STREAM
+    ) -> list[str]:
+        """Append chunk(s) to the task's stream as the lease holder (renews the lease); their ids."""
+        body = {"token": token, "chunks": [chunks] if isinstance(chunks, str) else list(chunks)}
+        call = _Call("POST", f"/v1/projects/{_p(project)}/tasks/{_p(key)}/stream", body, params={"stream": stream})
+        return list((await self._send(call)).json()["ids"])
+
+    async def end_stream(self, project: str, key: str, token: str, *, stream: str = DEFAULT_STREAM) -> None:
+        """Mark the task's stream done: followers stop after the last chunk."""
+        body = {"token": token, "done": True}
+        await self._send(
+            _Call("POST", f"/v1/projects/{_p(project)}/tasks/{_p(key)}/stream", body, params={"stream": stream})
+        )
+
+    async def stream(
+        self,
+        project: str,
+        key: str,
+        *,
+        after: str | None = None,
+        stream: str = DEFAULT_STREAM,
+        follow: bool = True,
+        include_done: bool = False,
+    ) -> AsyncIterator[StreamChunk]:
+        """The task's chunks from the start (or after *after*), live until the stream is done;
+        reconnects with the last id seen if the connection drops. The done marker is yielded only
+        with *include_done*."""
+        parser = StreamSSEParser(after)
+        failures = 0
+        while True:
+            headers, url, params = stream_request(self._headers, project, key, parser.last_id, stream, follow)
+            try:
+                async with self._http.stream(
+                    "GET",
+                    self.base_url + url if not self._owns_http else url,
+                    params=params,
+                    headers=headers,
+                    timeout=httpx.Timeout(self.timeout, read=None),
+                ) as response:
+                    if response.status_code >= 400:
+                        await response.aread()
+                        raise error_from_response(response)
+                    failures = 0
+                    async for line in response.aiter_lines():
+                        item = parser.feed(line)
+                        if item is not None and (include_done or not item.done):
+                            yield item
+            except httpx.TransportError as exc:
+                failures += 1
+                if not follow or failures >= self.retry.attempts:
+                    raise self._unreachable(exc) from exc
+            if parser.finished or not follow:
+                return
+            await asyncio.sleep(self.retry.delay(max(1, failures), None))
 
     # -- coord parity -----------------------------------------------------------------------
     async def coord_status(self, project: str | None = None, mission: str | None = None) -> dict[str, Any]:

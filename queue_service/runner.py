@@ -41,13 +41,14 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol, TextIO
+from typing import Any, Protocol, TextIO, cast
 
 import filelock
 
 from queue_service import exceptions
 from queue_service.models import Claim, Lease, Project, Task, TaskStatus
 from queue_service.run_output import echo_lines, fit_result, read_head, stdout_budget
+from queue_service.run_stream import LinePublisher, StreamTee
 from queue_service.service import new_agent_id
 from queue_service.worker import DEFAULT_LEASE_SECONDS, heartbeat_interval
 
@@ -137,6 +138,8 @@ class RunnerOps(Protocol):
     async def complete(self, project: str, key: str, token: str, result: Any = None, /) -> Task: ...
     async def fail(self, project: str, key: str, token: str, error: str, retryable: bool = True, /) -> Task: ...
     async def release(self, project: str, key: str, token: str, /) -> Task: ...
+    async def publish(self, project: str, key: str, chunks: list[str], token: str, /) -> list[str]: ...
+    async def end_stream(self, project: str, key: str, token: str, /) -> str | None: ...
 
 
 class SessionLocked(exceptions.Conflict):
@@ -720,7 +723,11 @@ class Runner:
             beat = asyncio.create_task(self._heartbeat(running, interval, beat_done))
             payload = json.dumps(task.model_dump(mode="json"), ensure_ascii=False).encode() + b"\n"
             try:
-                rc, out, err = await self._communicate(proc, payload, key)
+                publisher = LinePublisher(self.ops, opts.project, key, token)
+                try:
+                    rc, out, err = await self._communicate(proc, payload, key, publisher)
+                finally:
+                    await publisher.close()
             except asyncio.CancelledError:
                 self._signal_child(running, signal.SIGKILL)
                 with contextlib.suppress(Exception):
@@ -832,12 +839,13 @@ class Runner:
                 return
 
     async def _communicate(
-        self, proc: asyncio.subprocess.Process, payload: bytes, key: str
+        self, proc: asyncio.subprocess.Process, payload: bytes, key: str, publisher: LinePublisher
     ) -> tuple[int, tuple[str, bool], tuple[str, bool]]:
         assert proc.stdin is not None
         assert proc.stdout is not None
         assert proc.stderr is not None
-        echo = self.options.echo
+        # every line also goes to the task's output stream (issue 14), echoed or not
+        echo: TextIO = cast(TextIO, StreamTee(self.options.echo, publisher, (f"{key}| ", f"{key}! ")))
         readers = [
             asyncio.create_task(read_head(proc.stdout, stdout_budget(self.options.max_result_bytes), echo, f"{key}| ")),
             asyncio.create_task(_tail(proc.stderr, self.options.tail_chars, echo, f"{key}! ")),

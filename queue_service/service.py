@@ -39,6 +39,7 @@ from queue_service.models import (
     validate_slug,
     validated,
 )
+from queue_service.streams import DEFAULT_STREAM, StreamChunk, StreamPage
 from queue_service.workspaces import WorkspacePolicy
 
 __all__ = [
@@ -509,3 +510,38 @@ class QueueService:
     async def import_project(self, snapshot: ProjectSnapshot) -> Project:
         """Recreate an exported project."""
         return await self.backend.records.import_project(snapshot)
+
+    # -- streams (issue 14) -----------------------------------------------------------------
+    async def publish(
+        self, project: str, key: str, chunks: Sequence[str], token: str, stream: str = DEFAULT_STREAM
+    ) -> list[str]:
+        """Append chunks to a task's stream (lease holder only; renews the lease). Returns their ids."""
+        slug, key = validate_slug(project), validate_key(key)
+        try:
+            return await self.backend.streams.publish(slug, key, chunks, token, stream)
+        except exceptions.LeaseError as exc:
+            raise await self._explain(slug, key, exc) from None
+
+    async def end_stream(self, project: str, key: str, token: str, stream: str = DEFAULT_STREAM) -> str:
+        """Mark a task's stream done (lease holder only); followers stop after the last chunk."""
+        slug, key = validate_slug(project), validate_key(key)
+        try:
+            return await self.backend.streams.done(slug, key, token, stream)
+        except exceptions.LeaseError as exc:
+            raise await self._explain(slug, key, exc) from None
+
+    async def read_stream(
+        self, project: str, key: str, after: str | None = None, stream: str = DEFAULT_STREAM, limit: int = 1000
+    ) -> StreamPage:
+        """Retained chunks of a task's stream after the cursor. Raises TaskNotFound for an unknown task."""
+        slug, key = validate_slug(project), validate_key(key)
+        await self.backend.records.get_task(slug, key)
+        return await self.backend.streams.read(slug, key, after, stream, limit)
+
+    async def follow_stream(
+        self, project: str, key: str, after: str | None = None, stream: str = DEFAULT_STREAM, idle_seconds: float = 15.0
+    ) -> AsyncIterator[StreamChunk | None]:
+        """Chunks after the cursor, then live ones, ending with the done marker; None = idle tick."""
+        slug, key = validate_slug(project), validate_key(key)
+        await self.backend.records.get_task(slug, key)
+        return self.backend.streams.follow(slug, key, after, stream, idle_seconds=idle_seconds)

@@ -17,6 +17,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from queue_service import exceptions
 from queue_service.backend import Backend, DispatchConfig, backend_from_url
+from queue_service.streams import StreamConfig
 
 __all__ = ["Settings", "is_loopback"]
 
@@ -82,6 +83,17 @@ class Settings(BaseSettings):
     allowed_hosts: str = ""
     #: MCP tool profile: ``core`` (the nine work-loop tools), ``all``, ``readonly``
     mcp_tools: Literal["core", "all", "readonly"] = "core"
+    # -- issue 14: stream channel ------------------------------------------------------------
+    #: Valkey for task output streams (Postgres backend); default: QUEUE_VALKEY_URL
+    stream_url: str | None = None
+    #: largest chunk, bytes
+    stream_max_chunk_bytes: int = Field(default=64 * 1024, ge=16, le=1024 * 1024)
+    #: chunks kept per stream (approximate on Valkey)
+    stream_retention_chunks: int = Field(default=10_000, ge=10, le=1_000_000)
+    #: seconds a stream stays readable after its last publish (Valkey)
+    stream_retention_seconds: int = Field(default=7 * 24 * 3600, ge=60)
+    #: open stream followers per replica (SSE followers also take an event-stream slot)
+    stream_max_followers: int = Field(default=256, ge=1)
 
     @model_validator(mode="after")
     def _check(self) -> Settings:
@@ -116,12 +128,20 @@ class Settings(BaseSettings):
 
     def build_backend(self) -> Backend:
         """The backend these settings select (not yet opened)."""
-        return backend_from_url(
+        backend = backend_from_url(
             self.resolved_backend_url(),
             valkey_url=self.valkey_url,
             config=self.dispatch_config(),
             key_prefix=self.valkey_prefix,
+            stream_url=self.stream_url,
         )
+        backend.streams.config = StreamConfig(
+            max_chunk_bytes=self.stream_max_chunk_bytes,
+            retention_chunks=self.stream_retention_chunks,
+            retention_seconds=self.stream_retention_seconds,
+            max_followers=self.stream_max_followers,
+        )
+        return backend
 
     @classmethod
     def _env_names(cls, loc: str) -> str:

@@ -42,6 +42,7 @@ from queue_service.models import (
     utcnow,
 )
 from queue_service.state import Changes, ProjectState
+from queue_service.stream_memory import MemoryStreamStore
 
 __all__ = ["InMemoryBackend", "snapshot_of", "state_from_snapshot"]
 
@@ -412,6 +413,7 @@ class InMemoryBackend(Backend):
         self.records = _Records(self)
         self.dispatch = _Dispatch(self)
         self.events = _Events(self)
+        self.streams = MemoryStreamStore(self.dispatch)
 
     def reset(self) -> None:
         """Forget everything."""

@@ -290,6 +290,14 @@ class Job(_JobBase):
         """Add a note as the lease holder."""
         self._client.add_note(self.project, self.key, text, author=self.lease.holder, token=self.token)
 
+    def publish(self, chunk: str | Sequence[str], stream: str = "default") -> list[str]:
+        """Publish output chunk(s) to the task's stream for watchers (renews the lease)."""
+        return self._client.publish(self.project, self.key, chunk, self.token, stream=stream)
+
+    def end_stream(self, stream: str = "default") -> None:
+        """Mark the task's stream done (watchers stop following)."""
+        self._client.end_stream(self.project, self.key, self.token, stream=stream)
+
 
 class AsyncJob(_JobBase):
     """A claimed task, used as ``async with job: ...``; heartbeats still run in a thread."""
@@ -376,6 +384,14 @@ class AsyncJob(_JobBase):
     async def note(self, text: str) -> None:
         """Add a note as the lease holder."""
         await self._client.add_note(self.project, self.key, text, author=self.lease.holder, token=self.token)
+
+    async def publish(self, chunk: str | Sequence[str], stream: str = "default") -> list[str]:
+        """Publish output chunk(s) to the task's stream for watchers (renews the lease)."""
+        return await self._client.publish(self.project, self.key, chunk, self.token, stream=stream)
+
+    async def end_stream(self, stream: str = "default") -> None:
+        """Mark the task's stream done (watchers stop following)."""
+        await self._client.end_stream(self.project, self.key, self.token, stream=stream)
 
 
 class _WorkerBase:

@@ -22,7 +22,7 @@ import typer
 from typer.core import TyperGroup
 
 from queue_service import exceptions
-from queue_service.cli import admin, agent_loop, dispatch, mcp, sync, transfer
+from queue_service.cli import admin, agent_loop, dispatch, mcp, sync, transfer, watch
 from queue_service.cli import run as run_cmd
 from queue_service.cli._core import (
     EXIT_DOMAIN,
@@ -161,6 +161,7 @@ mcp.register(app)  # mcp (Agents): the MCP tools over stdio
 transfer.register(app)  # export, import (Move)
 admin.register(app)  # serve, migrate, token (Operate)
 sync.register(app)  # sync (Plan): TASKS.md <-> service, see workspace_sync
+watch.register(app)  # watch (Observe): follow a task's output stream (issue 14)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

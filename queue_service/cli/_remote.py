@@ -32,6 +32,7 @@ from queue_service.models import (
     TaskUpdate,
     validated,
 )
+from queue_service.streams import StreamPage
 
 __all__ = ["RemoteOps"]
 
@@ -115,6 +116,27 @@ class RemoteOps:
     async def add_note(self, project: str, key: str, author: str, text: str, token: str | None = None, /) -> Note:
         """See QueueService.add_note."""
         return await self.client.add_note(project, key, text, author=author, token=token)
+
+    async def publish(self, project: str, key: str, chunks: list[str], token: str, /) -> list[str]:
+        """See QueueService.publish."""
+        return await self.client.publish(project, key, chunks, token)
+
+    async def end_stream(self, project: str, key: str, token: str, /) -> str | None:
+        """See QueueService.end_stream."""
+        await self.client.end_stream(project, key, token)
+        return None
+
+    async def read_stream(
+        self, project: str, key: str, after: str | None = None, stream: str = "default", /
+    ) -> StreamPage:
+        """See QueueService.read_stream."""
+        items = [
+            c
+            async for c in self.client.stream(project, key, after=after, stream=stream, follow=False, include_done=True)
+        ]
+        return StreamPage(
+            chunks=items, done=bool(items and items[-1].done), cursor=items[-1].id if items else after or "0"
+        )
 
     async def list_notes(self, project: str, key: str, /) -> list[Note]:
         """See QueueService.list_notes."""

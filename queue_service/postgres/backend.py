@@ -25,6 +25,7 @@ from queue_service.models import Event, TaskStatus
 from queue_service.postgres.dispatch import PostgresValkeyDispatcher
 from queue_service.postgres.errors import is_connection_failure, wrap_errors
 from queue_service.postgres.records import PostgresRecordStore
+from queue_service.postgres.streams import ValkeyStreamStore
 from queue_service.postgres.valkey import ValkeyBroker
 from queue_service.postgres.valkey_keys import DEFAULT_PREFIX
 
@@ -119,6 +120,7 @@ class PostgresValkeyBackend(Backend):
         max_overflow: int = 40,
         max_waiters: int = 1024,
         node_id: str | None = None,
+        stream_url: str | None = None,
     ) -> None:
         self.config = config or DispatchConfig()
         self.database_url = normalise_database_url(database_url)
@@ -144,6 +146,8 @@ class PostgresValkeyBackend(Backend):
             self.engine, self.config, on_commit=self.dispatch.apply_effects
         )
         self.events: ValkeyEventStream = ValkeyEventStream(self.broker, self.dispatch)
+        # issue 14: chunk streams, on their own Valkey when QUEUE_STREAM_URL is set
+        self.streams: ValkeyStreamStore = ValkeyStreamStore(stream_url or valkey_url, key_prefix, self.dispatch)
         self._open = False
 
     async def open(self) -> None:
@@ -151,12 +155,14 @@ class PostgresValkeyBackend(Backend):
         if self._open:
             return
         await self.broker.open()
+        await self.streams.open()
         self._open = True
 
     async def close(self) -> None:
         """Close the Valkey pools and dispose of the Postgres pool. Idempotent."""
         self._open = False
         await self.broker.close()
+        await self.streams.close()
         await self.dispatch.close()
         async with wrap_errors():
             await self.engine.dispose()

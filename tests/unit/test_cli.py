@@ -53,6 +53,7 @@ EXPECTED_COMMANDS = {
     "prime",
     "dead-letter",
     "dep",
+    "watch",  # issue 14: follow a task output stream
     "mcp",  # the MCP tools over stdio (issue 11, queue_service/cli/mcp.py)
 }
 
