@@ -54,6 +54,8 @@ EXPECTED_COMMANDS = {
     "dead-letter",
     "dep",
     "mcp",  # the MCP tools over stdio (issue 11, queue_service/cli/mcp.py)
+    "queue",  # issue 18: the Mosaic queue CLI's verbs (queue_service/cli/mosaic_queue.py)
+    "backlog",  # issue 18: the Mosaic backlog CLI's verbs
 }
 
 
