@@ -504,6 +504,8 @@ class Mission(_Frozen):
     created_at: datetime
     updated_at: datetime
     version: int = 1
+    #: commands that must pass before a task counts as done (coord's ``quality_gates``; issue 18)
+    quality_gates: tuple[str, ...] = ()
 
 
 class MissionCreate(_Input):
@@ -514,6 +516,10 @@ class MissionCreate(_Input):
     status: MissionStatus = MissionStatus.ACTIVE
     milestones: list[Milestone] = Field(default_factory=list)
     tasks_file: str | None = Field(default=None, max_length=1024)
+    #: issue 18: coord's quality gates (commands); None on update keeps the mission's current list
+    quality_gates: list[Annotated[OneLine, Field(min_length=1, max_length=500)]] | None = Field(
+        default=None, max_length=50
+    )
 
     @pydantic.field_validator("tasks_file")
     @classmethod
