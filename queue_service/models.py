@@ -31,6 +31,7 @@ __all__ = [
     "MissionCreate",
     "MissionStatus",
     "Note",
+    "PRIORITY_ALIASES",
     "Priority",
     "Project",
     "ProjectCreate",
@@ -47,6 +48,7 @@ __all__ = [
     "TaskUpdate",
     "TokenRole",
     "one_line",
+    "parse_priority",
     "parse_status",
     "tasks_file_problem",
     "utcnow",
@@ -118,6 +120,9 @@ STATUS_ALIASES: dict[str, TaskStatus] = {
     "review": TaskStatus.NEEDS_QA,
     "in-review": TaskStatus.NEEDS_QA,
     "needs-review": TaskStatus.NEEDS_QA,
+    # issue 18: the Mosaic orchestrator task schema (pending|running|gated|completed|failed|escalated);
+    # a gated task waits for its quality gate, i.e. review; an escalated one waits for a human.
+    "gated": TaskStatus.NEEDS_QA,
     "done": TaskStatus.DONE,
     "x": TaskStatus.DONE,
     "[x]": TaskStatus.DONE,
@@ -129,6 +134,7 @@ STATUS_ALIASES: dict[str, TaskStatus] = {
     "on-hold": TaskStatus.BLOCKED,
     "hold": TaskStatus.BLOCKED,
     "waiting": TaskStatus.BLOCKED,
+    "escalated": TaskStatus.BLOCKED,  # issue 18 (orchestrator schema)
     "failed": TaskStatus.FAILED,
     "fail": TaskStatus.FAILED,
     "error": TaskStatus.FAILED,
@@ -171,15 +177,44 @@ class Priority(StrEnum):
     P3 = "P3"
 
 
-def _parse_priority(value: object) -> object:
-    if isinstance(value, str):
-        v = value.strip().upper()
-        if v in {"0", "1", "2", "3"}:
-            return f"P{v}"
-        return v
+#: Input spellings accepted for each priority (compared case-insensitively). Issue 18: the Mosaic
+#: DB-side Tasks API words CRITICAL/HIGH/MEDIUM/LOW map onto P0..P3 in that order.
+PRIORITY_ALIASES: dict[str, Priority] = {
+    **{p.value: p for p in Priority},
+    **{p.value[1:]: p for p in Priority},
+    "CRITICAL": Priority.P0,
+    "HIGH": Priority.P1,
+    "MEDIUM": Priority.P2,
+    "LOW": Priority.P3,
+}
+
+
+def parse_priority(value: object) -> Priority:
+    """Normalise ``P0``..``P3``, a bare ``0``..``3`` or ``CRITICAL/HIGH/MEDIUM/LOW`` to a priority.
+
+    Raises:
+        ValidationError: naming the word and listing the accepted ones.
+    """
+    if isinstance(value, Priority):
+        return value
     if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 3:
-        return f"P{value}"
-    return value
+        return Priority(f"P{value}")
+    word = value.strip().upper() if isinstance(value, str) else None
+    priority = PRIORITY_ALIASES.get(word) if word is not None else None
+    if priority is None:
+        raise exceptions.ValidationError(
+            f"unknown priority {value!r}; use P0, P1, P2, P3 (or CRITICAL, HIGH, MEDIUM, LOW)",
+            value=repr(value),
+        )
+    return priority
+
+
+def _parse_priority(value: object) -> object:
+    # pydantic BeforeValidator: unknown words fall through to the enum's own error
+    try:
+        return parse_priority(value)
+    except exceptions.ValidationError:
+        return value
 
 
 class MissionStatus(StrEnum):
@@ -469,6 +504,8 @@ class Mission(_Frozen):
     created_at: datetime
     updated_at: datetime
     version: int = 1
+    #: commands that must pass before a task counts as done (coord's ``quality_gates``; issue 18)
+    quality_gates: tuple[str, ...] = ()
 
 
 class MissionCreate(_Input):
@@ -479,6 +516,10 @@ class MissionCreate(_Input):
     status: MissionStatus = MissionStatus.ACTIVE
     milestones: list[Milestone] = Field(default_factory=list)
     tasks_file: str | None = Field(default=None, max_length=1024)
+    #: issue 18: coord's quality gates (commands); None on update keeps the mission's current list
+    quality_gates: list[Annotated[OneLine, Field(min_length=1, max_length=500)]] | None = Field(
+        default=None, max_length=50
+    )
 
     @pydantic.field_validator("tasks_file")
     @classmethod

@@ -37,7 +37,7 @@ import signal
 import socket
 import time
 import unicodedata
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -46,7 +46,8 @@ from typing import Any, Protocol, TextIO, cast
 import filelock
 
 from queue_service import exceptions
-from queue_service.models import Claim, Lease, Project, Task, TaskStatus
+from queue_service.coord_capsule import coord_fields
+from queue_service.models import Claim, Lease, Mission, Project, Task, TaskFilter, TaskPage, TaskStatus
 from queue_service.run_output import echo_lines, fit_result, read_head, stdout_budget
 from queue_service.run_stream import LinePublisher, StreamTee
 from queue_service.service import new_agent_id
@@ -140,6 +141,16 @@ class RunnerOps(Protocol):
     async def release(self, project: str, key: str, token: str, /) -> Task: ...
     async def publish(self, project: str, key: str, chunks: list[str], token: str, /) -> list[str]: ...
     async def end_stream(self, project: str, key: str, token: str, /) -> str | None: ...
+    # issue 18: next-task.json's progress fields (coord parity)
+    async def list_missions(self, project: str, /) -> list[Mission]: ...
+    async def list_tasks(
+        self,
+        project: str,
+        filters: TaskFilter | Mapping[str, Any] | None = None,
+        limit: int = 100,
+        cursor: str | None = None,
+        /,
+    ) -> TaskPage: ...
 
 
 class SessionLocked(exceptions.Conflict):
@@ -505,9 +516,10 @@ class Runner:
                 f"work directory {workspace} does not exist or is not a directory (--workdir / QUEUE_WORKDIR)"
             )
         self._workspace = workspace
+        self._runtime = opts.runtime or Path(opts.command[0]).name
         lock = SessionLock.acquire(
             orchestrator_dir(workspace),
-            runtime=opts.runtime or Path(opts.command[0]).name,
+            runtime=self._runtime,
             project_path=workspace,
             project=opts.project,
             agent=self.agent,
@@ -638,16 +650,43 @@ class Runner:
         key, token = claim.task.key, claim.lease.token
         await self._finish(key, "released", lambda: self.ops.release(self.options.project, key, token))
 
-    def _write_capsule(self, claim: Claim) -> None:
-        capsule = {
-            "session_id": self._session,
-            "project": self.options.project,
-            "project_path": str(self._workspace),
-            "agent": self.agent,
-            "claimed_at": _now_iso(),
-            "lease_expires_at": claim.lease.expires_at.isoformat(),
-            "task": claim.task.model_dump(mode="json"),
-        }
+    async def _mission_state(self, task: Task) -> tuple[Mission | None, list[Task]]:
+        """The claimed task's mission and its tasks (for coord's progress fields)."""
+        project = self.options.project
+        missions = {m.id: m for m in await self.ops.list_missions(project)}
+        tasks: list[Task] = []
+        cursor: str | None = None
+        while True:
+            page = await self.ops.list_tasks(project, {"mission": task.mission}, 1000, cursor)
+            tasks.extend(page.items)
+            cursor = page.next_cursor
+            if cursor is None:
+                return missions.get(task.mission), tasks
+
+    async def _write_capsule(self, claim: Claim) -> None:
+        try:
+            mission, mission_tasks = await self._mission_state(claim.task)
+        except exceptions.QueueServiceError as exc:
+            # the capsule is advisory: a failed read must not stop the task
+            logger.warning("could not read the mission of %s for %s: %s", claim.task.key, CAPSULE_FILE, exc)
+            mission, mission_tasks = None, [claim.task]
+        capsule = coord_fields(
+            project=self.options.project,
+            runtime=self._runtime,
+            project_path=self._workspace,
+            mission=mission,
+            task=claim.task,
+            mission_tasks=mission_tasks,
+        )
+        capsule.update(
+            {
+                "session_id": self._session,
+                "agent": self.agent,
+                "claimed_at": _now_iso(),
+                "lease_expires_at": claim.lease.expires_at.isoformat(),
+                "task": claim.task.model_dump(mode="json"),
+            }
+        )
         try:
             _atomic_write_json(orchestrator_dir(self._workspace) / CAPSULE_FILE, capsule)
         except OSError as exc:
@@ -697,7 +736,7 @@ class Runner:
         self._active += 1
         self._last_busy = started
         try:
-            self._write_capsule(claim)
+            await self._write_capsule(claim)
             try:
                 proc = await asyncio.create_subprocess_exec(
                     *opts.command,

@@ -256,6 +256,7 @@ class ProjectState:
             tasks_file=data.tasks_file or f"{data.id}/TASKS.md",
             created_at=now,
             updated_at=now,
+            quality_gates=tuple(data.quality_gates or ()),
         )
         changes = Changes(missions={data.id: mission})
         self._event(changes, "mission_created", now, mission=data.id)
@@ -270,6 +271,7 @@ class ProjectState:
                 "status": data.status,
                 "milestones": tuple(data.milestones),
                 "tasks_file": data.tasks_file or old.tasks_file,
+                "quality_gates": old.quality_gates if data.quality_gates is None else tuple(data.quality_gates),
                 "updated_at": now,
                 "version": old.version + 1,
             }

@@ -22,7 +22,7 @@ import typer
 from typer.core import TyperGroup
 
 from queue_service import exceptions
-from queue_service.cli import admin, agent_loop, dispatch, mcp, sync, transfer, watch
+from queue_service.cli import admin, agent_loop, dispatch, mcp, mosaic_queue, sync, transfer, watch
 from queue_service.cli import run as run_cmd
 from queue_service.cli._core import (
     EXIT_DOMAIN,
@@ -159,6 +159,7 @@ dispatch.register(app)  # heartbeat, complete, fail, release (Agents); stats, ev
 run_cmd.register(app)  # run (Agents)
 mcp.register(app)  # mcp (Agents): the MCP tools over stdio
 transfer.register(app)  # export, import (Move)
+mosaic_queue.register(app)  # issue 18: qs queue / qs backlog (Mosaic CLI parity)
 admin.register(app)  # serve, migrate, token (Operate)
 sync.register(app)  # sync (Plan): TASKS.md <-> service, see workspace_sync
 watch.register(app)  # watch (Observe): follow a task's output stream (issue 14)

@@ -123,6 +123,10 @@ def mission_create(
     tasks_file: Annotated[
         str | None, typer.Option(help="Its TASKS.md, relative to the workspace (default TASKS.md).")
     ] = None,
+    quality_gate: Annotated[
+        list[str] | None,
+        typer.Option("--quality-gate", help="A command that must pass (coord's quality_gates; repeat)."),
+    ] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Create a mission in a project.
@@ -135,6 +139,8 @@ def mission_create(
     if tasks_file is not None:
         data["tasks_file"] = tasks_file
     data["milestones"] = _parse_milestones(milestone or [])
+    if quality_gate:
+        data["quality_gates"] = quality_gate
 
     async def body(conn: Connection) -> Mission:
         return await conn.ops.create_mission(project, data)

@@ -416,6 +416,7 @@ class PostgresRecordStore(RecordStore):
             created_at=row.created_at,
             updated_at=row.updated_at,
             version=row.version,
+            quality_gates=tuple(row.quality_gates or ()),
         )
 
     @staticmethod
@@ -455,6 +456,7 @@ class PostgresRecordStore(RecordStore):
                         name=data.name or data.id,
                         status=data.status.value,
                         tasks_file=data.tasks_file or f"{data.id}/TASKS.md",
+                        quality_gates=list(data.quality_gates or ()),
                         position=position.scalar_subquery(),
                         created_at=now,
                         updated_at=now,
@@ -500,7 +502,14 @@ class PostgresRecordStore(RecordStore):
             name = data.name or old.name
             tasks_file = data.tasks_file or old.tasks_file
             milestones = tuple(data.milestones)
-            if (name, data.status, milestones, tasks_file) == (old.name, old.status, old.milestones, old.tasks_file):
+            gates = old.quality_gates if data.quality_gates is None else tuple(data.quality_gates)
+            if (name, data.status, milestones, tasks_file, gates) == (
+                old.name,
+                old.status,
+                old.milestones,
+                old.tasks_file,
+                old.quality_gates,
+            ):
                 return old
             row = (
                 await conn.execute(
@@ -510,6 +519,7 @@ class PostgresRecordStore(RecordStore):
                         name=name,
                         status=data.status.value,
                         tasks_file=tasks_file,
+                        quality_gates=list(gates),
                         updated_at=now,
                         version=t.missions.c.version + 1,
                     )
@@ -1630,6 +1640,7 @@ class PostgresRecordStore(RecordStore):
                             "name": m.name,
                             "status": m.status.value,
                             "tasks_file": m.tasks_file,
+                            "quality_gates": list(m.quality_gates),
                             "position": 0 if m.id == DEFAULT_MISSION else i + 1,
                             "created_at": m.created_at,
                             "updated_at": m.updated_at,

@@ -110,6 +110,8 @@ class MissionRow(Base):
     status: Mapped[str] = mapped_column(Text, server_default=text("'active'"))
     tasks_file: Mapped[str] = mapped_column(Text, server_default=text("'TASKS.md'"))
     position: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    #: issue 18 (migration 0003): coord's quality gates, a JSON array of command strings
+    quality_gates: Mapped[list[str]] = mapped_column(JSONB, server_default=text("'[]'"))
     created_at: Mapped[datetime] = mapped_column(_TZ, server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(_TZ, server_default=func.now())
     version: Mapped[int] = mapped_column(BigInteger, server_default=text("1"))

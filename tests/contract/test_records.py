@@ -409,3 +409,31 @@ async def test_token_list_revoke_purge(backend, svc: QueueService, web: str) -> 
     assert await backend.records.purge_api_tokens() == 2
     assert await backend.records.count_api_tokens() == 0
     assert await backend.records.list_api_tokens() == []
+
+
+async def test_mission_quality_gates(svc: QueueService, web: str) -> None:
+    """Issue 18: coord's quality_gates are a mission field: stored, kept by updates that omit them,
+    replaced by updates that give them, bounded, and carried by export/import."""
+    m = await svc.create_mission(web, {"id": "launch", "quality_gates": ["make lint", "make test"]})
+    assert m.quality_gates == ("make lint", "make test")
+    assert (await svc.get_mission(web, "launch")).quality_gates == ("make lint", "make test")
+    assert (await svc.get_mission(web, "default")).quality_gates == ()
+    kept = await svc.update_mission(web, "launch", {"id": "launch", "name": "Launch"})
+    assert (kept.name, kept.quality_gates) == ("Launch", ("make lint", "make test"))
+    replaced = await svc.update_mission(web, "launch", {"id": "launch", "name": "Launch", "quality_gates": ["pytest"]})
+    assert (replaced.quality_gates, replaced.version) == (("pytest",), kept.version + 1)
+    before = await _dump(svc, web)
+    for bad in (["ok", ""], ["two\nlines"], ["x"] * 51, ["y" * 501]):
+        with pytest.raises(exceptions.ValidationError):
+            await svc.update_mission(web, "launch", {"id": "launch", "quality_gates": bad})
+    assert await _dump(svc, web) == before
+    snap = await svc.export_project(web)
+    moved = snap.model_copy(
+        update={
+            "project": snap.project.model_copy(update={"slug": "web3"}),
+            "missions": tuple(x.model_copy(update={"project": "web3"}) for x in snap.missions),
+            "events": (),
+        }
+    )
+    await svc.import_project(moved)
+    assert (await svc.get_mission("web3", "launch")).quality_gates == ("pytest",)

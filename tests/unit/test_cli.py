@@ -55,6 +55,8 @@ EXPECTED_COMMANDS = {
     "dep",
     "watch",  # issue 14: follow a task output stream
     "mcp",  # the MCP tools over stdio (issue 11, queue_service/cli/mcp.py)
+    "queue",  # issue 18: the Mosaic queue CLI's verbs (queue_service/cli/mosaic_queue.py)
+    "backlog",  # issue 18: the Mosaic backlog CLI's verbs
 }
 
 
@@ -351,6 +353,21 @@ PER_PROJECT = {
     ("dead-letter",): "PROJECT",
     ("dep", "add"): "PROJECT KEY DEP...",
     ("dep", "rm"): "PROJECT KEY DEP...",
+    # issue 18: the Mosaic queue / backlog verbs (queue_service/cli/mosaic_queue.py)
+    ("queue", "create"): "PROJECT",
+    ("queue", "list"): "PROJECT",
+    ("queue", "get"): "PROJECT KEY",
+    ("queue", "claim"): "PROJECT",
+    ("queue", "release"): "PROJECT KEY",
+    ("queue", "complete"): "PROJECT KEY",
+    ("backlog", "create"): "PROJECT",
+    ("backlog", "list"): "PROJECT",
+    ("backlog", "claim"): "PROJECT",
+    ("backlog", "reclaim"): "PROJECT KEY",
+    ("backlog", "link"): "PROJECT KEY DEP...",
+    ("backlog", "stats"): "PROJECT",
+    ("backlog", "block"): "PROJECT KEY",
+    ("backlog", "complete"): "PROJECT KEY",
 }
 
 

@@ -10,7 +10,7 @@ import dataclasses
 import re
 from collections.abc import Sequence
 
-from queue_service import exceptions, models
+from queue_service import models
 
 __all__ = [
     "CANONICAL_HEADERS",
@@ -79,7 +79,6 @@ _LIST_SPLIT_RE = re.compile(r"[,\s]+")
 _HAS_SPACE_RE = re.compile(r"\s")
 _NEWLINE_RE = re.compile(r"\r\n|\r|\n")
 _STATUS_CACHE: dict[str, models.TaskStatus] = {}
-_PRIORITY_WORDS = {p.value: p for p in models.Priority} | {p.value[1:]: p for p in models.Priority}
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -230,15 +229,12 @@ def parse_status_word(text: str) -> models.TaskStatus:
 
 
 def parse_priority(text: str) -> models.Priority:
-    """``P0``..``P3`` (any case) or a bare digit ``0``..``3``.
+    """``models.parse_priority``: ``P0``..``P3`` (any case), a bare digit, or ``CRITICAL/HIGH/MEDIUM/LOW``.
 
     Raises:
         ValidationError: for anything else.
     """
-    priority = _PRIORITY_WORDS.get(text.upper())
-    if priority is None:
-        raise exceptions.ValidationError(f"unknown priority {text!r}; use P0, P1, P2 or P3", value=text)
-    return priority
+    return models.parse_priority(text)
 
 
 def parse_list(text: str) -> tuple[str, ...]:
