@@ -15,6 +15,7 @@ and runs again. A transaction that waits holding nothing closes no cycle.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
@@ -31,6 +32,8 @@ from queue_service.postgres.errors import wrap_errors
 __all__ = ["RowsBusy", "lock_nowait", "run_without_hold_and_wait", "wait_until_free"]
 
 _T = TypeVar("_T")
+
+logger = logging.getLogger(__name__)
 
 #: SQLSTATE lock_not_available: a NOWAIT lock found the row locked.
 _LOCK_NOT_AVAILABLE = "55P03"
@@ -87,4 +90,5 @@ async def run_without_hold_and_wait(run: Callable[[], Awaitable[_T]], wait: Call
             return await run()
         except RowsBusy:
             await wait()
+    logger.warning("an edge writer found its rows busy %d times in a row; answering 503", BUSY_ATTEMPTS)
     raise exceptions.BackendUnavailable("the tasks this change locks stayed busy; try again")
