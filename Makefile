@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install run serve services-up fmt lint typecheck test test-unit test-contract bench clean
+.PHONY: help install run serve services-up browser screenshots fmt lint typecheck test test-unit test-contract test-browser bench clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -26,6 +26,12 @@ serve: run
 services-up: ## Make sure the local Postgres and Redis/Valkey are running (starts them if down)
 	bash scripts/services-up
 
+browser: ## Make sure Debian's chromium is installed (the /ui browser tests drive /usr/bin/chromium)
+	@test -x /usr/bin/chromium || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
+
+screenshots: install browser ## Regenerate docs/images/ui-*.png from a demo project
+	$(PY) scripts/ui-screenshots
+
 fmt: install ## Format and auto-fix
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
@@ -35,7 +41,7 @@ lint: install ## ruff (lint + format check) and mypy --strict on the packages
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: install services-up lint ## Lint, type-check and run every test against real Postgres + Redis
+test: install services-up browser lint ## Lint, type-check and run every test against real Postgres + Redis + chromium
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 test-unit: install ## Unit tests only (no services needed)
@@ -43,6 +49,9 @@ test-unit: install ## Unit tests only (no services needed)
 
 test-contract: install services-up ## The backend contract suite on every backend
 	$(BIN)/pytest tests/contract $(PYTEST_ARGS)
+
+test-browser: install browser ## The /ui browser tests (headless chromium against a real server)
+	$(BIN)/pytest tests/browser $(PYTEST_ARGS)
 
 bench: install services-up ## Benchmarks (prints figures beside their baselines)
 	$(PY) -m pip install -q -e '.[bench]'

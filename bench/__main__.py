@@ -1,6 +1,6 @@
 """``python -m bench [suite ...] [--quick] [--runs N] [--json PATH]``: print the benchmark tables.
 
-With no suite named, every suite runs (``records dispatch rest flatfile sync``). ``--quick`` shrinks
+With no suite named, every suite runs (``records dispatch rest flatfile sync ui``). ``--quick`` shrinks
 every size for a ~1-minute smoke run. Raw numbers go to ``bench/results/<timestamp>.json`` (gitignored)
 unless ``--no-json``.
 """
@@ -30,6 +30,7 @@ SUITES = {
     "rest": "bench.rest",
     "flatfile": "bench.flatfile",
     "sync": "bench.sync",
+    "ui": "bench.ui",
 }
 
 

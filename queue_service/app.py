@@ -37,6 +37,7 @@ from queue_service.mcp_server.http import MCP_PATH, McpEndpoint
 from queue_service.orchestrator import Orchestrator
 from queue_service.service import QueueService
 from queue_service.settings import Settings, is_loopback
+from queue_service.ui import install_ui
 from queue_service.workspaces import WorkspacePolicy
 from workspace_sync.manager import WorkspaceSyncManager
 
@@ -139,6 +140,9 @@ def create_app(settings: Settings, backend: Backend | None = None) -> FastAPI:
         version=__version__,
         description="Task orchestration for teams of AI agents. Errors are `{error: {code, message, details}}`.",
         lifespan=lifespan,
+        # served by install_ui from vendored assets, so they work offline (no CDN)
+        docs_url=None,
+        redoc_url=None,
     )
     # inside the catch-all (added next), so a failure in an edge check is still a JSON error
     app.add_middleware(EdgeMiddleware, settings=settings)
@@ -156,4 +160,5 @@ def create_app(settings: Settings, backend: Backend | None = None) -> FastAPI:
         app.include_router(module.router)
     # a plain route, not a mount: MCP clients POST to /mcp itself (a mount would redirect to /mcp/)
     app.router.routes.append(Route(MCP_PATH, endpoint=mcp_endpoint, include_in_schema=False))
+    install_ui(app)
     return app

@@ -246,6 +246,24 @@ class RecordStore(abc.ABC):
     async def list_events(self, project: str, after_id: int = 0, limit: int = 1000) -> list[Event]:
         """Events of the project with ``id > after_id``, oldest first, at most *limit*."""
 
+    async def list_task_events(self, project: str, key: str, limit: int = 1000) -> list[Event]:
+        """One task's events, oldest first: the *limit* most recent. Raises TaskNotFound.
+
+        This default reads the whole log page by page (fine for the in-process backends, whose log is
+        in memory); a database backend answers it with one indexed query.
+        """
+        await self.get_task(project, key)
+        found: list[Event] = []
+        after = 0
+        while True:
+            page = await self.list_events(project, after_id=after, limit=10_000)
+            found.extend(e for e in page if e.task == key)
+            if len(found) > limit:
+                del found[: len(found) - limit]
+            if len(page) < 10_000:
+                return found
+            after = page[-1].id
+
     # -- sync bases -------------------------------------------------------------------------
     @abc.abstractmethod
     async def get_sync_state(self, project: str, path: str) -> dict[str, Any] | None:

@@ -326,6 +326,12 @@ class QueueService:
             raise exceptions.ValidationError(f"after_id must be >= 0, got {after_id}")
         return await self.backend.records.list_events(validate_slug(project), after_id, min(limit, 10_000))
 
+    async def task_events(self, project: str, key: str, limit: int = 1000) -> list[Event]:
+        """One task's history (its *limit* most recent events, oldest first)."""
+        if not 1 <= limit <= 10_000:
+            raise exceptions.ValidationError(f"limit must be between 1 and 10000, got {limit}")
+        return await self.backend.records.list_task_events(validate_slug(project), validate_key(key), limit)
+
     def subscribe(self, project: str) -> AsyncIterator[Event]:
         """Live events of a project."""
         return self.backend.events.subscribe(validate_slug(project))

@@ -860,7 +860,9 @@ class ProjectState:
             new = task.model_copy(
                 update={"status": S.NOT_STARTED, "attempts": attempts, "last_error": error, "not_before": None}
             )
-            return self._transition(changes, task, new, kind, now, token=None, retry_in=0.0)
+            return self._transition(
+                changes, task, new, kind, now, token=None, retry_in=0.0, attempt=attempts, error=error
+            )
         if retryable and attempts < task.max_attempts:
             delay = domain.backoff_delay(
                 attempts, config.backoff_base_seconds, config.backoff_max_seconds, config.backoff_jitter
@@ -874,12 +876,17 @@ class ProjectState:
                     "assignee": None,
                 }
             )
-            return self._transition(changes, task, new, kind, now, token=None, retry_in=delay.total_seconds())
+            return self._transition(
+                changes, task, new, kind, now, token=None, retry_in=delay.total_seconds(), attempt=attempts, error=error
+            )
         update: dict[str, Any] = {"status": S.FAILED, "attempts": attempts, "last_error": error}
         if kind == "lease_expired":
             update["assignee"] = None  # an expired holder is not working on it any more
         new = task.model_copy(update=update)
-        return self._transition(changes, task, new, kind, now, token=None, dead_letter=True)
+        # every attempt's error stays in the event log (the task keeps only the last): the UI lists them all
+        return self._transition(
+            changes, task, new, kind, now, token=None, dead_letter=True, attempt=attempts, error=error
+        )
 
     def plan_fail(
         self, key: str, token: str, error: str, retryable: bool, config: DispatchConfig, now: datetime

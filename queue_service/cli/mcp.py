@@ -55,7 +55,9 @@ async def _serve(settings: Settings, project: str | None) -> None:
 
     backend = settings.build_backend()
     async with backend:
-        service = QueueService(backend, workspace_root=settings.workspace)
+        service = QueueService(
+            backend, workspace_root=settings.workspace, agent_lease_seconds=settings.agent_lease_seconds
+        )
         if project is not None:
             await service.get_project(project)  # a typo fails here, once, not on every call
         # with no server running, someone has to take expired leases back

@@ -45,7 +45,6 @@ _MAX_LIMIT = 200
 _NOTES_SHOWN = 20
 _RESULT_CHARS = 4000
 #: ready tasks looked at to order them (until the service's dispatch-order listing lands)
-_READY_SCAN = 5000
 
 
 @dataclass(frozen=True)
@@ -223,33 +222,15 @@ def _agent(ctx: ToolContext, agent: str | None) -> str:
 
 
 async def claim_best_ready(ctx: ToolContext, project: str, agent: str, role: str | None) -> Claim | None:
-    """Atomically claim the best ready task of *role* with the agent lease.
-
-    The one seam to the dispatch order: point it at ``QueueService.claim_next`` when that lands.
-    """
+    """Atomically claim the best ready task of *role* (the one dispatch order) with the agent lease."""
     roles = [role] if role else None
-    return await ctx.service.claim(project, agent, roles, lease_seconds=ctx.agent_lease_seconds)
+    return await ctx.service.claim_next(project, agent, roles, lease_seconds=ctx.agent_lease_seconds)
 
 
 async def _ready_tasks(ctx: ToolContext, project: str, role: str | None, count: int) -> tuple[list[Task], int]:
-    """The first *count* ready tasks of *role* in dispatch order, and how many are ready in all.
-
-    The one seam to the dispatch order (``QueueService.ready`` when it lands); until then: priority,
-    then age.
-    """
-    filters: dict[str, Any] = {"ready": True}
-    if role:
-        filters["role"] = role
-    found: list[Task] = []
-    cursor: str | None = None
-    while len(found) < _READY_SCAN:
-        page = await ctx.service.list_tasks(project, filters, limit=1000, cursor=cursor)
-        found.extend(page.items)
-        cursor = page.next_cursor
-        if cursor is None:
-            break
-    found.sort(key=lambda t: (t.priority.value, t.seq))
-    return found[:count], len(found)
+    """The first *count* ready tasks of *role* in the one dispatch order, and how many are ready in all."""
+    ready = await ctx.service.ready(project, [role] if role else None, limit=max(1, min(count, 1000)))
+    return ready.tasks, ready.total
 
 
 def _how_to_finish(project: str, key: str) -> str:

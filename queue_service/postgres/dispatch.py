@@ -827,16 +827,16 @@ class PostgresValkeyDispatcher(Dispatcher):
         }
         if retryable and attempts < max_attempts and not backoff:
             values.update(status=S.NOT_STARTED.value, not_before=None)
-            data = {**data, "retry_in": 0.0, "attempt": attempts}
+            data = {**data, "retry_in": 0.0, "attempt": attempts, "error": error}
         elif retryable and attempts < max_attempts:
             delay = self._backoff(attempts)
             values.update(status=S.NOT_STARTED.value, not_before=_DB_NOW + delay, assignee=None)
-            data = {**data, "retry_in": delay.total_seconds(), "attempt": attempts}
+            data = {**data, "retry_in": delay.total_seconds(), "attempt": attempts, "error": error}
         else:
             values.update(status=S.FAILED.value)
             if kind == EVENT_LEASE_EXPIRED:
                 values.update(assignee=None)  # an expired holder is not working on it any more
-            data = {**data, "dead_letter": True, "attempt": attempts}
+            data = {**data, "dead_letter": True, "attempt": attempts, "error": error}
         row = (
             await conn.execute(
                 update(_tasks).where(_tasks.c.id == task_id).values(**values).returning(*_TASK_RETURNING)

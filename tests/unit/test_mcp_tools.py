@@ -275,3 +275,32 @@ async def test_internal_errors_do_not_leak_details(service: QueueService) -> Non
     result = server.error_result(Broken("driver said no", dsn="postgres://secret"))
     error = result.structured_content["error"]  # type: ignore[index]
     assert result.is_error and error["details"] == {} and "secret" not in result.content[0].text  # type: ignore[union-attr]
+
+
+async def test_heartbeat_and_note_keep_the_agent_lease_and_a_refusal_says_why(service: QueueService) -> None:
+    async with connect(service) as client:
+        claimed = record_of(await call(client, "claim_next", agent="me"))
+        key, token = claimed["task"]["key"], claimed["token"]
+        record_of(await call(client, "heartbeat", key=key, token=token))
+        after_beat = await service.get_task("web", key)
+        record_of(await call(client, "add_note", key=key, token=token, text="still thinking"))
+        record_of(await call(client, "release", key=key, token=token))
+        refused = error_of(await call(client, "complete", key=key, token=token, result={"ok": True}))
+    # a heartbeat without a length renews for the length granted (not the 30 s worker default)
+    assert after_beat.lease_expires_at is not None and after_beat.updated_at is not None
+    left = (after_beat.lease_expires_at - utcnow()).total_seconds()
+    assert left >= 900, left
+    assert refused["code"] == "lease_invalid" and refused["details"]["reason"] == "released"
+
+
+async def test_claim_next_follows_the_dispatch_order(service: QueueService) -> None:
+    # WEB-1 is P1; among the P2s, WEB-3 unblocks a task, so it goes before the older WEB-2
+    await service.create_task("web", {"title": "after three", "depends_on": ["WEB-3"]})
+    expected = [t.key for t in (await service.ready("web", limit=2)).tasks]
+    async with connect(service) as client:
+        listed = record_of(await call(client, "ready", limit=2))
+        first = record_of(await call(client, "claim_next", agent="me"))
+        second = record_of(await call(client, "claim_next", agent="me"))
+    assert expected == ["WEB-1", "WEB-3"]
+    assert [t["key"] for t in listed["tasks"]] == expected
+    assert [first["task"]["key"], second["task"]["key"]] == expected
