@@ -858,7 +858,13 @@ class ProjectState:
         if retryable and attempts < task.max_attempts and not backoff:
             # an expired lease: the holder vanished, the task is not at fault; ready again at once
             new = task.model_copy(
-                update={"status": S.NOT_STARTED, "attempts": attempts, "last_error": error, "not_before": None}
+                update={
+                    "status": S.NOT_STARTED,
+                    "attempts": attempts,
+                    "last_error": error,
+                    "not_before": None,
+                    "assignee": None,
+                }
             )
             return self._transition(
                 changes, task, new, kind, now, token=None, retry_in=0.0, attempt=attempts, error=error

@@ -826,7 +826,7 @@ class PostgresValkeyDispatcher(Dispatcher):
             **_END_LEASE,
         }
         if retryable and attempts < max_attempts and not backoff:
-            values.update(status=S.NOT_STARTED.value, not_before=None)
+            values.update(status=S.NOT_STARTED.value, not_before=None, assignee=None)
             data = {**data, "retry_in": 0.0, "attempt": attempts, "error": error}
         elif retryable and attempts < max_attempts:
             delay = self._backoff(attempts)
