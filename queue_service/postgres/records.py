@@ -82,6 +82,7 @@ from queue_service.models import (
     utcnow,
 )
 from queue_service.postgres import tables as t
+from queue_service.postgres.edge_locks import lock_nowait, run_without_hold_and_wait, wait_until_free
 from queue_service.postgres.errors import wrap_errors
 from queue_service.postgres.transitions import (
     EVENT_CANCELLED,
@@ -278,11 +279,14 @@ class PostgresRecordStore(RecordStore):
     async def _task_row(self, conn: AsyncConnection, project: str, key: str, *, lock: str | None = None) -> Any:
         """The task row (domain columns + ``id``/``lease_token``/``pending_deps``), or a NotFound."""
         stmt = select(*task_columns, t.tasks.c.lease_token).where(t.tasks.c.project == project, t.tasks.c.key == key)
-        if lock == "update":
-            stmt = stmt.with_for_update(of=t.tasks)
-        elif lock == "share":
-            stmt = stmt.with_for_update(read=True, of=t.tasks)
-        row = (await conn.execute(stmt)).first()
+        if lock == "update-nowait":  # an edge writer's lock (see edge_locks)
+            row = (await lock_nowait(conn, stmt.with_for_update(of=t.tasks, nowait=True))).first()
+        else:
+            if lock == "update":
+                stmt = stmt.with_for_update(of=t.tasks)
+            elif lock == "share":
+                stmt = stmt.with_for_update(read=True, of=t.tasks)
+            row = (await conn.execute(stmt)).first()
         if row is None:
             await self._project_exists(conn, project)
             raise exceptions.TaskNotFound(f"task {key} not found in project {project}", project=project, task=key)
@@ -553,8 +557,16 @@ class PostgresRecordStore(RecordStore):
         if not items:
             return []
         now = self.clock()
-        async with self._tx() as (conn, effects):
-            created = await self._create_tasks(conn, effects, project, items, now)
+
+        async def run() -> list[Task]:
+            async with self._tx() as (conn, effects):
+                return await self._create_tasks(conn, effects, project, items, now)
+
+        async def wait() -> None:
+            named = {d for item in items for d in item.depends_on if not d.startswith("#")}
+            await wait_until_free(self.engine, project, sorted(named), [])
+
+        created = await run_without_hold_and_wait(run, wait)
         if len(items) >= ANALYZE_AFTER_BATCH:
             await self._analyze()
         return created
@@ -663,17 +675,18 @@ class PostgresRecordStore(RecordStore):
             deps_of[keys[i]] = deps
         ext_rows: dict[str, Any] = {}
         if external:
-            # FOR SHARE, in id order: a dependency's status read here cannot change until this
-            # transaction commits, and a completion in flight is waited for (its recount of
-            # dependents then sees the new edges). See docs/plans/dispatch.md, "Readiness".
-            rows = await conn.execute(
+            # FOR SHARE: a dependency's status read here cannot change until this transaction
+            # commits, and a completion in flight is waited for (its recount of dependents then sees
+            # the new edges). NOWAIT: see edge_locks. See docs/plans/dispatch.md, "Readiness".
+            rows = await lock_nowait(
+                conn,
                 select(t.tasks.c.id, t.tasks.c.key, t.tasks.c.status)
                 .where(
                     t.tasks.c.project == project,
                     t.tasks.c.key == func.any(bindparam("dk", sorted(external), _TEXTS)),
                 )
                 .order_by(t.tasks.c.id)
-                .with_for_update(read=True)
+                .with_for_update(read=True, nowait=True),
             )
             ext_rows = {r.key: r for r in rows}
             for i in fresh:
@@ -897,9 +910,16 @@ class PostgresRecordStore(RecordStore):
         is chosen as a deadlock victim; it is run again once and then sees the other's edges (and
         raises DependencyCycle), so neither caller gets a database error.
         """
+
+        async def run() -> Task:
+            return await self._update_task_once(project, key, patch, expected_version, actor)
+
+        async def wait() -> None:
+            await wait_until_free(self.engine, project, list(patch.depends_on or ()), [key])
+
         for attempt in range(_DEADLOCK_ATTEMPTS):
             try:
-                return await self._update_task_once(project, key, patch, expected_version, actor)
+                return await run_without_hold_and_wait(run, wait)
             except exceptions.BackendError as exc:
                 if attempt + 1 == _DEADLOCK_ATTEMPTS or not _is_deadlock(exc):
                     raise
@@ -912,7 +932,7 @@ class PostgresRecordStore(RecordStore):
         async with self._tx() as (conn, effects):
             if patch.depends_on:
                 await self._share_lock_deps(conn, project, patch.depends_on)
-            row = await self._task_row(conn, project, key, lock="update")
+            row = await self._task_row(conn, project, key, lock="update-nowait")
             old = task_from_row(row)
             if expected_version is not None and expected_version != old.version:
                 raise exceptions.VersionConflict(
@@ -1002,12 +1022,13 @@ class PostgresRecordStore(RecordStore):
     async def _share_lock_deps(conn: AsyncConnection, project: str, deps: Sequence[str]) -> None:
         """Lock the (existing) tasks named in a new ``depends_on`` ``FOR SHARE``, in id order, before
         the task itself: their statuses cannot change until this transaction commits, and the lock
-        order matches completions (dependency first, then its dependents)."""
-        await conn.execute(
+        order matches completions (dependency first, then its dependents). NOWAIT: see edge_locks."""
+        await lock_nowait(
+            conn,
             select(t.tasks.c.id)
             .where(t.tasks.c.project == project, t.tasks.c.key == func.any(bindparam("sk", list(deps), _TEXTS)))
             .order_by(t.tasks.c.id)
-            .with_for_update(read=True)
+            .with_for_update(read=True, nowait=True),
         )
 
     @staticmethod

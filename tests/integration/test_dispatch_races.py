@@ -12,6 +12,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from datetime import timedelta
 
+import asyncpg
 import pytest
 
 from queue_service import exceptions
@@ -164,6 +165,65 @@ async def test_sweep_and_completion_sharing_dependents_do_not_deadlock(
     assert sorted(report.dead_lettered) == sorted([f"web/{t1.key}", f"web/{t2.key}"])
     for key in (d1.key, d2.key):
         assert (await svc.get_task("web", key)).status is S.BLOCKED
+
+
+# -- soak: an edge writer holding a dependency's lock while it waits (deadlock, 500 on the other side) --
+
+
+async def row_is_free(gate: Gate, key: str) -> bool:
+    """Whether no transaction holds any lock on the task *key* (probed NOWAIT, then rolled back)."""
+    try:
+        async with gate.probe.transaction():
+            await gate.probe.execute("SELECT id FROM tasks WHERE project = 'web' AND key = $1 FOR UPDATE NOWAIT", key)
+    except asyncpg.LockNotAvailableError:
+        return False
+    return True
+
+
+async def test_cancel_while_a_patch_names_its_dependent_as_a_dependency_does_not_deadlock(
+    svc: QueueService, gate: Gate
+) -> None:
+    # Soak seed 20261141: cancel(K) holds K and then locks K's dependents (R); PATCH(K, depends_on=[R])
+    # held R FOR SHARE and waited for K. Once the cancel asked for R: deadlock, the cancel a 500.
+    k = await svc.create_task("web", {"title": "K"})
+    r = await svc.create_task("web", {"title": "R", "depends_on": [k.key]})
+    await gate.arm("cancelled", k.key)  # the cancel holds K, parked before it locks K's dependents
+    cancel = asyncio.create_task(svc.cancel_task("web", k.key))
+    await gate.parked(cancel)
+    patch = asyncio.create_task(svc.update_task("web", k.key, {"depends_on": [r.key]}))
+    await gate.settled(patch)
+    r_free = await row_is_free(gate, r.key)
+    await gate.release()
+    cancelled = await cancel
+    with pytest.raises(exceptions.DependencyCycle):
+        await patch
+    assert r_free, "the PATCH holds R while it waits for K: the cancel's next lock (R) closes a cycle"
+    assert cancelled.status is S.CANCELLED
+    assert (await svc.get_task("web", r.key)).status is S.BLOCKED
+
+
+async def test_create_naming_a_dependency_and_its_dependent_while_it_completes_does_not_deadlock(
+    svc: QueueService, gate: Gate
+) -> None:
+    # The create locked its dependencies FOR SHARE in id order: Ri (older) before Rj. Ri depends on
+    # Rj, so complete(Rj) holds Rj and then locks Ri: id order is not dependency order, a deadlock.
+    ri = await svc.create_task("web", {"title": "Ri", "role": "later"})
+    rj = await svc.create_task("web", {"title": "Rj"})
+    await svc.update_task("web", ri.key, {"depends_on": [rj.key]})
+    token = await claim_key(svc, rj.key)
+    await gate.arm("completed", rj.key)  # the completion holds Rj, parked before it locks Ri
+    finish = asyncio.create_task(svc.complete("web", rj.key, token))
+    await gate.parked(finish)
+    create = asyncio.create_task(svc.create_task("web", {"title": "N", "depends_on": [ri.key, rj.key]}))
+    await gate.settled(create)
+    ri_free = await row_is_free(gate, ri.key)
+    await gate.release()
+    done = await finish
+    n = await create
+    assert ri_free, "the create holds Ri while it waits for Rj: the completion's next lock (Ri) closes a cycle"
+    assert done.status is S.DONE
+    assert await pending_deps(gate, ri.key) == 0
+    assert await pending_deps(gate, n.key) == 1, "N still waits for Ri"
 
 
 # -- finding 3: leases are judged by the database's clock -----------------------------------------
