@@ -1,6 +1,7 @@
 """``python -m bench [suite ...] [--quick] [--runs N] [--json PATH]``: print the benchmark tables.
 
-With no suite named, every suite runs (``records dispatch rest flatfile sync ui``). ``--quick`` shrinks
+With no suite named, every suite runs (``peers records dispatch rest flatfile sync ui``); ``peers`` is the
+issue-15 comparison with pgqueuer and Celery (``--tasks`` sets its size). ``--quick`` shrinks
 every size for a ~1-minute smoke run. Raw numbers go to ``bench/results/<timestamp>.json`` (gitignored)
 unless ``--no-json``.
 """
@@ -25,6 +26,7 @@ __all__ = ["SUITES", "main"]
 
 #: Suite name → module (each has ``async def run(ctx: Context) -> None``), in default run order.
 SUITES = {
+    "peers": "bench.peers",
     "records": "bench.records",
     "dispatch": "bench.dispatch",
     "rest": "bench.rest",
@@ -39,6 +41,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("suites", nargs="*", choices=[*SUITES, []], metavar="suite", help=f"any of {', '.join(SUITES)}")
     parser.add_argument("--quick", action="store_true", help="small sizes, one run: a ~1-minute smoke test")
     parser.add_argument("--runs", type=int, default=None, help="interleaved runs per figure (default 3, quick 1)")
+    parser.add_argument(
+        "--tasks", type=int, default=None, help="tasks per workload where a suite takes it (peers: default 5,000)"
+    )
     parser.add_argument("--json", type=Path, default=None, help="where to write raw results")
     parser.add_argument("--no-json", action="store_true", help="do not write raw results")
     return parser.parse_args(argv)
@@ -50,7 +55,13 @@ async def _main(args: argparse.Namespace) -> int:
     if main_task is not None:
         with contextlib.suppress(NotImplementedError, RuntimeError):
             asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main_task.cancel)
-    ctx = Context(quick=args.quick, runs=args.runs or (1 if args.quick else 3))
+    if args.tasks is not None and not 1 <= args.tasks <= 1_000_000:
+        print("--tasks must be between 1 and 1,000,000", file=sys.stderr)
+        return 2
+    if args.runs is not None and not 1 <= args.runs <= 100:
+        print("--runs must be between 1 and 100", file=sys.stderr)
+        return 2
+    ctx = Context(quick=args.quick, runs=args.runs or (1 if args.quick else 3), tasks=args.tasks)
     notes = machine_notes()
     try:
         notes["valkey"] = await redis_version()

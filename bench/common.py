@@ -219,6 +219,8 @@ class Context:
 
     quick: bool = False
     runs: int = 3
+    #: tasks per workload for suites that take a size (``--tasks``); None = the suite's default
+    tasks: int | None = None
     results: dict[str, Any] = field(default_factory=dict)
     tables: list[Table] = field(default_factory=list)
 
