@@ -15,7 +15,11 @@ from queue_service.api.schemas import (
     ClaimBatch,
     ClaimRequest,
     CompleteRequest,
+    CompletionOutcome,
+    CompletionsRequest,
+    CompletionsResponse,
     ErrorBody,
+    ErrorInfo,
     FailRequest,
     HeartbeatRequest,
     ReleaseRequest,
@@ -117,6 +121,35 @@ async def complete(project: ProjectPath, key: KeyPath, body: CompleteRequest, st
     task = await state.service.complete(project, key, body.token, body.result)
     state.metrics.completions.labels(project).inc()
     return task
+
+
+@router.post("/completions", response_model=CompletionsResponse)
+async def complete_many(
+    project: ProjectPath, body: CompletionsRequest, state: StateDep, _: WorkDep
+) -> CompletionsResponse:
+    """Finish up to 1000 claimed tasks in one call, each with its own token and result.
+
+    Answers 200 with one outcome per item, in order: ``task`` when it was completed, ``error`` (the
+    same code and message as ``POST …/complete`` would answer, e.g. ``lease_invalid``) when it was
+    refused; a refused item does not stop the others. A malformed batch is refused whole (422).
+    """
+    for item in body.items:
+        limits.check_result(item.result, state.settings)
+    outcomes = await state.service.complete_many(project, [(i.key, i.token, i.result) for i in body.items])
+    results = []
+    done = 0
+    for item, got in zip(body.items, outcomes, strict=True):
+        if isinstance(got, exceptions.QueueServiceError):
+            results.append(
+                CompletionOutcome(
+                    key=item.key, error=ErrorInfo(code=got.code, message=got.message, details=got.details)
+                )
+            )
+        else:
+            done += 1
+            results.append(CompletionOutcome(key=item.key, task=got))
+    state.metrics.completions.labels(project).inc(done)
+    return CompletionsResponse(results=results)
 
 
 @router.post("/tasks/{key}/fail", response_model=Task)

@@ -34,6 +34,10 @@ __all__ = [
     "ClaimBatch",
     "ClaimRequest",
     "CompleteRequest",
+    "CompletionItem",
+    "CompletionOutcome",
+    "CompletionsRequest",
+    "CompletionsResponse",
     "ErrorBody",
     "ErrorInfo",
     "FailRequest",
@@ -251,6 +255,35 @@ class CompleteRequest(_Body):
 
     token: Token
     result: Annotated[Any, AfterValidator(_finite_json)] = None
+
+
+class CompletionItem(_Body):
+    """One task of a batch completion: its key, the claim's token and an optional JSON result."""
+
+    key: KeyName
+    token: Token
+    result: Annotated[Any, AfterValidator(_finite_json)] = None
+
+
+class CompletionsRequest(_Body):
+    """Finish up to 1000 claimed tasks in one call (one transaction per batch on Postgres)."""
+
+    items: list[CompletionItem] = Field(min_length=1, max_length=1000)
+
+
+class CompletionOutcome(_Out):
+    """What became of one item: the finished ``task``, or the ``error`` that refused it (e.g.
+    ``lease_invalid``); the other items of the batch are not affected by one refusal."""
+
+    key: str
+    task: Task | None = None
+    error: ErrorInfo | None = None
+
+
+class CompletionsResponse(_Out):
+    """One outcome per item, in the request's order."""
+
+    results: list[CompletionOutcome]
 
 
 class FailRequest(_Body):
