@@ -44,6 +44,14 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--tasks", type=int, default=None, help="tasks per workload where a suite takes it (peers: default 5,000)"
     )
+    parser.add_argument(
+        "--samples", type=int, default=None, help="latency samples per figure where a suite takes it (peers: 200)"
+    )
+    parser.add_argument(
+        "--systems",
+        default=None,
+        help="comma-separated systems for suites that compare several (peers: pgqueuer,celery,ours,rest,flatfile)",
+    )
     parser.add_argument("--json", type=Path, default=None, help="where to write raw results")
     parser.add_argument("--no-json", action="store_true", help="do not write raw results")
     return parser.parse_args(argv)
@@ -58,10 +66,29 @@ async def _main(args: argparse.Namespace) -> int:
     if args.tasks is not None and not 1 <= args.tasks <= 1_000_000:
         print("--tasks must be between 1 and 1,000,000", file=sys.stderr)
         return 2
+    if args.samples is not None and not 1 <= args.samples <= 100_000:
+        print("--samples must be between 1 and 100,000", file=sys.stderr)
+        return 2
     if args.runs is not None and not 1 <= args.runs <= 100:
         print("--runs must be between 1 and 100", file=sys.stderr)
         return 2
-    ctx = Context(quick=args.quick, runs=args.runs or (1 if args.quick else 3), tasks=args.tasks)
+    systems = None
+    if args.systems is not None:
+        systems = frozenset(s.strip() for s in args.systems.split(",") if s.strip())
+        unknown = systems - {"pgqueuer", "celery", "ours", "rest", "flatfile"}
+        if not systems or unknown:
+            print(
+                f"--systems: unknown system(s) {sorted(unknown)}; use pgqueuer,celery,ours,rest,flatfile",
+                file=sys.stderr,
+            )
+            return 2
+    ctx = Context(
+        quick=args.quick,
+        runs=args.runs or (1 if args.quick else 3),
+        tasks=args.tasks,
+        samples=args.samples,
+        systems=systems,
+    )
     notes = machine_notes()
     try:
         notes["valkey"] = await redis_version()

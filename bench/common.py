@@ -221,6 +221,10 @@ class Context:
     runs: int = 3
     #: tasks per workload for suites that take a size (``--tasks``); None = the suite's default
     tasks: int | None = None
+    #: latency samples per figure for suites that take it (``--samples``); None = the suite's default
+    samples: int | None = None
+    #: systems to run for suites that compare several (``--systems``); None = all
+    systems: frozenset[str] | None = None
     results: dict[str, Any] = field(default_factory=dict)
     tables: list[Table] = field(default_factory=list)
 

@@ -93,7 +93,7 @@ def _params(ctx: Context) -> dict[str, Any]:
     return {
         "tasks": ctx.tasks or (300 if quick else 5_000),
         "time_limit": 5.0 if quick else 10.0,
-        "samples": 30 if quick else 200,
+        "samples": ctx.samples or (30 if quick else 200),
         "flat_small": 100,
         "flat_big": 2_000 if quick else 10_000,
         "flat_drained": 100 if quick else 500,
@@ -115,22 +115,24 @@ async def run(ctx: Context) -> None:
     flat_sized: dict[str, list[DrainResult]] = {"small": [], "big": []}
     floor: list[float] = []
 
+    active = [s for s in ORDER if ctx.systems is None or s in ctx.systems]
     async with contextlib.AsyncExitStack() as stack:
         systems: dict[str, Any] = {}
-        for name, cls in (
-            ("pgqueuer", PgqueuerPeer),
-            ("celery", CelerySystem),
-            ("ours", OursInProcess),
-            ("rest", OursRest),
-            ("flatfile", OursFlatfile),
-        ):
+        classes = {
+            "pgqueuer": PgqueuerPeer,
+            "celery": CelerySystem,
+            "ours": OursInProcess,
+            "rest": OursRest,
+            "flatfile": OursFlatfile,
+        }
+        for name in active:
             ctx.log(f"peers: setting up {name}")
-            systems[name] = await stack.enter_async_context(cls())
+            systems[name] = await stack.enter_async_context(classes[name]())
         floor_url = await stack.enter_async_context(fresh_database(migrate=False))
-        rest_pid = systems["rest"].pid
+        rest_pid = systems["rest"].pid if "rest" in systems else os.getpid()
 
         for r in range(runs):
-            order = list(ORDER[r % len(ORDER) :] + ORDER[: r % len(ORDER)])
+            order = active[r % len(active) :] + active[: r % len(active)]
             for name in order:
                 system = systems[name]
                 res = await system.w1(p["tasks"], p["time_limit"])
@@ -214,10 +216,11 @@ def _tables(
     row("W3 parent done→child claimed p50 (ms)", lat[("chain", 50)], fmt_ms)
     row("W3 parent done→child claimed p99 (ms)", lat[("chain", 99)], fmt_ms)
     batched_rate = median(d.rate for d in batched)
-    t.notes.append(
-        f"ours in-proc W2 with claim_many(10) → complete_many (not the default): {fmt_num(batched_rate)} tasks/s "
-        f"= {fmt_ratio(ratio(batched_rate, rate2['pgqueuer']))} pgqueuer"
-    )
+    if batched:
+        t.notes.append(
+            f"ours in-proc W2 with claim_many(10) → complete_many (not the default): {fmt_num(batched_rate)} "
+            f"tasks/s = {fmt_ratio(ratio(batched_rate, rate2['pgqueuer']))} pgqueuer"
+        )
     cpu = {k: median(v) for k, v in w2_cpu.items()}
     t.notes.append(
         f"W2 CPU ms per task: in-proc {fmt_ms(cpu['ours'])}, flatfile {fmt_ms(cpu['flatfile'])}, REST client "
@@ -287,6 +290,8 @@ def _tables(
         "w2_done": {s: [d.done for d in w2[s]] for s in ORDER},
         "w2_cpu_ms_per_task": {k: [x * 1e3 for x in v] for k, v in w2_cpu.items()},
         "ours_batched_per_s": [d.rate for d in batched],
+        "wake_samples_ms": {s: [x * 1e3 for x in wake[s]] for s in ORDER},
+        "chain_samples_ms": {s: [x * 1e3 for x in chain[s]] for s in ORDER},
         "wake_ms": {s: {"p50": lat[("wake", 50)][s] * 1e3, "p99": lat[("wake", 99)][s] * 1e3} for s in ORDER},
         "chain_ms": {s: {"p50": lat[("chain", 50)][s] * 1e3, "p99": lat[("chain", 99)][s] * 1e3} for s in ORDER},
         "flatfile_sized_per_s": {k: [d.rate for d in v] for k, v in flat_sized.items()},

@@ -56,10 +56,9 @@ def _free_port() -> int:
 
 
 def _serve_command() -> list[str]:
-    """``queue-service serve`` from this interpreter's environment (``python -m queue_service`` without
-    the console script)."""
-    script = Path(sys.executable).parent / "queue-service"
-    return [str(script), "serve"] if script.exists() else [sys.executable, "-m", "queue_service", "serve"]
+    """``queue-service serve`` from this interpreter's environment, as ``python -m queue_service`` so
+    that it imports the package from ``sys.path`` (``bench.ab`` puts a baseline tree first there)."""
+    return [sys.executable, "-m", "queue_service", "serve"]
 
 
 def _replica_env(url: str, prefix: str, port: int) -> dict[str, str]:
@@ -76,6 +75,10 @@ def _replica_env(url: str, prefix: str, port: int) -> dict[str, str]:
         QUEUE_MAX_QUEUE_DEPTH="1000000",
         QUEUE_LOG_LEVEL="WARNING",
     )
+    # bench.ab: stubs that hide a module (uvloop, httptools, …) from the replicas only
+    replica_path = os.environ.get("BENCH_REPLICA_PYTHONPATH")
+    if replica_path:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [replica_path, env.get("PYTHONPATH")]))
     return env
 
 
