@@ -45,6 +45,40 @@ async def create_one_by_one(svc: Any, slug: str, n: int, time_limit: float) -> D
     return DrainResult(done, time.perf_counter() - t0, stopped_early=done < n)
 
 
+def _local_worker() -> Any:
+    """``queue_service.worker_local.local_worker`` where the tree has it (``bench.ab`` also runs older
+    trees, whose in-process agents loop ``claim`` → ``complete`` by hand); else None."""
+    try:
+        from queue_service.worker_local import local_worker
+    except ImportError:
+        return None
+    return local_worker
+
+
+async def run_workers(workers: list[Any], fn: Any, time_limit: float) -> DrainResult:
+    """Run worker helpers until idle, stopping them after *time_limit*; tasks handed out per second."""
+    stopped = False
+
+    async def limit() -> None:
+        nonlocal stopped
+        await asyncio.sleep(time_limit)
+        stopped = True
+        for w in workers:
+            w.stop()
+
+    timer = asyncio.create_task(limit())
+    t0 = time.perf_counter()
+    try:
+        await asyncio.gather(*(w.run(fn) for w in workers))
+    finally:
+        timer.cancel()
+    return DrainResult(sum(w.processed for w in workers), time.perf_counter() - t0, stopped_early=stopped)
+
+
+async def _noop(_task: Any) -> None:
+    return None
+
+
 class OursInProcess(OursSystem):
     """Postgres + Valkey through an in-process ``QueueService``."""
 
@@ -54,7 +88,15 @@ class OursInProcess(OursSystem):
         return await create_one_by_one(self.svc, await self.new_project(), n, time_limit)
 
     async def w2(self, n: int, time_limit: float) -> DrainResult:
-        return await self.drain(n, SLOTS, time_limit)
+        local_worker = _local_worker()
+        if local_worker is None:
+            return await self.drain(n, SLOTS, time_limit)
+        slug = await self.new_project()
+        await self.svc.create_tasks(slug, [{"title": f"noop {i}"} for i in range(n)])
+        worker = local_worker(
+            self.svc, slug, agent="bench-local", stop_when_idle=True, wait_seconds=0, concurrency=SLOTS
+        )
+        return await run_workers([worker], _noop, time_limit)
 
     async def w2_batched(self, n: int, time_limit: float) -> DrainResult:
         """Not the default: each agent loops ``claim_many(limit=10)`` → ``complete_many``."""
