@@ -59,9 +59,18 @@ def _export(rev: str, into: Path, hide: list[str], replica_hide: list[str]) -> P
     return overlay
 
 
+#: ``python -m bench`` without the editable install's import hook: the hook would find a module the
+#: baseline lacks in this working tree, and the bench's feature checks would see the wrong tree.
+_PRELUDE = (
+    "import runpy, sys; "
+    "sys.meta_path[:] = [f for f in sys.meta_path if 'Editable' not in getattr(f, '__name__', type(f).__name__)]; "
+    "runpy.run_module('bench', run_name='__main__', alter_sys=True)"
+)
+
+
 def _run_once(where: Path, args: list[str], out: Path) -> dict[str, Any]:
     env = dict(os.environ, PYTHONPATH=str(where), BENCH_REPLICA_PYTHONPATH=str(where.parent / "replica-only"))
-    cmd = [sys.executable, "-m", "bench", *args, "--runs", "1", "--json", str(out)]
+    cmd = [sys.executable, "-c", _PRELUDE, *args, "--runs", "1", "--json", str(out)]
     print(f"# {where}: {' '.join(cmd[1:])}", file=sys.stderr, flush=True)
     subprocess.run(cmd, cwd=str(where), env=env, check=True, stdout=subprocess.DEVNULL)
     return json.loads(out.read_text())["results"]  # type: ignore[no-any-return]
