@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import shutil
+import sys
 import tempfile
 import time
 import uuid
@@ -72,7 +73,12 @@ async def run_workers(workers: list[Any], fn: Any, time_limit: float) -> DrainRe
         await asyncio.gather(*(w.run(fn) for w in workers))
     finally:
         timer.cancel()
-    return DrainResult(sum(w.processed for w in workers), time.perf_counter() - t0, stopped_early=stopped)
+    result = DrainResult(sum(w.processed for w in workers), time.perf_counter() - t0, stopped_early=stopped)
+    stats = [w.last_run for w in workers if getattr(w, "last_run", None) is not None]
+    if stats:
+        calls = (sum(s.claim_calls for s in stats), sum(s.complete_calls for s in stats))
+        print(f"  worker calls: {calls[0]} claim, {calls[1]} complete for {result.done} tasks", file=sys.stderr)
+    return result
 
 
 async def _noop(_task: Any) -> None:
@@ -195,32 +201,19 @@ class OursRest:
         slug = await self._project()
         await self.svc.create_tasks(slug, [{"title": f"noop {i}"} for i in range(n)])
 
-        async def noop(_task: Any) -> None:
-            return None
+        return await run_workers(self._workers(slug, stop_when_idle=True, wait_seconds=0), _noop, time_limit)
 
-        workers = [
-            self.client.worker(slug, agent=f"bench-rest-{i}", stop_when_idle=True, wait_seconds=0) for i in range(SLOTS)
-        ]
-        stopped = False
+    def _workers(self, slug: str, **options: Any) -> list[Any]:
+        """One worker helper with SLOTS slots where the client takes ``concurrency``; else (an older
+        tree, one task at a time per worker) SLOTS workers."""
+        import inspect
 
-        async def limit() -> None:
-            nonlocal stopped
-            await asyncio.sleep(time_limit)
-            stopped = True
-            for w in workers:
-                w.stop()
-
-        timer = asyncio.create_task(limit())
-        t0 = time.perf_counter()
-        try:
-            await asyncio.gather(*(w.run(noop) for w in workers))
-        finally:
-            timer.cancel()
-        elapsed = time.perf_counter() - t0
-        return DrainResult(sum(w.processed for w in workers), elapsed, stopped_early=stopped)
+        if "concurrency" in inspect.signature(self.client.worker).parameters:
+            return [self.client.worker(slug, agent="bench-rest", concurrency=SLOTS, **options)]
+        return [self.client.worker(slug, agent=f"bench-rest-{i}", **options) for i in range(SLOTS)]
 
     async def _idle(self, slug: str, fn: Any, body: Any) -> Any:
-        workers = [self.client.worker(slug, agent=f"bench-idle-{i}", wait_seconds=_REST_WAIT) for i in range(SLOTS)]
+        workers = self._workers(slug, wait_seconds=_REST_WAIT)
         runs = [asyncio.create_task(w.run(fn)) for w in workers]
         try:
             await asyncio.sleep(0.5)  # every worker is long-polling
