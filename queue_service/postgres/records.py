@@ -42,7 +42,6 @@ from sqlalchemy import (
     delete,
     func,
     insert,
-    literal_column,
     not_,
     or_,
     select,
@@ -84,6 +83,7 @@ from queue_service.models import (
 from queue_service.postgres import tables as t
 from queue_service.postgres.edge_locks import lock_nowait, run_without_hold_and_wait, wait_until_free
 from queue_service.postgres.errors import wrap_errors
+from queue_service.postgres.rows import task_columns, task_from_row
 from queue_service.postgres.transitions import (
     EVENT_CANCELLED,
     EVENT_CREATED,
@@ -110,18 +110,8 @@ OnCommit = Callable[[CommitEffects], Awaitable[None]]
 _BIGINTS = ARRAY(BigInteger)
 _TEXTS = ARRAY(Text)
 
-# The task's dependency keys, in declared order, as one correlated subquery (no N+1).
-_DEPENDS_ON = literal_column(
-    "ARRAY(SELECT p.key FROM task_dependencies d JOIN tasks p ON p.id = d.depends_on_id "
-    "WHERE d.task_id = tasks.id ORDER BY d.position, p.seq)",
-    _TEXTS,
-).label("depends_on")
-
 #: Batches at least this large refresh planner statistics after commit (see ``_analyze``).
 ANALYZE_AFTER_BATCH = 1000
-
-#: Every task column the domain model needs (not the lease token), plus ``depends_on``.
-task_columns: tuple[Any, ...] = (*(c for c in t.tasks.c if c.name != "lease_token"), _DEPENDS_ON)
 
 _READY = and_(t.tasks.c.status == S.NOT_STARTED.value, t.tasks.c.pending_deps == 0)
 
@@ -145,40 +135,6 @@ def _is_deadlock(exc: BaseException) -> bool:
                 return True
         seen = seen.__cause__
     return False
-
-
-def task_from_row(row: Any) -> Task:
-    """Build the domain Task from a row selected with :data:`task_columns`."""
-    return Task(
-        project=row.project,
-        key=row.key,
-        seq=row.seq,
-        title=row.title,
-        description=row.description,
-        status=TaskStatus(row.status),
-        role=row.role,
-        priority=Priority(row.priority),
-        assignee=row.assignee,
-        mission=row.mission,
-        milestone=row.milestone,
-        depends_on=tuple(row.depends_on or ()),
-        labels=tuple(row.labels or ()),
-        extra=dict(row.extra or {}),
-        attempts=row.attempts,
-        max_attempts=row.max_attempts,
-        not_before=row.not_before,
-        idempotency_key=row.idempotency_key,
-        result=row.result,
-        last_error=row.last_error,
-        blocked_reason=row.blocked_reason,
-        lease_holder=row.lease_holder,
-        lease_expires_at=row.lease_expires_at,
-        version=row.version,
-        created_at=row.created_at,
-        updated_at=row.updated_at,
-        started_at=row.started_at,
-        completed_at=row.completed_at,
-    )
 
 
 def _project_from_row(row: Any) -> Project:
