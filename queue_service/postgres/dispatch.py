@@ -121,6 +121,21 @@ def event_payload(event: Event) -> dict[str, Any]:
     }
 
 
+def _lease_event(project: str, row: Any, kind: str, status: TaskStatus, data: dict[str, Any]) -> dict[str, Any]:
+    """The published payload (:func:`event_payload`'s shape) of the event a lease statement wrote
+    alongside its task row (``event_id``, without reading the event back)."""
+    return {
+        "id": row["event_id"],
+        "project": project,
+        "task": row["key"],
+        "kind": kind,
+        "status": status.value,
+        "version": row["version"],
+        "at": row["updated_at"].isoformat(),
+        "data": data,
+    }
+
+
 async def _recount_dependents(conn: asyncpg.Connection, task_ids: Sequence[int]) -> list[Any]:
     """The dependents of *task_ids* (just completed) recounted (:func:`transitions.recount_dependents`);
     returns those now ready, best first."""
@@ -352,16 +367,7 @@ class PostgresValkeyDispatcher(Dispatcher):
             if restage:
                 await self._signal(restage)
             return None
-        payload = {
-            "id": row["event_id"],
-            "project": project,
-            "task": key,
-            "kind": EVENT_CLAIMED,
-            "status": S.IN_PROGRESS.value,
-            "version": row["version"],
-            "at": row["updated_at"].isoformat(),
-            "data": data,
-        }
+        payload = _lease_event(project, row, EVENT_CLAIMED, S.IN_PROGRESS, data)
         await self._signal(BrokerBatch(locks=[(project, key, token, lease)], events=[(project, payload)]))
         return Claim.model_construct(
             task=task_from_row(row),
@@ -484,21 +490,7 @@ class PostgresValkeyDispatcher(Dispatcher):
         for row in rows:
             token = row["claim_token"]
             restage.locks.append((project, row["key"], token, lease))
-            restage.events.append(
-                (
-                    project,
-                    {
-                        "id": row["event_id"],
-                        "project": project,
-                        "task": row["key"],
-                        "kind": EVENT_CLAIMED,
-                        "status": S.IN_PROGRESS.value,
-                        "version": row["version"],
-                        "at": row["updated_at"].isoformat(),
-                        "data": data,
-                    },
-                )
-            )
+            restage.events.append((project, _lease_event(project, row, EVENT_CLAIMED, S.IN_PROGRESS, data)))
             claims.append(
                 Claim.model_construct(
                     task=task_from_row(row),
@@ -553,17 +545,7 @@ class PostgresValkeyDispatcher(Dispatcher):
                 raise await self._lease_refused(sa_conn, project, key, now)
         batch = BrokerBatch(unlocks=[(project, key, token)])
         _promote(batch, project, promoted)
-        payload = {
-            "id": row["event_id"],
-            "project": project,
-            "task": key,
-            "kind": EVENT_COMPLETED,
-            "status": S.DONE.value,
-            "version": row["version"],
-            "at": row["updated_at"].isoformat(),
-            "data": {},
-        }
-        batch.events.append((project, payload))
+        batch.events.append((project, _lease_event(project, row, EVENT_COMPLETED, S.DONE, {})))
         await self._signal(batch)
         return task_from_row(row)
 
@@ -585,9 +567,12 @@ class PostgresValkeyDispatcher(Dispatcher):
         rows: list[Any] = []
         promoted: list[Any] = []
         if send:
-            keys = [items[i][0] for i in send]
-            tokens = [items[i][1] for i in send]
-            results = [None if items[i][2] is None else json.dumps(items[i][2]) for i in send]
+            # By key, as in claim_many: whether the plan walks the items or the (project, key) index,
+            # racing batches (a retried batch, items reversed) then lock shared rows in one order.
+            ordered = sorted(send, key=lambda i: items[i][0])
+            keys = [items[i][0] for i in ordered]
+            tokens = [items[i][1] for i in ordered]
+            results = [None if items[i][2] is None else json.dumps(items[i][2]) for i in ordered]
             async with wrap_errors(), self._raw.connection() as conn, conn.transaction():
                 rows = await conn.fetch(_Q["complete_many"], project, keys, tokens, results)
                 if rows:
@@ -597,21 +582,7 @@ class PostgresValkeyDispatcher(Dispatcher):
             key, token = row["key"], row["done_token"]
             out[first[(key, token)]] = task_from_row(row)
             batch.unlocks.append((project, key, token))
-            batch.events.append(
-                (
-                    project,
-                    {
-                        "id": row["event_id"],
-                        "project": project,
-                        "task": key,
-                        "kind": EVENT_COMPLETED,
-                        "status": S.DONE.value,
-                        "version": row["version"],
-                        "at": row["updated_at"].isoformat(),
-                        "data": {},
-                    },
-                )
-            )
+            batch.events.append((project, _lease_event(project, row, EVENT_COMPLETED, S.DONE, {})))
         if rows:
             _promote(batch, project, promoted)
             await self._signal(batch)
