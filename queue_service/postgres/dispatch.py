@@ -193,13 +193,13 @@ class PostgresValkeyDispatcher(Dispatcher):
         self._next_idle_check: dict[str, float] = {}
 
     async def close(self) -> None:
-        """Close the hot path's connection pool (the engine is the backend's to dispose). Idempotent."""
+        """Close the lease statements' asyncpg pool (the engine is the backend's to dispose). Idempotent."""
         async with wrap_errors():
             await self._raw.close()
 
     # -- after commit ------------------------------------------------------------------------
     async def _signal(self, batch: BrokerBatch) -> None:
-        """:meth:`apply_effects` for a batch built directly (the hot path): never raises."""
+        """:meth:`apply_effects` for a batch built directly (the lease statements): never raises."""
         try:
             await self.broker.apply(batch)
         except exceptions.BackendError as exc:

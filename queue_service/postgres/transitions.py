@@ -16,6 +16,11 @@ both apply exactly the rules of :mod:`queue_service.domain`:
 Only direct dependents are touched: a dependent of a blocked task is not-started with
 ``pending_deps > 0`` and so is never ready anyway.
 
+The statements are in ``sql/dependents.sql``. They run on SQLAlchemy connections (through
+:func:`sa_fetch`) and on the dispatcher's raw asyncpg connections alike, so the rule "a task entered
+or left done: lock its dependents in id order, then recount them" exists once
+(:func:`recount_dependents`).
+
 Every function here issues a fixed, small number of statements however many dependents there are
 (a 1→200 fan-out is one UPDATE), and writes its event rows in the same transaction. Callers update
 the task row itself *first*, then call :func:`on_status_changes`, and pass the returned

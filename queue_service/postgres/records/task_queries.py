@@ -151,7 +151,7 @@ class TaskQueries(PostgresRecordsBase):
         )
 
     async def ready_tasks(self, project: str, roles: Sequence[str] | None = None, limit: int = 20) -> ReadyList:
-        """See :meth:`RecordStore.ready_tasks` (the order of ``hotpath.READY_KEYS_SQL``)."""
+        """See :meth:`RecordStore.ready_tasks` (the order of ``ready_keys`` in ``sql/leases.sql``)."""
         now = self.clock()
         tc = t.tasks.c
         d = t.task_dependencies
