@@ -1,4 +1,4 @@
-"""Task rows ↔ the domain :class:`~queue_service.models.Task`: the columns to select and the one mapper.
+"""Rows → domain models: the task columns to select, the one task mapper and the event mapper.
 
 Both connection kinds return task rows: SQLAlchemy (``Row``, read by attribute or ``_mapping``) and
 raw asyncpg (``Record``, read by key). :func:`task_from_row` reads either.
@@ -11,10 +11,10 @@ from typing import Any
 
 from sqlalchemy import ARRAY, Text, literal_column
 
-from queue_service.models import Priority, Task, TaskStatus
+from queue_service.models import Event, Priority, Task, TaskStatus
 from queue_service.postgres import tables as t
 
-__all__ = ["TASK_RETURNING_SQL", "task_columns", "task_from_row"]
+__all__ = ["TASK_RETURNING_SQL", "event_from_row", "task_columns", "task_from_row"]
 
 # The task's dependency keys, in declared order, as one correlated subquery (no N+1).
 _DEPENDS_ON_SQL = (
@@ -68,4 +68,18 @@ def task_from_row(row: Any) -> Task:
         updated_at=r["updated_at"],
         started_at=r["started_at"],
         completed_at=r["completed_at"],
+    )
+
+
+def event_from_row(row: Any) -> Event:
+    """Build the domain Event from an ``events`` row (SQLAlchemy)."""
+    return Event(
+        id=row.id,
+        project=row.project,
+        task=row.task_key,
+        kind=row.kind,
+        status=TaskStatus(row.status) if row.status else None,
+        version=row.version,
+        at=row.at,
+        data=dict(row.data or {}),
     )

@@ -7,9 +7,10 @@ import secrets
 from sqlalchemy import insert, select
 
 from queue_service import exceptions
-from queue_service.models import Event, Note, TaskStatus
+from queue_service.models import Event, Note
 from queue_service.postgres import tables as t
 from queue_service.postgres.records.base import PostgresRecordsBase, S
+from queue_service.postgres.rows import event_from_row
 from queue_service.postgres.transitions import EventInput, insert_events
 
 __all__ = ["NoteEventRecords"]
@@ -83,19 +84,7 @@ class NoteEventRecords(PostgresRecordsBase):
                     select(t.events).where(e.project == project, e.task_key == key).order_by(e.id.desc()).limit(limit)
                 )
             ).all()
-        return [
-            Event(
-                id=r.id,
-                project=r.project,
-                task=r.task_key,
-                kind=r.kind,
-                status=TaskStatus(r.status) if r.status else None,
-                version=r.version,
-                at=r.at,
-                data=dict(r.data or {}),
-            )
-            for r in rows
-        ]
+        return [event_from_row(r) for r in rows]
 
     async def list_events(self, project: str, after_id: int = 0, limit: int = 1000) -> list[Event]:
         """Events of the project with ``id > after_id``, oldest first, at most *limit*."""
@@ -108,19 +97,7 @@ class NoteEventRecords(PostgresRecordsBase):
             ).all()
             if not rows:
                 await self._project_exists(conn, project)
-        return [
-            Event(
-                id=r.id,
-                project=r.project,
-                task=r.task_key,
-                kind=r.kind,
-                status=TaskStatus(r.status) if r.status else None,
-                version=r.version,
-                at=r.at,
-                data=dict(r.data or {}),
-            )
-            for r in rows
-        ]
+        return [event_from_row(r) for r in rows]
 
     async def list_task_events(self, project: str, key: str, limit: int = 1000) -> list[Event]:
         """See :meth:`RecordStore.list_task_events`: one query instead of a log scan."""
@@ -133,16 +110,4 @@ class NoteEventRecords(PostgresRecordsBase):
             ).all()
             if not rows:
                 await self._task_row(conn, project, key)
-        return [
-            Event(
-                id=r.id,
-                project=r.project,
-                task=r.task_key,
-                kind=r.kind,
-                status=TaskStatus(r.status) if r.status else None,
-                version=r.version,
-                at=r.at,
-                data=dict(r.data or {}),
-            )
-            for r in reversed(rows)
-        ]
+        return [event_from_row(r) for r in reversed(rows)]

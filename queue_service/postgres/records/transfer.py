@@ -12,18 +12,16 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from queue_service import domain, exceptions
 from queue_service.models import (
     DEFAULT_MISSION,
-    Event,
     Mission,
     Note,
     Project,
     ProjectSnapshot,
     SyncFileState,
     Task,
-    TaskStatus,
 )
 from queue_service.postgres import tables as t
 from queue_service.postgres.records.base import BIGINTS, PostgresRecordsBase, project_from_row, select_tasks
-from queue_service.postgres.rows import task_from_row
+from queue_service.postgres.rows import event_from_row, task_from_row
 from queue_service.postgres.transitions import recompute_pending_deps
 
 __all__ = ["TransferRecords"]
@@ -51,16 +49,7 @@ class TransferRecords(PostgresRecordsBase):
                 )
             ]
             events = [
-                Event(
-                    id=r.id,
-                    project=r.project,
-                    task=r.task_key,
-                    kind=r.kind,
-                    status=TaskStatus(r.status) if r.status else None,
-                    version=r.version,
-                    at=r.at,
-                    data=dict(r.data or {}),
-                )
+                event_from_row(r)
                 for r in await conn.execute(
                     select(t.events).where(t.events.c.project == project).order_by(t.events.c.id)
                 )
