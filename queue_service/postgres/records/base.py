@@ -51,16 +51,10 @@ logger = logging.getLogger(__name__)
 S = TaskStatus
 #: Called after every commit that changed something dispatch cares about.
 OnCommit = Callable[[CommitEffects], Awaitable[None]]
-
-
 #: bind type of a text[] parameter
 TEXTS = ARRAY(Text)
-
-
 #: bind type of a bigint[] parameter
 BIGINTS = ARRAY(BigInteger)
-
-
 #: not-started with every dependency done (``not_before`` aside)
 READY = and_(t.tasks.c.status == S.NOT_STARTED.value, t.tasks.c.pending_deps == 0)
 
