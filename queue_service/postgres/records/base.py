@@ -13,7 +13,6 @@ from sqlalchemy import (
     ARRAY,
     BigInteger,
     ColumnElement,
-    Integer,
     Select,
     Text,
     and_,
@@ -22,7 +21,6 @@ from sqlalchemy import (
     insert,
     or_,
     select,
-    text,
 )
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -32,11 +30,13 @@ from queue_service.models import DEFAULT_MISSION, Milestone, Mission, MissionSta
 from queue_service.postgres import tables as t
 from queue_service.postgres.edge_locks import lock_nowait
 from queue_service.postgres.errors import wrap_errors
+from queue_service.postgres.resources import load_queries
 from queue_service.postgres.rows import task_columns, task_from_row
 from queue_service.postgres.transitions import CommitEffects, Effects
 
 __all__ = [
     "BIGINTS",
+    "EDGE_QUERIES",
     "READY",
     "TEXTS",
     "OnCommit",
@@ -51,6 +51,8 @@ logger = logging.getLogger(__name__)
 S = TaskStatus
 #: Called after every commit that changed something dispatch cares about.
 OnCommit = Callable[[CommitEffects], Awaitable[None]]
+#: the statements of ``sql/edges.sql`` (insert edges, reachability for the cycle check)
+EDGE_QUERIES = load_queries("edges.sql")
 #: bind type of a text[] parameter
 TEXTS = ARRAY(Text)
 #: bind type of a bigint[] parameter
@@ -195,14 +197,8 @@ class PostgresRecordsBase:
     async def _insert_edges(conn: AsyncConnection, edges: Sequence[tuple[int, int, int]]) -> None:
         if not edges:
             return
-        await conn.execute(
-            text(
-                "INSERT INTO task_dependencies (task_id, depends_on_id, position) SELECT * FROM unnest(:a, :b, :c)"
-            ).bindparams(
-                bindparam("a", [e[0] for e in edges], BIGINTS),
-                bindparam("b", [e[1] for e in edges], BIGINTS),
-                bindparam("c", [e[2] for e in edges], ARRAY(Integer)),
-            )
+        await conn.exec_driver_sql(
+            EDGE_QUERIES["insert_edges"], ([e[0] for e in edges], [e[1] for e in edges], [e[2] for e in edges])
         )
 
     @staticmethod

@@ -6,14 +6,14 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, delete, func, select, text, update
+from sqlalchemy import bindparam, delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from queue_service import domain, exceptions
 from queue_service.models import Task, TaskStatus, TaskUpdate
 from queue_service.postgres import tables as t
 from queue_service.postgres.edge_locks import lock_nowait, run_without_hold_and_wait, wait_until_free
-from queue_service.postgres.records.base import BIGINTS, TEXTS, PostgresRecordsBase, S
+from queue_service.postgres.records.base import EDGE_QUERIES, TEXTS, PostgresRecordsBase, S
 from queue_service.postgres.rows import task_from_row
 from queue_service.postgres.transitions import (
     EVENT_CANCELLED,
@@ -25,6 +25,7 @@ from queue_service.postgres.transitions import (
     insert_events,
     on_status_changes,
     recompute_pending_deps,
+    sa_fetch,
 )
 
 __all__ = ["TaskEdits"]
@@ -235,53 +236,27 @@ class TaskEdits(PostgresRecordsBase):
                     dependency=dep,
                 )
         # A cycle appears iff the task is reachable from one of its new deps along existing edges.
-        # UNION (not UNION ALL over paths): each task is visited once, so a dense DAG costs O(edges);
-        # enumerating paths was exponential (the history checker's soak hung a PATCH for 20 minutes).
-        params: tuple[Any, Any] = (bindparam("deps", [ids[d] for d in deps], BIGINTS), bindparam("target", task_id))
-        reachable = await conn.scalar(
-            text(
-                """
-                WITH RECURSIVE reach(id) AS (
-                    SELECT unnest(CAST(:deps AS bigint[]))
-                    UNION
-                    SELECT d.depends_on_id FROM reach JOIN task_dependencies d ON d.task_id = reach.id
-                    WHERE reach.id <> :target
-                )
-                SELECT EXISTS (SELECT 1 FROM reach WHERE id = :target)
-                """
-            ).bindparams(*params)
-        )
+        dep_ids = [ids[d] for d in deps]
+        (found,) = await sa_fetch(conn)(EDGE_QUERIES["reaches"], dep_ids, task_id)
+        reachable = found["found"]
         if reachable:
-            cycle = [key, *await self._cycle_path(conn, params)]
+            cycle = [key, *await self._cycle_path(conn, dep_ids, task_id)]
             raise exceptions.DependencyCycle(f"dependency cycle: {' -> '.join(cycle)}", cycle=cycle)
         return [ids[d] for d in deps]
 
     @staticmethod
-    async def _cycle_path(conn: AsyncConnection, params: tuple[Any, Any]) -> list[str]:
+    async def _cycle_path(conn: AsyncConnection, dep_ids: list[int], target: int) -> list[str]:
         """Keys from one of the new deps to the target along existing edges (only after a cycle was
         found): one parent per reached task, each task visited once."""
-        rows = await conn.execute(
-            text(
-                """
-                WITH RECURSIVE reach(id, parent) AS (
-                    SELECT x, CAST(NULL AS bigint) FROM unnest(CAST(:deps AS bigint[])) AS x
-                    UNION
-                    SELECT d.depends_on_id, reach.id FROM reach JOIN task_dependencies d ON d.task_id = reach.id
-                    WHERE reach.id <> :target
-                )
-                SELECT reach.id, reach.parent, t.key FROM reach JOIN tasks t ON t.id = reach.id
-                """
-            ).bindparams(*params)
-        )
+        rows = await sa_fetch(conn)(EDGE_QUERIES["reach_parents"], dep_ids, target)
         parent: dict[int, int | None] = {}
         key_of: dict[int, str] = {}
         for r in rows:
-            key_of[r.id] = r.key
-            if r.parent is None:  # one of the new deps: the path starts there
-                parent[r.id] = None
+            key_of[r["id"]] = r["key"]
+            if r["parent"] is None:  # one of the new deps: the path starts there
+                parent[r["id"]] = None
             else:
-                parent.setdefault(r.id, r.parent)
-        target = params[1].value
+                parent.setdefault(r["id"], r["parent"])
         path: list[str] = []
         node: int | None = target
         seen: set[int] = set()
