@@ -145,6 +145,7 @@ class PostgresValkeyBackend(Backend):
         self.records: PostgresRecordStore = PostgresRecordStore(
             self.engine, self.config, on_commit=self.dispatch.apply_effects
         )
+        self.records.raw = self.dispatch.raw_pool
         self.events: ValkeyEventStream = ValkeyEventStream(self.broker, self.dispatch)
         # issue 14: chunk streams, on their own Valkey when QUEUE_STREAM_URL is set
         self.streams: ValkeyStreamStore = ValkeyStreamStore(stream_url or valkey_url, key_prefix, self.dispatch)

@@ -180,6 +180,8 @@ class PostgresValkeyDispatcher(Dispatcher):
         self.engine = engine
         # claim / heartbeat / complete: one prepared autocommit statement each, straight on asyncpg
         self._raw = RawPool(asyncpg_dsn(engine.url), max_size=raw_pool_size)
+        #: the asyncpg pool of the hot statements, shared with the record store's create_task fast path
+        self.raw_pool = self._raw
         self.broker = broker
         self.config = config
         self.node_id = node_id or f"dispatcher-{uuid.uuid4().hex[:12]}"

@@ -28,6 +28,7 @@ from queue_service import exceptions
 from queue_service.backend import DispatchConfig
 from queue_service.models import DEFAULT_MISSION, Milestone, Mission, MissionStatus, Project, Task, TaskStatus, utcnow
 from queue_service.postgres import tables as t
+from queue_service.postgres.asyncpg_pool import RawPool
 from queue_service.postgres.edge_locks import lock_nowait
 from queue_service.postgres.errors import wrap_errors
 from queue_service.postgres.resources import load_queries
@@ -105,6 +106,9 @@ class PostgresRecordsBase:
         self.config = config or DispatchConfig()
         self.on_commit = on_commit
         self.clock = clock
+        #: the dispatcher's asyncpg pool (the backend sets it): ``create_task``'s fast path runs on it
+        #: (``task_create_fast``); None = the general path only
+        self.raw: RawPool | None = None
 
     @asynccontextmanager
     async def _tx(self) -> AsyncIterator[tuple[AsyncConnection, Effects]]:

@@ -15,6 +15,7 @@ from queue_service.models import Priority, Task, TaskCreate, TaskStatus
 from queue_service.postgres import tables as t
 from queue_service.postgres.edge_locks import lock_nowait, run_without_hold_and_wait, wait_until_free
 from queue_service.postgres.records.base import READY, TEXTS, PostgresRecordsBase, S
+from queue_service.postgres.records.task_create_fast import create_one_fast, fast_eligible
 from queue_service.postgres.transitions import EVENT_CREATED, Effects, EventInput, ReadyTask, insert_events
 
 __all__ = ["TaskCreation"]
@@ -43,6 +44,12 @@ class TaskCreation(PostgresRecordsBase):
         if not items:
             return []
         now = self.clock()
+        if self.raw is not None and fast_eligible(items):
+            fast = await create_one_fast(self.raw, project, items[0], now, self.config.max_queue_depth)
+            if fast is not None:
+                task, effects = fast
+                await self._after_commit(effects)
+                return [task]
 
         async def run() -> list[Task]:
             async with self._tx() as (conn, effects):
