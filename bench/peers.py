@@ -228,7 +228,8 @@ def _tables(
     )
     t.notes.append(
         "W2 workers: pgqueuer 4 QueueManagers (batch_size=10, own connection each); Celery prefork "
-        "--concurrency=4; ours in-proc/flatfile 4 agents claim → complete; REST 4 AsyncClient.worker() helpers"
+        "--concurrency=4; ours in-proc and flatfile one local_worker(concurrency=4), REST one "
+        "AsyncClient.worker(concurrency=4) (trees without them: 4 agents claim → complete / 4 one-slot workers)"
     )
     t.notes.append(
         f"W3: {SLOTS} idle consumers, {len(wake['ours'])} samples pooled; ratios < 1× are better for latency"
