@@ -50,7 +50,7 @@ from queue_service.coord_capsule import coord_fields
 from queue_service.models import Claim, Lease, Mission, Project, Task, TaskFilter, TaskPage, TaskStatus
 from queue_service.run_output import echo_lines, fit_result, read_head, stdout_budget
 from queue_service.run_stream import LinePublisher, StreamTee
-from queue_service.service import new_agent_id
+from queue_service.ids import new_agent_id
 from queue_service.worker import DEFAULT_LEASE_SECONDS, heartbeat_interval
 
 __all__ = [

@@ -22,9 +22,10 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from pydantic import BaseModel
-
 from queue_service import domain, exceptions
+
+# the chunk and page models are wire bodies the typed client reads too: they live server-free
+from queue_service.wire import DEFAULT_STREAM, StreamChunk, StreamPage
 
 if TYPE_CHECKING:
     from queue_service.backend import Dispatcher
@@ -39,7 +40,6 @@ __all__ = [
     "validate_stream_name",
 ]
 
-DEFAULT_STREAM = "default"
 _STREAM_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _NAME_PART = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 _CURSOR = re.compile(r"^[0-9]{1,20}(-[0-9]{1,20})?$")
@@ -59,23 +59,6 @@ class StreamConfig:
     retention_seconds: int = 7 * 24 * 3600
     #: followers open at once in this process
     max_followers: int = 256
-
-
-class StreamChunk(BaseModel):
-    """One published chunk, or (``done=True``, empty chunk) the end of the stream."""
-
-    id: str
-    chunk: str = ""
-    done: bool = False
-
-
-class StreamPage(BaseModel):
-    """What a read returns: chunks after the cursor, oldest first, and whether the stream ended."""
-
-    chunks: list[StreamChunk]
-    done: bool = False
-    #: the cursor to pass as ``after`` next time (the last id read, or the one given)
-    cursor: str
 
 
 def validate_stream_name(name: str) -> str:
