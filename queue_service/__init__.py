@@ -9,6 +9,8 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from queue_service.version import __version__ as __version__
+
 if TYPE_CHECKING:
     from queue_service.backend import Backend, DispatchConfig, backend_from_url
     from queue_service.exceptions import QueueServiceError
@@ -34,7 +36,6 @@ __all__ = [
     "new_agent_id",
 ]
 
-__version__ = "0.1.0"
 
 #: where each public name lives
 _HOMES = {

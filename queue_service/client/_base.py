@@ -10,8 +10,9 @@ from typing import Any, Generic, TypeVar
 
 import httpx
 
-from queue_service import __version__, exceptions
+from queue_service import exceptions
 from queue_service.ids import new_agent_id
+from queue_service.version import __version__
 
 __all__ = ["DEFAULT_TIMEOUT", "DEFAULT_URL", "BaseClient", "Request", "RetryPolicy", "ServiceUnreachable"]
 
