@@ -70,7 +70,7 @@ EXIT_TASK_FAILED = 4
 
 
 class RunnerOps(Protocol):
-    """What the runner needs from the service (QueueService or the REST AsyncClient)."""
+    """What the runner needs from the service (QueueService, or RemoteOps over the REST AsyncClient)."""
 
     async def get_project(self, slug: str, /) -> Project: ...
     async def claim(
