@@ -167,12 +167,21 @@ def backoff_delay(
     return timedelta(seconds=max(0.0, raw + r.uniform(-spread, spread)))
 
 
+#: the longest lease anyone may ask for, seconds (the API's bound; a lease token names at most this)
+MAX_LEASE_SECONDS = 86_400.0
+
+
 def lease_length(requested: float | None, default: float) -> float:
     """The lease to grant: *requested*, or *default* when None. Zero, negative or non-finite is a
-    ValidationError (422) on every backend: ``0`` must never silently mean "the default"."""
+    ValidationError (422) on every backend: ``0`` must never silently mean "the default"; so is a
+    requested lease longer than :data:`MAX_LEASE_SECONDS` (the API refuses it too)."""
     lease = float(default if requested is None else requested)
     if not math.isfinite(lease) or lease <= 0:
         raise exceptions.ValidationError(f"lease_seconds must be positive, got {requested}", value=requested)
+    if requested is not None and lease > MAX_LEASE_SECONDS:
+        raise exceptions.ValidationError(
+            f"lease_seconds must be at most {MAX_LEASE_SECONDS:g}, got {requested}", value=requested
+        )
     return lease
 
 

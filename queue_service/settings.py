@@ -16,7 +16,9 @@ from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from queue_service import exceptions
-from queue_service.backend import Backend, DispatchConfig, backend_from_url
+from queue_service.backend import Backend
+from queue_service.backend_factory import backend_from_url
+from queue_service.dispatch_config import DispatchConfig
 from queue_service.streams import StreamConfig
 
 __all__ = ["Settings", "is_loopback"]

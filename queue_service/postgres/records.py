@@ -55,6 +55,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from queue_service import domain, exceptions
 from queue_service.backend import DispatchConfig, RecordStore
+from queue_service.cursors import decode_cursor, encode_cursor
 from queue_service.models import (
     DEFAULT_MISSION,
     ApiToken,
@@ -97,7 +98,6 @@ from queue_service.postgres.transitions import (
     on_status_changes,
     recompute_pending_deps,
 )
-from queue_service.state import decode_cursor, encode_cursor
 
 __all__ = ["OnCommit", "PostgresRecordStore", "task_columns", "task_from_row"]
 

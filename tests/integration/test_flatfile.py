@@ -75,7 +75,7 @@ def test_from_url_forms(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None
     assert b.poll_interval == 0.05
     with pytest.raises(exceptions.ConfigurationError):
         FlatfileBackend.from_url(f"file://{tmp_path}?compact_ratio=lots")
-    from queue_service.backend import backend_from_url
+    from queue_service.backend_factory import backend_from_url
 
     assert isinstance(backend_from_url(f"file://{tmp_path}"), FlatfileBackend)
 

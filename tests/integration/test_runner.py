@@ -25,7 +25,8 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 
 from queue_service import exceptions
-from queue_service.backend import DispatchConfig, backend_from_url
+from queue_service.backend_factory import backend_from_url
+from queue_service.dispatch_config import DispatchConfig
 from queue_service.models import Task, TaskStatus
 from queue_service.runner import (
     CAPSULE_FILE,
