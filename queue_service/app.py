@@ -35,9 +35,9 @@ from queue_service.api.limits import StreamSlots
 from queue_service.api.metrics import Metrics
 from queue_service.backend import Backend
 from queue_service.mcp_server.http import MCP_PATH, McpEndpoint
-from queue_service.sweeper import Sweeper
 from queue_service.service import QueueService
 from queue_service.settings import Settings, is_loopback
+from queue_service.sweeper import Sweeper
 from queue_service.ui import install_ui
 from queue_service.workspaces import WorkspacePolicy
 from workspace_sync.manager import WorkspaceSyncManager

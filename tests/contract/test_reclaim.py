@@ -11,8 +11,8 @@ import pytest
 from queue_service import exceptions
 from queue_service.backend import Backend
 from queue_service.models import TaskStatus
-from queue_service.sweeper import Sweeper
 from queue_service.service import QueueService
+from queue_service.sweeper import Sweeper
 
 S = TaskStatus
 

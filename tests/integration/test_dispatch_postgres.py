@@ -14,9 +14,9 @@ import pytest
 
 from queue_service import exceptions
 from queue_service.models import Event, TaskStatus
-from queue_service.sweeper import Sweeper
 from queue_service.postgres.backend import PostgresValkeyBackend
 from queue_service.service import QueueService
+from queue_service.sweeper import Sweeper
 from queue_service.testing import InMemoryBackend
 from tests.integration.pgvk import FAST, fast, open_backend
 

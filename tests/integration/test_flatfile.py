@@ -18,13 +18,18 @@ import pytest
 from flatfile.backend import FlatfileBackend
 from flatfile.journal import CompactionPolicy, journal_name, snapshot_name
 from queue_service import exceptions, snapshot
-from queue_service.backend import DispatchConfig
 from queue_service.models import ApiToken, MissionCreate, ProjectCreate, TaskCreate, TaskStatus, TokenRole, utcnow
 from queue_service.service import QueueService
+from tests.fixtures.timing import fast
 
 AGENT = Path(__file__).parent / "flatfile_agents" / "agent.py"
-CONFIG = DispatchConfig(
-    lease_seconds=5.0, backoff_base_seconds=0.01, backoff_max_seconds=0.05, backoff_jitter=0.0, max_queue_depth=100_000
+CONFIG = fast(
+    lease_seconds=5.0,
+    heartbeat_seconds=10.0,
+    backoff_base_seconds=0.01,
+    backoff_max_seconds=0.05,
+    max_queue_depth=100_000,
+    sweep_seconds=1.0,
 )
 
 

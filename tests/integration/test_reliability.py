@@ -26,9 +26,9 @@ import pytest
 import redis.asyncio as aioredis
 
 from queue_service.models import Event, TaskStatus
-from queue_service.sweeper import Sweeper
 from queue_service.postgres.backend import PostgresValkeyBackend
 from queue_service.service import QueueService
+from queue_service.sweeper import Sweeper
 from tests.integration.pgvk import fast, open_backend
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
