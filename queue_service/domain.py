@@ -198,9 +198,11 @@ def new_lease_token(lease_seconds: float) -> str:
     The length rides in the token (``<random>.<seconds>``) so that a renewal by any call carrying the
     token (heartbeat without a length, a note) keeps the holder's own lease length on every backend,
     without a stored column: an agent's 30-minute lease is never shrunk to a worker's 30 seconds.
-    The token is compared whole, so altering the suffix only makes it invalid.
+    The token is compared whole, so altering the suffix only makes it invalid. A length the lease
+    rules refuse (:func:`lease_length`) raises ValidationError: no token is minted for it.
     """
-    return f"{secrets.token_urlsafe(24)}.{max(1, round(lease_seconds))}"
+    lease = lease_length(lease_seconds, lease_seconds)
+    return f"{secrets.token_urlsafe(24)}.{max(1, round(lease))}"
 
 
 def lease_length_of(token: str) -> float | None:
