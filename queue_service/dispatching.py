@@ -5,21 +5,25 @@ normalise and validate their arguments (lease length, batch limit, roles, wait) 
 wait loop; a backend implements the primitives only:
 
 * :meth:`BaseDispatcher._try_claim` — claim up to *limit* ready tasks now (no waiting), and say when
-  something may become claimable;
-* :meth:`BaseDispatcher._ready_event` — an event set by the next commit that may make a task
-  ready (taken *before* an attempt, so a commit during the attempt still wakes the waiter);
-* :meth:`BaseDispatcher._heartbeat` — persist a lease extension.
+  something may become claimable without a commit announcing it (a backoff coming due);
+* :meth:`BaseDispatcher._wait_for_ready` — sleep until a commit may have made a task claimable, or
+  the timeout. :meth:`BaseDispatcher._arm` is taken *before* each attempt and handed to it, so a
+  commit during the attempt still ends the wait (an event-based backend returns its event there);
+* :meth:`BaseDispatcher._heartbeat` — persist a lease extension;
+* :meth:`BaseDispatcher._claim_best` — optional: the single best task by ``domain.dispatch_order``
+  (the default is ``_try_claim`` with limit 1, right where claims already follow that order).
 
-Optional hooks: ``_start_waiting``/``_stop_waiting`` (a flatfile waiter polls for other processes'
-commits only while someone waits). The rules, in one place, are those the ``Dispatcher`` docstrings
-promise and ``tests/contract/test_backend_seam.py`` pins on every backend.
+Optional hooks: ``_start_waiting``/``_stop_waiting`` around the sleeps of one call (a flatfile waiter
+polls for other processes' commits only while someone waits). The rules, in one place, are those the
+``Dispatcher`` docstrings promise and ``tests/contract/test_backend_seam.py`` pins on every backend.
+It imports no backend: the Postgres dispatcher can subclass it too (its ``_try_claim`` pops Valkey
+and wins with the conditional UPDATE; its ``_wait_for_ready`` blocks on Valkey).
 """
 
 from __future__ import annotations
 
 import abc
 import asyncio
-import contextlib
 from collections.abc import Sequence
 
 from queue_service import domain, exceptions
@@ -82,8 +86,9 @@ class BaseDispatcher(Dispatcher):
     async def claim_next(
         self, project: str, agent: str, roles: Sequence[str] | None, lease_seconds: float
     ) -> Claim | None:
-        """See :meth:`Dispatcher.claim_next`: the backends here claim in dispatch order already."""
-        return await self.claim(project, agent, roles, 0.0, lease_seconds)
+        """See :meth:`Dispatcher.claim_next`."""
+        lease = domain.lease_length(lease_seconds, self.config.lease_seconds)
+        return await self._claim_best(project, agent, normalise_roles(roles), lease)
 
     async def heartbeat(self, project: str, key: str, token: str, lease_seconds: float | None = None) -> Lease:
         """See :meth:`Dispatcher.heartbeat`."""
@@ -108,7 +113,7 @@ class BaseDispatcher(Dispatcher):
         waiting = False
         try:
             while True:
-                woken = self._ready_event(project)  # before the attempt: a commit during it still wakes us
+                armed = self._arm(project)  # before the attempt: a commit during it still ends the wait
                 claims, due = await self._try_claim(project, agent, names, limit, lease, seconds > 0)
                 if claims:
                     return claims
@@ -118,9 +123,9 @@ class BaseDispatcher(Dispatcher):
                 if not waiting:
                     self._start_waiting(project)
                     waiting = True
-                timeout = remaining if due is None else min(remaining, due + 0.001)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(woken.wait(), timeout)
+                await self._wait_for_ready(
+                    project, names, armed, remaining if due is None else min(remaining, due + 0.001)
+                )
         finally:
             if waiting:
                 self._stop_waiting(project)
@@ -137,9 +142,22 @@ class BaseDispatcher(Dispatcher):
         become claimable without a commit waking us (a backoff coming due), or None.
         """
 
+    def _arm(self, project: str) -> asyncio.Event | None:
+        """Taken before each claim attempt and handed to :meth:`_wait_for_ready`: an event the next
+        commit that may make a task of *project* claimable sets (None for a backend that waits otherwise)."""
+        return None
+
     @abc.abstractmethod
-    def _ready_event(self, project: str) -> asyncio.Event:
-        """An event the next commit that may make a task of *project* claimable sets."""
+    async def _wait_for_ready(
+        self, project: str, roles: list[str] | None, armed: asyncio.Event | None, timeout: float
+    ) -> None:
+        """Return once a task of *roles* may have become claimable (after *armed* was taken), or after
+        *timeout* seconds; no busy polling. Returning early is harmless: the loop just tries again."""
+
+    async def _claim_best(self, project: str, agent: str, roles: list[str] | None, lease: float) -> Claim | None:
+        """Claim the single best ready task by ``domain.dispatch_order`` now, or None."""
+        claims, _ = await self._try_claim(project, agent, roles, 1, lease, False)
+        return claims[0] if claims else None
 
     @abc.abstractmethod
     async def _heartbeat(self, project: str, key: str, token: str, lease: float) -> Lease:

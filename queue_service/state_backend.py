@@ -17,6 +17,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import bisect
+import contextlib
 import copy
 import logging
 from collections.abc import Callable, Mapping, Sequence
@@ -324,8 +325,16 @@ class _Dispatch(BaseDispatcher):
     ) -> tuple[list[Claim], float | None]:
         return await self.b.write(project, lambda txn: self._claim_in(txn, agent, roles, limit, lease, want_due))
 
-    def _ready_event(self, project: str) -> asyncio.Event:
+    def _arm(self, project: str) -> asyncio.Event:
         return self.b.signal(project).current()
+
+    async def _wait_for_ready(
+        self, project: str, roles: list[str] | None, armed: asyncio.Event | None, timeout: float
+    ) -> None:
+        if armed is None:  # not reached: _arm always answers; sleep rather than spin
+            armed = asyncio.Event()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(armed.wait(), timeout)
 
     def _start_waiting(self, project: str) -> None:
         self.b.watch(project)
