@@ -23,14 +23,8 @@ from queue_service.service import QueueService
 from tests.fixtures.timing import fast
 
 AGENT = Path(__file__).parent / "flatfile_agents" / "agent.py"
-CONFIG = fast(
-    lease_seconds=5.0,
-    heartbeat_seconds=10.0,
-    backoff_base_seconds=0.01,
-    backoff_max_seconds=0.05,
-    max_queue_depth=100_000,
-    sweep_seconds=1.0,
-)
+# a lease long enough for a loaded machine, quick backoffs, room for bulk tests
+CONFIG = fast(lease_seconds=5.0, backoff_base_seconds=0.01, backoff_max_seconds=0.05, max_queue_depth=100_000)
 
 
 def _backend(data: Path, **kwargs: object) -> FlatfileBackend:
