@@ -130,16 +130,6 @@ class _Records(RecordStore):
     def __init__(self, backend: StateMachineBackend) -> None:
         self.b = backend
 
-    async def _plan(self, project: str, plan: Callable[[StateTxn], tuple[Changes, R]]) -> R:
-        """Plan against the caught-up state, commit the changes, return what the plan answered."""
-
-        def op(txn: StateTxn) -> R:
-            changes, result = plan(txn)
-            txn.commit(changes)
-            return result
-
-        return await self.b.write(project, op)
-
     async def create_project(self, data: ProjectCreate) -> Project:
         state, changes = ProjectState.new(data, self.b.now())
         state.apply(changes)
@@ -216,13 +206,15 @@ class _Records(RecordStore):
     async def update_task(
         self, project: str, key: str, patch: TaskUpdate, expected_version: int | None = None, actor: str = "api"
     ) -> Task:
-        return await self._plan(project, lambda t: t.state.plan_update_task(key, patch, expected_version, actor, t.now))
+        return await self.b.plan(
+            project, lambda t: t.state.plan_update_task(key, patch, expected_version, actor, t.now)
+        )
 
     async def cancel_task(self, project: str, key: str, reason: str | None = None, actor: str = "api") -> Task:
-        return await self._plan(project, lambda t: t.state.plan_cancel(key, reason, actor, t.now))
+        return await self.b.plan(project, lambda t: t.state.plan_cancel(key, reason, actor, t.now))
 
     async def add_note(self, project: str, key: str, author: str, text: str, token: str | None = None) -> Note:
-        return await self._plan(project, lambda t: t.state.plan_add_note(key, author, text, token, t.now))
+        return await self.b.plan(project, lambda t: t.state.plan_add_note(key, author, text, token, t.now))
 
     async def list_notes(self, project: str, key: str) -> list[Note]:
         def op(state: ProjectState) -> list[Note]:
@@ -342,34 +334,26 @@ class _Dispatch(BaseDispatcher):
     def _stop_waiting(self, project: str) -> None:
         self.b.unwatch(project)
 
-    async def _plan(self, project: str, plan: Callable[[StateTxn], tuple[Changes, R]]) -> R:
-        def op(txn: StateTxn) -> R:
-            changes, result = plan(txn)
-            txn.commit(changes)
-            return result
-
-        return await self.b.write(project, op)
-
     async def _heartbeat(self, project: str, key: str, token: str, lease: float) -> Lease:
-        return await self._plan(project, lambda t: t.state.plan_heartbeat(key, token, lease, t.now))
+        return await self.b.plan(project, lambda t: t.state.plan_heartbeat(key, token, lease, t.now))
 
     async def complete(self, project: str, key: str, token: str, result: Any = None) -> Task:
-        return await self._plan(project, lambda t: t.state.plan_complete(key, token, result, t.now))
+        return await self.b.plan(project, lambda t: t.state.plan_complete(key, token, result, t.now))
 
     async def complete_many(
         self, project: str, items: Sequence[tuple[str, str, Any]]
     ) -> list[Task | exceptions.QueueServiceError]:
         """See :meth:`Dispatcher.complete_many`: one plan, one commit for the batch."""
-        return await self._plan(project, lambda t: t.state.plan_complete_many(items, t.now))
+        return await self.b.plan(project, lambda t: t.state.plan_complete_many(items, t.now))
 
     async def fail(self, project: str, key: str, token: str, error: str, retryable: bool = True) -> Task:
-        return await self._plan(project, lambda t: t.state.plan_fail(key, token, error, retryable, self.config, t.now))
+        return await self.b.plan(project, lambda t: t.state.plan_fail(key, token, error, retryable, self.config, t.now))
 
     async def release(self, project: str, key: str, token: str) -> Task:
-        return await self._plan(project, lambda t: t.state.plan_release(key, token, t.now))
+        return await self.b.plan(project, lambda t: t.state.plan_release(key, token, t.now))
 
     async def retry(self, project: str, key: str, actor: str = "api") -> Task:
-        return await self._plan(project, lambda t: t.state.plan_retry(key, actor, t.now))
+        return await self.b.plan(project, lambda t: t.state.plan_retry(key, actor, t.now))
 
     async def sweep(self) -> SweepReport:
         expired: list[str] = []
@@ -460,3 +444,13 @@ class StateMachineBackend(Backend):
     async def write(self, slug: str, fn: Callable[[StateTxn], R]) -> R:
         """A write in the exclusive critical section."""
         return await self.run(slug, fn, exclusive=True)
+
+    async def plan(self, slug: str, plan: Callable[[StateTxn], tuple[Changes, R]]) -> R:
+        """Plan against the caught-up state, commit the changes, return what the plan answered."""
+
+        def op(txn: StateTxn) -> R:
+            changes, result = plan(txn)
+            txn.commit(changes)
+            return result
+
+        return await self.write(slug, op)
