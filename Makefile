@@ -36,7 +36,7 @@ fmt: install ## Format and auto-fix
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-lint: install ## ruff (lint + format check), mypy --strict on the packages, import contracts
+lint: install ## ruff (lint + format check), mypy --strict on the packages, import layers (lint-imports)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy

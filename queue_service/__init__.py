@@ -12,7 +12,9 @@ from typing import TYPE_CHECKING, Any
 from queue_service.version import __version__ as __version__
 
 if TYPE_CHECKING:
-    from queue_service.backend import Backend, DispatchConfig, backend_from_url
+    from queue_service.backend import Backend
+    from queue_service.backend_factory import backend_from_url
+    from queue_service.dispatch_config import DispatchConfig
     from queue_service.exceptions import QueueServiceError
     from queue_service.ids import new_agent_id
     from queue_service.models import Claim, Lease, Priority, Task, TaskCreate, TaskStatus, TaskUpdate
@@ -40,8 +42,8 @@ __all__ = [
 #: where each public name lives
 _HOMES = {
     "Backend": "queue_service.backend",
-    "DispatchConfig": "queue_service.backend",
-    "backend_from_url": "queue_service.backend",
+    "DispatchConfig": "queue_service.dispatch_config",
+    "backend_from_url": "queue_service.backend_factory",
     "QueueServiceError": "queue_service.exceptions",
     "new_agent_id": "queue_service.ids",
     "Claim": "queue_service.models",

@@ -79,8 +79,9 @@ def _check_result(result: Any, field: str) -> Any:
 
 
 def _check_lease(lease_seconds: float | None) -> None:
-    if lease_seconds is not None and not 0 < lease_seconds <= 86_400:
-        raise exceptions.ValidationError(f"lease_seconds must be in (0, 86400], got {lease_seconds}")
+    # the backends apply the same rule at the seam; checking here first keeps the error before any read
+    if lease_seconds is not None:
+        domain.lease_length(lease_seconds, lease_seconds)
 
 
 def _with_seconds(claim: Claim | None, seconds: float) -> Claim | None:

@@ -20,18 +20,17 @@ import abc
 import re
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from queue_service import domain, exceptions
 
 # the chunk and page models are wire bodies the typed client reads too: they live server-free
+from queue_service.models import Lease
 from queue_service.wire import DEFAULT_STREAM, StreamChunk, StreamPage
-
-if TYPE_CHECKING:
-    from queue_service.backend import Dispatcher
 
 __all__ = [
     "DEFAULT_STREAM",
+    "LeaseRenewer",
     "StreamChunk",
     "StreamConfig",
     "StreamPage",
@@ -93,10 +92,21 @@ def cursor_key(value: str) -> tuple[int, int]:
     return int(head), int(tail or 0)
 
 
+class LeaseRenewer(Protocol):
+    """What a stream store needs of the dispatcher: renewing the writer's lease (``Dispatcher.heartbeat``).
+
+    A protocol rather than the Dispatcher itself keeps this module below the Backend interface.
+    """
+
+    async def heartbeat(self, project: str, key: str, token: str, lease_seconds: float | None = None) -> Lease:
+        """Extend the lease; LeaseError for a wrong or expired token."""
+        ...
+
+
 class StreamStore(abc.ABC):
     """Per-task chunk streams: holder-only publish, replayable bounded reads, live follow."""
 
-    def __init__(self, dispatch: Dispatcher, config: StreamConfig | None = None) -> None:
+    def __init__(self, dispatch: LeaseRenewer, config: StreamConfig | None = None) -> None:
         self.dispatch = dispatch
         self.config = config or StreamConfig()
         self._followers = 0
