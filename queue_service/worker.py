@@ -40,6 +40,7 @@ from typing import Any, Literal, Protocol
 
 from queue_service import exceptions
 from queue_service.models import Claim, Lease, Note, Task, TaskStatus
+from queue_service.worker_slots import SlotRunner, SlotStats
 
 __all__ = [
     "DEFAULT_LEASE_SECONDS",
@@ -546,11 +547,19 @@ class AsyncWorker(_WorkerBase):
         agent: str,
         roles: Sequence[str] | None,
         beat_factory: Callable[[str, str, str, float | None, asyncio.AbstractEventLoop], Callable[[], Lease]],
+        *,
+        concurrency: int = 1,
         **options: Any,
     ) -> None:
         super().__init__(project, agent, roles, **options)
+        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or not 1 <= concurrency <= 1000:
+            raise exceptions.ValidationError(f"concurrency must be an integer from 1 to 1000, got {concurrency!r}")
         self._client = client
         self._beat_factory = beat_factory
+        #: tasks :meth:`run` works on at once (it never claims more than its free slots)
+        self.concurrency = concurrency
+        #: what the last :meth:`run` did (claims, completions, outcomes)
+        self.last_run: SlotStats | None = None
 
     async def __aiter__(self) -> AsyncGenerator[AsyncJob, None]:
         loop = asyncio.get_running_loop()
@@ -581,11 +590,17 @@ class AsyncWorker(_WorkerBase):
             yield AsyncJob(self._client, self.project, claim, interval, beat, self.lease_seconds)
 
     async def run(self, fn: Callable[[Task], Any], *, max_tasks: int | None = None) -> int:
-        """Call ``fn(task)`` (awaited if it is a coroutine function) for each claimed task.
+        """Call ``fn(task)`` (awaited if it is a coroutine function) for each claimed task, on up to
+        ``concurrency`` tasks at once.
+
+        Claims come in batches of the free slots and completions are sent together (see
+        :mod:`queue_service.worker_slots`); a client without the batch calls gets one call per task.
 
         Returns:
-            How many tasks were handled (whatever their outcome).
+            How many tasks were handed out (whatever their outcome).
         """
+        if hasattr(self._client, "claim_many") and hasattr(self._client, "complete_many"):
+            return await self._run_slots(fn, max_tasks)
         handled = 0
         async with contextlib.aclosing(self.__aiter__()) as jobs:
             async for job in jobs:
@@ -598,3 +613,28 @@ class AsyncWorker(_WorkerBase):
                 if max_tasks is not None and handled >= max_tasks:
                     break
         return handled
+
+    async def _run_slots(self, fn: Callable[[Task], Any], max_tasks: int | None) -> int:
+        loop = asyncio.get_running_loop()
+        runner = SlotRunner(
+            self._client,  # type: ignore[arg-type]
+            self.project,
+            self.agent,
+            self.roles,
+            lease_seconds=self.lease_seconds,
+            interval=heartbeat_interval(self.lease_seconds, self.heartbeat_seconds),
+            wait_seconds=self.wait_seconds,
+            stop_when_idle=self.stop_when_idle,
+            stopping=lambda: self.stopping,
+            beat_factory=lambda project, key, token: self._beat_factory(project, key, token, self.lease_seconds, loop),
+            describe=_describe,
+            permanent=lambda exc: isinstance(exc, PermanentError),
+            landed=completed_with,
+            concurrency=self.concurrency,
+        )
+        try:
+            stats = await runner.run(fn, max_tasks)
+        finally:
+            self.last_run = runner.stats
+            self.processed += runner.stats.handled
+        return stats.handled

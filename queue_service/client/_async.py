@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar, Unpack
 
@@ -274,6 +275,38 @@ class AsyncClient(BaseClient):
         agent = agent or self.agent_id
         return await self.send(api.claim(project, agent, roles, wait_seconds, lease_seconds, lease_profile))
 
+    async def claim_many(
+        self,
+        project: str,
+        agent: str | None = None,
+        *,
+        roles: Sequence[str] | None = None,
+        limit: int = 10,
+        wait_seconds: float = 0.0,
+        lease_seconds: float | None = None,
+    ) -> list[Claim]:
+        """Claim up to *limit* ready tasks in one call, best first (``[]`` when none became ready
+        within *wait_seconds*); each claim has its own token."""
+        agent = agent or self.agent_id
+        return await self.send(api.claim_many(project, agent, roles, limit, wait_seconds, lease_seconds))
+
+    async def complete_many(
+        self, project: str, items: Sequence[tuple[str, str, Any]]
+    ) -> list[Task | exceptions.QueueServiceError]:
+        """Finish up to 1000 claimed tasks, each ``(key, token, result)``, in one call: per item the
+        task, or in its slot the error that refused it (e.g. LeaseError); retried like :meth:`complete`,
+        and an item refused on a retry because an earlier try landed is returned as completed."""
+        request = api.complete_many(project, items)
+        out = await self.send(request)
+        if request.tries > 1:
+            for i, ((key, _token, result), got) in enumerate(zip(items, out, strict=True)):
+                if isinstance(got, exceptions.LeaseError):
+                    with contextlib.suppress(exceptions.QueueServiceError):
+                        task = await self.get_task(project, key)
+                        if completed_with(task, result):
+                            out[i] = task
+        return out
+
     async def heartbeat(self, project: str, key: str, token: str, *, lease_seconds: float | None = None) -> Lease:
         """Extend a lease; LeaseError if it was lost."""
         return await self.send(api.heartbeat(project, key, token, lease_seconds))
@@ -365,6 +398,7 @@ class AsyncClient(BaseClient):
         heartbeat_seconds: float | None = None,
         wait_seconds: float = 10.0,
         stop_when_idle: bool = False,
+        concurrency: int = 1,
     ) -> AsyncWorker:
         """A worker claiming tasks of *roles* in *project* (see ``queue_service.worker``).
 
@@ -373,6 +407,9 @@ class AsyncClient(BaseClient):
         that blocks the event loop keeps its lease; with an injected async transport the thread
         sends through the event loop, and a blocking coroutine would starve it (plain functions
         run in a thread and never do).
+
+        ``concurrency``: how many tasks ``run(fn)`` works on at once; it claims in batches of its free
+        slots (never more) and sends completions together (see ``queue_service.worker_slots``).
         """
         return AsyncWorker(
             self,
@@ -384,6 +421,7 @@ class AsyncClient(BaseClient):
             heartbeat_seconds=heartbeat_seconds,
             wait_seconds=wait_seconds,
             stop_when_idle=stop_when_idle,
+            concurrency=concurrency,
         )
 
     def _beat_factory(

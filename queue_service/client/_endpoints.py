@@ -290,6 +290,54 @@ def claim(
     return Request("POST", path, _claim, body, timeout=DEFAULT_TIMEOUT + wait_seconds)
 
 
+def _claims(response: httpx.Response) -> list[Claim]:
+    try:
+        return [Claim.model_validate(c, extra="ignore") for c in response.json()["claims"]]
+    except (ValueError, KeyError, TypeError, pydantic.ValidationError) as exc:
+        raise _unexpected(response, exc, status=False) from exc
+
+
+def claim_many(
+    project: str,
+    agent: str,
+    roles: Sequence[str] | None,
+    limit: int,
+    wait_seconds: float,
+    lease_seconds: float | None,
+) -> Request[list[Claim]]:
+    body: dict[str, Any] = {"agent": agent, "wait_seconds": wait_seconds, "limit": limit}
+    if roles:
+        body["roles"] = list(roles)
+    if lease_seconds is not None:
+        body["lease_seconds"] = lease_seconds
+    path = f"/v1/projects/{_p(project)}/claims"
+    return Request("POST", path, _claims, body, timeout=DEFAULT_TIMEOUT + wait_seconds)
+
+
+def _completions(response: httpx.Response) -> list[Task | exceptions.QueueServiceError]:
+    out: list[Task | exceptions.QueueServiceError] = []
+    try:
+        for item in response.json()["results"]:
+            if item.get("task") is not None:
+                out.append(Task.model_validate(item["task"], extra="ignore"))
+                continue
+            error = item["error"]
+            exc = exceptions.error_class_for_code(str(error["code"]))(str(error["message"]))
+            exc.details = dict(error.get("details") or {})
+            out.append(exc)
+    except (ValueError, KeyError, TypeError, pydantic.ValidationError) as exc:
+        raise _unexpected(response, exc, status=False) from exc
+    return out
+
+
+def complete_many(
+    project: str, entries: Sequence[tuple[str, str, Any]]
+) -> Request[list[Task | exceptions.QueueServiceError]]:
+    # like complete: a token completes a task at most once, so a repeat is safe
+    body = {"items": [{"key": key, "token": token, "result": result} for key, token, result in entries]}
+    return Request("POST", f"/v1/projects/{_p(project)}/completions", _completions, body, idempotent=True)
+
+
 def heartbeat(project: str, key: str, token: str, lease_seconds: float | None) -> Request[Lease]:
     return _task_op(project, key, "heartbeat", one(Lease), _given(token=token, lease_seconds=lease_seconds))
 
