@@ -136,10 +136,14 @@ class CelerySystem:
 
     async def _arrivals(self, count: int, timeout: float = 30) -> dict[str, float]:
         out: dict[str, float] = {}
+        deadline = time.monotonic() + timeout
         while len(out) < count:
-            item = await self.redis.blpop([arrived_key(self.prefix)], timeout=timeout)
+            # short blocking pops: one long BLPOP would outlast the client's socket timeout
+            item = await self.redis.blpop([arrived_key(self.prefix)], timeout=1)
             if item is None:
-                raise TimeoutError("a Celery task did not report in time")
+                if time.monotonic() > deadline:
+                    raise TimeoutError("a Celery task did not report in time")
+                continue
             tag, at = item[1].decode().split()
             out[tag] = float(at)
         return out
