@@ -99,7 +99,7 @@ async def measure_idle(rows: int, errors: int, idle: float, edits: int) -> dict[
         async with FlatfileBackend(data, config=DispatchConfig(max_queue_depth=10 * rows)) as backend:
             svc = QueueService(backend)
             slug = await _project(svc, workspace, rows)
-            async with WorkspaceSyncManager(svc, settings, projects=[slug]) as manager:
+            async with WorkspaceSyncManager(svc, settings.sync_options(), projects=[slug]) as manager:
 
                 async def rendered() -> bool:
                     return f"| B-{rows} |" in _text(path)
@@ -181,7 +181,7 @@ async def measure_latency(kind: str, tasks: int, edits: int) -> dict[str, Any]:
         async with _backend(kind, Path(tmp)) as backend:
             svc = QueueService(backend)
             slug = await _project(svc, workspace, tasks)
-            async with WorkspaceSyncManager(svc, settings, projects=[slug]) as manager:
+            async with WorkspaceSyncManager(svc, settings.sync_options(), projects=[slug]) as manager:
 
                 async def rendered() -> bool:
                     return f"| B-{tasks} |" in _text(path)

@@ -102,7 +102,7 @@ async def measure_sync_latency(
                 except FileNotFoundError:
                     return False
 
-            async with WorkspaceSyncManager(svc, settings, projects=[slug]) as manager:
+            async with WorkspaceSyncManager(svc, settings.sync_options(), projects=[slug]) as manager:
                 await until(lambda: file_has(f"| B-{tasks} |"), "the first render")
                 await manager.wait_idle()
                 to_db: list[float] = []

@@ -110,7 +110,7 @@ def create_app(settings: Settings, backend: Backend | None = None) -> FastAPI:
                 orchestrator.start()
             if settings.sync:
                 # TASKS.md <-> database for every project with a workspace (workspace_sync.manager)
-                workspace_sync = WorkspaceSyncManager(service, settings)
+                workspace_sync = WorkspaceSyncManager(service, settings.sync_options())
                 await workspace_sync.start()
                 app.state.workspace_sync = workspace_sync
             logger.info("queue-service ready on backend %s", be.name)

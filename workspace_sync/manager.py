@@ -2,11 +2,11 @@
 
 :class:`WorkspaceSyncManager` is what ``serve`` starts (and ``queue-service sync PROJECT --watch``):
 
-* a *supervisor* that, every ``settings.sync_rescan_seconds``, lists the projects with a workspace
+* a *supervisor* that, every ``options.rescan_seconds``, lists the projects with a workspace
   and their missions, starts a worker per TASKS.md (stopping those whose project/mission/path went
   away), watches their directories, and asks every worker for a rescan cycle;
 * a watchdog observer on the parent directories (:mod:`workspace_sync.watcher`); a file event asks
-  the file's worker for a cycle after ``settings.sync_debounce_seconds`` of quiet, unless the file's
+  the file's worker for a cycle after ``options.debounce_seconds`` of quiet, unless the file's
   content hash is the one we wrote last (our own write);
 * a subscription per project to the service's live events; a task change asks for a cycle at once
   (events caused by our own writes are recognised by task version and skipped).
@@ -27,10 +27,10 @@ from typing import Any
 from queue_service import exceptions
 from queue_service.models import Project
 from queue_service.service import QueueService
-from queue_service.settings import Settings
 from queue_service.workspaces import Confined, locate_tasks_file, locate_workspace
 from workspace_sync import safe_files
 from workspace_sync.engine import FileSync, SyncReport, mission_path, public_status
+from workspace_sync.options import SyncOptions
 from workspace_sync.watcher import DirectoryWatcher
 
 __all__ = ["WorkspaceSyncManager", "sync_once", "sync_status"]
@@ -186,27 +186,25 @@ class WorkspaceSyncManager:
 
     Args:
         service: the QueueService facade.
-        settings: ``sync_rescan_seconds`` and ``sync_debounce_seconds`` are read (the workspace rules come
-            from ``service.workspaces``).
+        options: pacing and rendering (:class:`~workspace_sync.options.SyncOptions`, built by the caller
+            from its own settings; the workspace rules come from ``service.workspaces``).
         projects: sync only these project slugs (``queue-service sync PROJECT --watch``).
         polling: force watchdog's polling observer (default: inotify, polling only as a fallback).
-        strict_coord: render fresh files with exactly coord's nine columns.
     """
 
     def __init__(
         self,
         service: QueueService,
-        settings: Settings,
+        options: SyncOptions | None = None,
         *,
         projects: list[str] | None = None,
         polling: bool = False,
-        strict_coord: bool = False,
     ) -> None:
         self.service = service
-        self.settings = settings
+        self.options = options or SyncOptions()
         self.projects = projects
         self.polling = polling
-        self.strict_coord = strict_coord
+        self.strict_coord = self.options.strict_coord
         self._workers: dict[tuple[str, str], _Worker] = {}
         self._by_path: dict[str, _Worker] = {}
         self._subscriptions: dict[str, asyncio.Task[None]] = {}
@@ -300,7 +298,7 @@ class WorkspaceSyncManager:
 
     # -- internals ---------------------------------------------------------------------------------
     async def _supervise(self) -> None:
-        interval = self.settings.sync_rescan_seconds
+        interval = self.options.rescan_seconds
         while True:
             try:
                 await self._discover()
@@ -355,7 +353,7 @@ class WorkspaceSyncManager:
             path = target.path
             if key not in self._workers:
                 sync = FileSync(self.service, key[0], key[1], path, strict_coord=self.strict_coord, target=target)
-                worker = _Worker(sync, self.settings.sync_debounce_seconds)
+                worker = _Worker(sync, self.options.debounce_seconds)
                 self._workers[key] = worker
                 self._by_path[str(path)] = worker
                 worker.start()

@@ -162,7 +162,7 @@ def sync(
         if watch:
             settings = conn.settings or Settings()
             manager = WorkspaceSyncManager(
-                service, settings, projects=[project], polling=polling, strict_coord=strict_coord
+                service, settings.sync_options(strict_coord=strict_coord), projects=[project], polling=polling
             )
             stop = asyncio.Event()
             loop = asyncio.get_running_loop()

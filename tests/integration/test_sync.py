@@ -60,7 +60,7 @@ def workspace(tmp_path: Path) -> Path:
 @contextlib.asynccontextmanager
 async def running(svc: QueueService, **settings: Any) -> AsyncIterator[WorkspaceSyncManager]:
     polling = bool(settings.pop("polling", False))
-    manager = WorkspaceSyncManager(svc, sync_settings(**settings), polling=polling)
+    manager = WorkspaceSyncManager(svc, sync_settings(**settings).sync_options(), polling=polling)
     async with manager:
         yield manager
 
