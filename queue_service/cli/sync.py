@@ -141,9 +141,10 @@ def sync(
 
     async def body(conn: Connection) -> dict[str, Any]:
         from queue_service.service import QueueService
-        from queue_service.workspaces import locate_tasks_file, locate_workspace
+        from queue_service.workspaces import locate_workspace
         from workspace_sync import safe_files
         from workspace_sync.engine import FileSync, SyncReport, mission_path
+        from workspace_sync.layout import locate_mission_files
         from workspace_sync.manager import WorkspaceSyncManager, sync_status
 
         service = conn.ops
@@ -181,8 +182,8 @@ def sync(
             with contextlib.suppress(OSError, safe_files.UnsafeFile):
                 await asyncio.to_thread(safe_files.ensure_directory, located)
         reports = []
-        for mission in await service.list_missions(project):
-            target = locate_tasks_file(service.workspaces, located, mission)
+        missions = await service.list_missions(project)
+        for mission, target in await locate_mission_files(service, service.workspaces, project, located, missions):
             if isinstance(target, str):
                 path = mission_path(proj.workspace, mission)
                 reports.append(SyncReport(path=str(path), problem=target).to_dict())
