@@ -259,6 +259,7 @@ def task_from_record(row: Any) -> Task:
         depends_on=tuple(row["depends_on"] or ()),
         labels=tuple(row["labels"] or ()),
         extra=dict(row["extra"] or {}),
+        requires=dict(row["requires"] or {}),
         attempts=row["attempts"],
         max_attempts=row["max_attempts"],
         not_before=row["not_before"],

@@ -164,6 +164,7 @@ def task_from_row(row: Any) -> Task:
         depends_on=tuple(row.depends_on or ()),
         labels=tuple(row.labels or ()),
         extra=dict(row.extra or {}),
+        requires=dict(row.requires or {}),
         attempts=row.attempts,
         max_attempts=row.max_attempts,
         not_before=row.not_before,
@@ -733,6 +734,7 @@ class PostgresRecordStore(RecordStore):
                     "milestone": item.milestone,
                     "labels": list(item.labels),
                     "extra": dict(item.extra),
+                    "requires": dict(item.requires),
                     "attempts": 0,
                     "max_attempts": item.max_attempts,
                     "not_before": item.not_before,
@@ -949,6 +951,8 @@ class PostgresRecordStore(RecordStore):
                 fields["labels"] = tuple(fields["labels"] or ())
             if "extra" in fields:
                 fields["extra"] = dict(fields["extra"] or {})
+            if "requires" in fields:
+                fields["requires"] = dict(fields["requires"] or {})
             if "depends_on" in fields:
                 fields["depends_on"] = tuple(fields["depends_on"] or ())
             changed = {k: v for k, v in fields.items() if getattr(old, k) != v}
@@ -1759,6 +1763,7 @@ class PostgresRecordStore(RecordStore):
             priority=task.priority.value,
             labels=list(task.labels),
             extra=dict(task.extra),
+            requires=dict(task.requires),
             # The token never leaves the old backend, so the lease cannot continue here.
             lease_holder=None,
             lease_expires_at=None,
