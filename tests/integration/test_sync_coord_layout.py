@@ -7,16 +7,21 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from queue_service.models import MissionStatus, TaskStatus
 from queue_service.service import QueueService
+from queue_service.testing import InMemoryBackend
 from queue_service.workspaces import WorkspacePolicy
-from tests.integration.sync_support import FAST, cell, set_cell
+from tests.integration.sync_support import FAST, cell, editor_save, eventually, set_cell, sync_settings
 from workspace_sync.companions import MISSION_SCHEMA
-from workspace_sync.manager import sync_once, sync_status
+from workspace_sync.manager import WorkspaceSyncManager, sync_once, sync_status
 
 TASKS = """\
 # Tasks — Checkout Revamp
@@ -201,3 +206,95 @@ async def _adopt_and_sync(svc: QueueService, tmp_path: Path) -> None:
     ]
     assert "sideways" in manifest.read_text()
     assert (await svc.get_task("checkout", "CR-02-05")).status is TaskStatus.DONE
+
+
+@pytest.fixture
+async def mem() -> AsyncIterator[QueueService]:
+    async with InMemoryBackend(config=FAST) as backend:
+        yield QueueService(backend, workspaces=WorkspacePolicy(operator=True))
+
+
+async def test_with_both_files_the_root_one_is_synced_and_docs_left_alone(mem: QueueService, tmp_path: Path) -> None:
+    ws = _coord_workspace(tmp_path)
+    (ws / "TASKS.md").write_text("# Tasks\n\n| id | status | description |\n|---|---|---|\n| T-1 | todo | Ours |\n")
+    before = _files(ws)
+    await mem.create_project({"slug": "checkout", "workspace": str(ws), "key_prefix": "CR"})
+    reports = await sync_once(mem)
+    assert [r.path for r in reports] == [str(ws / "TASKS.md")]
+    assert [t.key for t in (await mem.list_tasks("checkout")).items] == ["T-1"]
+    assert (await mem.get_mission("checkout", "default")).tasks_file == "TASKS.md"
+    after = _files(ws)
+    for name in ("docs/TASKS.md", "docs/MISSION-MANIFEST.md", ".mosaic/orchestrator/mission.json"):
+        assert after[name] == before[name]
+
+
+async def test_a_synced_root_file_that_was_deleted_comes_back_at_the_root(mem: QueueService, tmp_path: Path) -> None:
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    await mem.create_project({"slug": "web", "workspace": str(ws)})
+    await mem.create_task("web", {"title": "one"})
+    await sync_once(mem)
+    assert (ws / "TASKS.md").exists()
+    (ws / "TASKS.md").unlink()
+    (ws / "docs").mkdir()
+    (ws / "docs" / "TASKS.md").write_text("# someone else's notes\n")
+    await sync_once(mem)
+    assert "WEB-1" in (ws / "TASKS.md").read_text()
+    assert (ws / "docs" / "TASKS.md").read_text() == "# someone else's notes\n"
+    assert (await mem.get_mission("web", "default")).tasks_file == "TASKS.md"
+
+
+async def test_a_foreign_or_linked_mission_json_is_never_written(mem: QueueService, tmp_path: Path) -> None:
+    ws = _coord_workspace(tmp_path)
+    foreign = b'{"mission": "coord wrote this", "milestones": []}\n'
+    (ws / ".mosaic" / "orchestrator" / "mission.json").write_bytes(foreign)
+    await mem.create_project({"slug": "checkout", "workspace": str(ws), "key_prefix": "CR"})
+    await sync_once(mem)
+    assert (ws / ".mosaic" / "orchestrator" / "mission.json").read_bytes() == foreign
+    mission = await mem.get_mission("checkout", "default")
+    assert mission.quality_gates == ()  # not applied either
+    assert [m.id for m in mission.milestones] == ["1", "2", "3"]  # from TASKS.md and the manifest
+    entry = next(f for f in (await sync_status(mem, "checkout"))["files"] if f.get("kind") == "manifest")
+    assert "is not queue-service's" in entry["problem"]
+
+    # .mosaic/orchestrator swapped for a link to a directory outside: nothing is written through it
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    shutil.rmtree(ws / ".mosaic" / "orchestrator")
+    os.symlink(outside, ws / ".mosaic" / "orchestrator")
+    await mem.update_mission("checkout", "default", {"id": "default", "name": "Renamed"})
+    await sync_once(mem)
+    assert list(outside.iterdir()) == []
+    entry = next(f for f in (await sync_status(mem, "checkout"))["files"] if f.get("kind") == "manifest")
+    assert "symlink" in entry["problem"]
+    assert "# Tasks — Checkout Revamp" in (ws / "docs" / "TASKS.md").read_text()  # TASKS.md still synced
+
+
+async def test_the_running_sync_follows_manifest_edits_and_milestone_changes(mem: QueueService, tmp_path: Path) -> None:
+    ws = _coord_workspace(tmp_path)
+    manifest = ws / "docs" / "MISSION-MANIFEST.md"
+    await mem.create_project({"slug": "checkout", "workspace": str(ws), "key_prefix": "CR"})
+
+    async def milestone(index: int) -> Any:
+        stones = (await mem.get_mission("checkout", "default")).milestones
+        return stones[index] if len(stones) > index else None
+
+    async with WorkspaceSyncManager(mem, sync_settings().sync_options()) as manager:
+        await eventually(lambda: milestone(2), "the adoption")
+        await manager.wait_idle()
+        editor_save(
+            manifest, manifest.read_text().replace("| 3 | Launch | not-started |", "| 3 | Go live | not-started |")
+        )
+        await eventually(lambda: _named(milestone(2), "Go live"), "the manifest edit in the milestone")
+        current = await mem.get_mission("checkout", "default")
+        stones = [m.model_dump() for m in current.milestones]
+        stones[1]["name"] = "Payments"
+        await mem.update_mission("checkout", "default", {"id": "default", "name": current.name, "milestones": stones})
+        await eventually(
+            lambda: "| 2 | 2 | Payments | not-started |" in manifest.read_text(), "the API change in the file"
+        )
+
+
+async def _named(found: Any, name: str) -> bool:
+    stone = await found
+    return stone is not None and stone.name == name
