@@ -133,8 +133,8 @@ class CoordCompanions:
     # -- adoption: mission.json read back -------------------------------------------------------
     async def before(self) -> None:
         """On adoption (no stored manifest state), apply our mission.json to the mission."""
-        if await self.service.get_sync_state(self.project, self.state_key):
-            return
+        if self._ran or await self.service.get_sync_state(self.project, self.state_key):
+            return  # adopted already (a completed run stored the state)
         try:
             raw = await asyncio.to_thread(safe_files.read_file, self.mission_file, _MAX_MISSION_JSON)
         except (OSError, safe_files.UnsafeFile) as exc:
@@ -213,7 +213,7 @@ class CoordCompanions:
             else:
                 mission = await self._merge(doc, mission, base, errors, conflicts)
                 new_text = doc.render()
-                errors.extend({"line": line, "message": message} for line, message in doc.errors)
+                errors.extend(_error(line, message) for line, message in doc.errors)
         data = new_text.encode("utf-8")
         if data != raw:
             if await asyncio.to_thread(self._write_unless_changed, data, raw):
@@ -223,7 +223,7 @@ class CoordCompanions:
         else:
             self.last_hash = content_hash(data)
         await asyncio.to_thread(self._write_mission_json, mission)
-        mission_json = await asyncio.to_thread(self._mission_json_problem)
+        problem, note = await asyncio.to_thread(self._mission_json_problem)
         new_state = {
             "kind": "manifest",
             "mission": self.mission,
@@ -231,7 +231,8 @@ class CoordCompanions:
             "file_hash": self.last_hash,
             "errors": sorted(errors, key=lambda e: e["line"]),
             "conflicts": conflicts[-_MAX_CONFLICTS:],
-            "problem": mission_json,
+            "problem": problem,
+            "note": note,
             "synced_at": utcnow().isoformat(),
         }
         await svc.put_sync_state(self.project, self.state_key, new_state)
@@ -262,7 +263,7 @@ class CoordCompanions:
         order = [m.id for m in mission.milestones]
         for row in doc.rows:
             if row.error is not None or row.id is None:
-                errors.append({"line": row.line, "message": row.error or "invalid row"})
+                errors.append(_error(row.line, row.error or "invalid row"))
                 continue
             assert row.name is not None
             assert row.status is not None
@@ -284,7 +285,7 @@ class CoordCompanions:
                 if bv is not None and dv != bv:
                     conflicts.append(
                         {
-                            "milestone": row.id,
+                            "key": row.id,
                             "field": field,
                             "file": fv,
                             "service": dv,
@@ -330,21 +331,22 @@ class CoordCompanions:
                 doc.append(mf.row_cells(position, ms))
 
     # -- mission.json ----------------------------------------------------------------------------
-    def _mission_json_problem(self) -> str | None:
+    def _mission_json_problem(self) -> tuple[str | None, str | None]:
+        """(problem, note): a refused path is a problem; a mission.json that is not ours only a note."""
         try:
             raw = safe_files.read_file(self.mission_file, _MAX_MISSION_JSON)
         except FileNotFoundError:
-            return None
+            return None, None
         except (OSError, safe_files.UnsafeFile) as exc:
-            return f"{self.mission_file.path}: {getattr(exc, 'message', None) or exc}"
+            return f"{self.mission_file.path}: {getattr(exc, 'message', None) or exc}", None
         if raw is None:
-            return None
+            return None, None
         found = _read_mission_file(raw)
         if isinstance(found, str):
-            return f"{self.mission_file.path} {found}: left untouched"
+            return None, f"{self.mission_file.path} {found}: left as it is, ours is not written"
         if found.project != self.project:
-            return f"{self.mission_file.path} belongs to project {found.project}: left untouched"
-        return None
+            return f"{self.mission_file.path} belongs to project {found.project}: left untouched", None
+        return None, None
 
     def _write_mission_json(self, mission: Mission) -> None:
         """Write our mission.json when its bytes would change; a file that is not ours is left alone."""
@@ -363,6 +365,10 @@ class CoordCompanions:
                 return
         safe_files.ensure_directory(Confined(self.mission_file.base, self.mission_file.parts[:-1]))
         safe_files.write_atomic(self.mission_file, data)
+
+
+def _error(line: int, message: str) -> dict[str, Any]:
+    return {"line": line, "column": 1, "key": None, "message": message}
 
 
 def _read_mission_file(raw: bytes) -> MissionFile | str:
@@ -389,16 +395,28 @@ async def companion_status(
         return []
     manifest = workspace.child(MANIFEST_FILE)
     state = await service.get_sync_state(project, str(manifest.path)) or {}
-    exists = await asyncio.to_thread(safe_files.is_regular_file, manifest)
+
+    def look() -> tuple[bool, str | None]:
+        try:
+            data = safe_files.read_file(manifest, mf.MAX_MANIFEST_BYTES)
+        except (OSError, safe_files.UnsafeFile):
+            data = None
+        return safe_files.is_regular_file(manifest), None if data is None else content_hash(data)
+
+    exists, current = await asyncio.to_thread(look)
+    synced = state.get("base") is not None
     return [
         {
             "mission": mission.id,
             "kind": "manifest",
             "path": str(manifest.path),
             "exists": exists,
-            "synced": bool(state.get("base") is not None),
+            "synced": synced,
+            "pending": synced and current is not None and current != state.get("file_hash"),
             "synced_at": state.get("synced_at"),
+            "milestones": len(state.get("base") or {}),
             "problem": state.get("problem"),
+            "note": state.get("note"),
             "errors": list(state.get("errors", [])),
             "conflicts": list(state.get("conflicts", []))[-10:],
         }

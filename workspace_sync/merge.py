@@ -134,10 +134,12 @@ def same(field: str, a: Any, b: Any) -> bool:
 
 def agent_cell(task: Task) -> str | None:
     """What TASKS.md's agent column shows (issue 18): for a not-started task the model that should run it
-    (``requires["model"]``, None = any), otherwise the holder / the agent who had it (``assignee``)."""
+    (``requires["model"]``, None = any); otherwise the holder / the agent who had it (``assignee``), or
+    the model when no agent is known (a row marked done by hand keeps showing its model)."""
+    model = task.requires.get("model") or None
     if task.status is TaskStatus.NOT_STARTED:
-        return task.requires.get("model") or None
-    return task.assignee or None
+        return model
+    return task.assignee or model
 
 
 def agent_fields(status: TaskStatus | str, current: Mapping[str, str], value: str | None) -> dict[str, Any]:

@@ -50,10 +50,15 @@ def _print_status(status: dict[str, Any]) -> None:
         state = "synced " + str(entry.get("synced_at")) if entry.get("synced") else "never synced"
         if entry.get("pending"):
             state += "; the file changed since (edits pending: run `qs sync` or start the server)"
-        tasks = plural(entry["tasks"], "task")
-        stdout.print(f"  {entry['path']} (mission {entry['mission']}): {state}, {tasks}", markup=False)
+        if entry.get("kind") == "manifest":  # coord's MISSION-MANIFEST.md (issue 18)
+            count = plural(entry.get("milestones", 0), "milestone")
+        else:
+            count = plural(entry["tasks"], "task")
+        stdout.print(f"  {entry['path']} (mission {entry['mission']}): {state}, {count}", markup=False)
         if entry.get("problem"):
             stdout.print(f"    problem: {entry['problem']}", markup=False)
+        if entry.get("note"):
+            stdout.print(f"    note: {entry['note']}", markup=False)
         for error in entry.get("errors", []):
             key = f" [{error['key']}]" if error.get("key") else ""
             stdout.print(f"    error {error['line']}:{error['column']}{key}: {error['message']}", markup=False)

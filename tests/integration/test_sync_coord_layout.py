@@ -255,7 +255,7 @@ async def test_a_foreign_or_linked_mission_json_is_never_written(mem: QueueServi
     assert mission.quality_gates == ()  # not applied either
     assert [m.id for m in mission.milestones] == ["1", "2", "3"]  # from TASKS.md and the manifest
     entry = next(f for f in (await sync_status(mem, "checkout"))["files"] if f.get("kind") == "manifest")
-    assert "is not queue-service's" in entry["problem"]
+    assert "is not queue-service's" in entry["note"] and entry["problem"] is None
 
     # .mosaic/orchestrator swapped for a link to a directory outside: nothing is written through it
     outside = tmp_path / "outside"
@@ -298,3 +298,28 @@ async def test_the_running_sync_follows_manifest_edits_and_milestone_changes(mem
 async def _named(found: Any, name: str) -> bool:
     stone = await found
     return stone is not None and stone.name == name
+
+
+async def test_agent_column_shows_the_model_then_the_holder_then_the_model_again(
+    mem: QueueService, tmp_path: Path
+) -> None:
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    await mem.create_project({"slug": "web", "workspace": str(ws)})
+    await mem.create_task("web", {"title": "routed", "requires": {"model": "opus", "gpu": "true"}})
+    await mem.create_task("web", {"title": "anyone"})
+    path = ws / "TASKS.md"
+    await sync_once(mem)
+    text = path.read_text()
+    assert (cell(text, "WEB-1", 3), cell(text, "WEB-2", 3)) == ("opus", "—")
+    claim = await mem.claim("web", "claude-3")
+    assert claim is not None and claim.task.key == "WEB-1"
+    await sync_once(mem)
+    assert cell(path.read_text(), "WEB-1", 3) == "claude-3"
+    await mem.release("web", "WEB-1", claim.lease.token)
+    await sync_once(mem)
+    assert cell(path.read_text(), "WEB-1", 3) == "opus"
+    # coord's "any" words clear the requirement (other labels kept)
+    path.write_text(set_cell(path.read_text(), "WEB-1", 3, "— (auto)"))
+    await sync_once(mem)
+    assert (await mem.get_task("web", "WEB-1")).requires == {"gpu": "true"}
