@@ -7,8 +7,9 @@
   its row (a status moving to in-progress/done fills an empty Started/Completed cell with the UTC
   date); a milestone the file lacks gets a row appended; when both sides changed one field the file
   wins and the conflict is kept in the state. Removing a row removes no milestone (its tasks still
-  name it): the row comes back. Branch, Issue, Started and Completed are the file's: kept as typed.
-  Everything else in the file is kept byte for byte. A row that breaks a rule is reported in the
+  name it): the row comes back. A row names its milestone as long as it is there: like a TASKS.md
+  section, it adds the milestone back if the mission drops it. Branch, Issue, Started and Completed
+  are the file's: kept as typed. Everything else in the file is kept byte for byte. A row that breaks a rule is reported in the
   sync status (line and reason), kept as typed, and changes nothing.
 * ``.mosaic/orchestrator/mission.json`` is written by the service (our schema,
   :data:`MISSION_SCHEMA`; no schema of coord's reached us) whenever its content would change, and read
@@ -30,7 +31,7 @@ from typing import Any, Literal
 import pydantic
 
 from queue_service import exceptions
-from queue_service.models import Milestone, Mission, MissionCreate, MissionStatus, utcnow
+from queue_service.models import Milestone, Mission, MissionCreate, MissionStatus, utcnow, validated
 from queue_service.service import QueueService
 from queue_service.workspaces import COORD_TASKS_FILE, Confined
 from workspace_sync import manifest as mf
@@ -92,7 +93,7 @@ def _mission_data(mission: Mission, **changes: Any) -> MissionCreate:
         "quality_gates": list(mission.quality_gates),
     }
     data.update(changes)
-    return MissionCreate.model_validate(data)
+    return validated(MissionCreate, data)
 
 
 class CoordCompanions:
@@ -135,6 +136,13 @@ class CoordCompanions:
         """On adoption (no stored manifest state), apply our mission.json to the mission."""
         if self._ran or await self.service.get_sync_state(self.project, self.state_key):
             return  # adopted already (a completed run stored the state)
+        try:
+            await self._adopt_mission_file()
+        except exceptions.QueueServiceError as exc:
+            # never stops the TASKS.md cycle: the file is reported and the mission keeps its values
+            logger.warning("%s not applied on adoption: %s", self.mission_file.path, exc.message)
+
+    async def _adopt_mission_file(self) -> None:
         try:
             raw = await asyncio.to_thread(safe_files.read_file, self.mission_file, _MAX_MISSION_JSON)
         except (OSError, safe_files.UnsafeFile) as exc:
@@ -222,8 +230,14 @@ class CoordCompanions:
                 self.last_hash = None  # edited while we merged: the next cycle merges it
         else:
             self.last_hash = content_hash(data)
-        await asyncio.to_thread(self._write_mission_json, mission)
+        try:
+            await asyncio.to_thread(self._write_mission_json, mission)
+            write_problem = None
+        except (OSError, safe_files.UnsafeFile) as exc:
+            # the manifest's state is stored all the same: its base must follow the mission
+            write_problem = f"cannot write {self.mission_file.path}: {getattr(exc, 'message', None) or exc}"
         problem, note = await asyncio.to_thread(self._mission_json_problem)
+        problem = problem or write_problem
         new_state = {
             "kind": "manifest",
             "mission": self.mission,

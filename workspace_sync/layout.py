@@ -21,6 +21,7 @@ counts as "something is there", and the sync then refuses it).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Sequence
 
@@ -79,6 +80,9 @@ async def _default_file(
     if await service.get_sync_state(project, str(root.path)):
         return mission, DEFAULT_TASKS_FILE
     if pin:
+        # coord's markers without docs/ yet: the directory the file goes in (never through a link)
+        with contextlib.suppress(OSError, safe_files.UnsafeFile):
+            await asyncio.to_thread(safe_files.ensure_directory, workspace.child("docs"))
         data = MissionCreate(
             id=mission.id,
             name=mission.name,

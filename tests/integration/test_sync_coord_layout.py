@@ -262,9 +262,16 @@ async def test_a_foreign_or_linked_mission_json_is_never_written(mem: QueueServi
     outside.mkdir()
     shutil.rmtree(ws / ".mosaic" / "orchestrator")
     os.symlink(outside, ws / ".mosaic" / "orchestrator")
-    await mem.update_mission("checkout", "default", {"id": "default", "name": "Renamed"})
+    current = await mem.get_mission("checkout", "default")
+    stones = [m.model_dump() for m in current.milestones]
+    stones[2]["name"] = "Ship it"
+    await mem.update_mission("checkout", "default", {"id": "default", "name": "Renamed", "milestones": stones})
     await sync_once(mem)
     assert list(outside.iterdir()) == []
+    # the manifest still follows the mission (its base is kept although mission.json cannot be written)
+    assert "| 3 | 3 | Ship it | not-started |" in (ws / "docs" / "MISSION-MANIFEST.md").read_text()
+    await sync_once(mem)
+    assert (await mem.get_mission("checkout", "default")).milestones[2].name == "Ship it"
     entry = next(f for f in (await sync_status(mem, "checkout"))["files"] if f.get("kind") == "manifest")
     assert "symlink" in entry["problem"]
     assert "# Tasks — Checkout Revamp" in (ws / "docs" / "TASKS.md").read_text()  # TASKS.md still synced
@@ -323,3 +330,43 @@ async def test_agent_column_shows_the_model_then_the_holder_then_the_model_again
     path.write_text(set_cell(path.read_text(), "WEB-1", 3, "— (auto)"))
     await sync_once(mem)
     assert (await mem.get_task("web", "WEB-1")).requires == {"gpu": "true"}
+
+
+async def test_coords_marker_alone_starts_the_coord_layout(mem: QueueService, tmp_path: Path) -> None:
+    ws = tmp_path / "ws"
+    (ws / ".mosaic" / "orchestrator").mkdir(parents=True)
+    await mem.create_project({"slug": "web", "workspace": str(ws)})
+    await mem.update_mission(
+        "web",
+        "default",
+        {"id": "default", "name": "Web", "milestones": [{"id": "M1", "name": "One"}, {"id": "M2", "name": "Two"}]},
+    )
+    await mem.create_task("web", {"title": "first", "milestone": "M1"})
+    await sync_once(mem)
+    assert not (ws / "TASKS.md").exists()
+    assert "| WEB-1 |" in (ws / "docs" / "TASKS.md").read_text()
+    manifest = ws / "docs" / "MISSION-MANIFEST.md"
+    assert manifest.read_text().startswith("# Mission manifest — Web\n")
+    assert "| 2 | M2 | Two | not-started | — | — | — | — |" in manifest.read_text()
+    written = json.loads((ws / ".mosaic" / "orchestrator" / "mission.json").read_text())
+    assert (written["schema"], written["project"], [m["id"] for m in written["milestones"]]) == (
+        MISSION_SCHEMA,
+        "web",
+        ["M1", "M2"],
+    )
+    # a row removed by hand comes back (removing a row removes no milestone)
+    manifest.write_text(manifest.read_text().replace("| 1 | M1 | One | not-started | — | — | — | — |\n", ""))
+    await sync_once(mem)
+    assert "| M1 | One | not-started |" in manifest.read_text()
+    assert [m.id for m in (await mem.get_mission("web", "default")).milestones] == ["M1", "M2"]
+
+
+async def test_an_invalid_mission_json_of_ours_does_not_stop_adoption(mem: QueueService, tmp_path: Path) -> None:
+    ws = _coord_workspace(tmp_path)
+    bad = dict(MISSION, milestones=[{"id": "1", "name": "two\nlines", "status": "active"}])
+    (ws / ".mosaic" / "orchestrator" / "mission.json").write_text(json.dumps(bad))
+    await mem.create_project({"slug": "checkout", "workspace": str(ws), "key_prefix": "CR"})
+    reports = await sync_once(mem)
+    assert [r.problem for r in reports] == [None]
+    assert len((await mem.list_tasks("checkout")).items) == 4
+    assert (await mem.get_mission("checkout", "default")).quality_gates == ()
