@@ -9,8 +9,8 @@
   wins and the conflict is kept in the state. Removing a row removes no milestone (its tasks still
   name it): the row comes back. A row names its milestone as long as it is there: like a TASKS.md
   section, it adds the milestone back if the mission drops it. Branch, Issue, Started and Completed
-  are the file's: kept as typed. Everything else in the file is kept byte for byte. A row that breaks a rule is reported in the
-  sync status (line and reason), kept as typed, and changes nothing.
+  are the file's: kept as typed. Everything else in the file is kept byte for byte. A row that
+  breaks a rule is reported in the sync status (line and reason), kept as typed, and changes nothing.
 * ``.mosaic/orchestrator/mission.json`` is written by the service (our schema,
   :data:`MISSION_SCHEMA`; no schema of coord's reached us) whenever its content would change, and read
   back when the workspace is adopted (no stored state yet): name, status, quality gates and
