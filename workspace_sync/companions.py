@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 from typing import Any, Literal
 
 import pydantic
@@ -49,6 +50,8 @@ MISSION_FILE = ".mosaic/orchestrator/mission.json"
 MISSION_SCHEMA = "queue-service.mission/1"
 _MAX_MISSION_JSON = 256 * 1024
 _MAX_CONFLICTS = 20
+#: coord's manifest title: ``# Mission manifest — NAME``
+_TITLE = re.compile(r"#\s+Mission manifest\s+[—–-]\s+([^\x00-\x1f\x7f]+?)\s*$", re.IGNORECASE)
 
 
 class MissionFile(pydantic.BaseModel):
@@ -145,6 +148,8 @@ class CoordCompanions:
     async def _adopt_mission_file(self) -> None:
         try:
             raw = await asyncio.to_thread(safe_files.read_file, self.mission_file, _MAX_MISSION_JSON)
+        except FileNotFoundError:
+            return  # no .mosaic/orchestrator/ yet
         except (OSError, safe_files.UnsafeFile) as exc:
             logger.warning("%s not read on adoption: %s", self.mission_file.path, exc)
             return
@@ -311,9 +316,16 @@ class CoordCompanions:
             if merged != db_values:
                 wanted[row.id] = Milestone(id=row.id, name=merged["name"], status=MissionStatus(merged["status"]))
         milestones = [wanted[i] for i in order]
-        if tuple(milestones) != mission.milestones:
+        name = mission.name
+        if not base:
+            # adoption: coord's title names the mission, unless it has a name of its own already
+            project = await self.service.get_project(self.project)
+            title = _TITLE.match(doc.lines[0] if doc.lines else "")
+            if title and mission.name in (project.name, project.slug):
+                name = title.group(1).strip()[:200] or name
+        if tuple(milestones) != mission.milestones or name != mission.name:
             mission = await self.service.update_mission(
-                self.project, self.mission, _mission_data(mission, milestones=milestones)
+                self.project, self.mission, _mission_data(mission, milestones=milestones, name=name)
             )
         self._render_rows(doc, mission)
         return mission

@@ -253,6 +253,7 @@ async def test_a_foreign_or_linked_mission_json_is_never_written(mem: QueueServi
     assert (ws / ".mosaic" / "orchestrator" / "mission.json").read_bytes() == foreign
     mission = await mem.get_mission("checkout", "default")
     assert mission.quality_gates == ()  # not applied either
+    assert mission.name == "Checkout Revamp"  # from the manifest's title (the mission had the default name)
     assert [m.id for m in mission.milestones] == ["1", "2", "3"]  # from TASKS.md and the manifest
     entry = next(f for f in (await sync_status(mem, "checkout"))["files"] if f.get("kind") == "manifest")
     assert "is not queue-service's" in entry["note"] and entry["problem"] is None
