@@ -342,20 +342,20 @@ Label = Annotated[str, AfterValidator(_check_label), AfterValidator(one_line)]
 Title = Annotated[str, AfterValidator(_strip_nonempty), AfterValidator(one_line), Field(max_length=500)]
 #: free text that lands in one TASKS.md cell or heading (names, assignee, milestone)
 OneLine = Annotated[str, AfterValidator(one_line)]
-#: routing requirements of a task (issue 13's ``requires``; issue 18 reads/writes ``requires["model"]``)
-REQUIRES_KEY_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
-MAX_REQUIRES = 16
+#: routing requirements of a task (issue 13's ``requires``; issue 18 reads/writes ``requires["model"]``); the
+#: same rule as the routing branch's agent labels: names one token, values one line
+LABEL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,63}$")
+MAX_REQUIRES = 32
 
 
 def _check_requires(value: dict[str, str]) -> dict[str, str]:
     if len(value) > MAX_REQUIRES:
-        raise ValueError(f"requires has {len(value)} labels; at most {MAX_REQUIRES} are allowed")
+        raise ValueError(f"at most {MAX_REQUIRES} labels, got {len(value)}")
     for name, wanted in value.items():
-        if not REQUIRES_KEY_RE.fullmatch(name):
-            raise ValueError(f"requires: invalid label name {name[:80]!r}: [a-z0-9._-], 1-64 characters")
-        if not wanted.strip() or len(wanted) > 200 or any(ord(c) < 32 or ord(c) == 127 or c == "|" for c in wanted):
-            raise ValueError(f"requires.{name}: 1-200 characters, one line, no pipes, not blank")
-        one_line(wanted)
+        if not LABEL_NAME_RE.fullmatch(name):
+            raise ValueError(f"invalid label name {name[:80]!r}: letters, digits and . _ : / -, at most 64 characters")
+        if not wanted or len(wanted) > 200 or _LINE_BREAK_RE.search(wanted):
+            raise ValueError(f"label {name[:80]!r}: the value must be one line of 1-200 characters")
     return value
 
 

@@ -453,12 +453,11 @@ async def test_task_requires(svc: QueueService, web: str) -> None:
     assert changed.requires == {"model": "haiku", "gpu": "true"}
     before = await _dump(svc, web)
     for bad in (
-        {"Model": "x"},
+        {"bad name": "x"},
         {"model": ""},
-        {"model": "a|b"},
         {"model": "two\nlines"},
         {"model": "y" * 201},
-        {f"k{i}": "v" for i in range(17)},
+        {f"k{i}": "v" for i in range(33)},
     ):
         with pytest.raises(exceptions.ValidationError):
             await svc.update_task(web, task.key, {"requires": bad})
