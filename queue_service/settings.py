@@ -18,7 +18,6 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from queue_service import exceptions
 from queue_service.backend import Backend, DispatchConfig, backend_from_url
 from queue_service.streams import StreamConfig
-from workspace_sync.options import SyncOptions
 
 __all__ = ["Settings", "is_loopback"]
 
@@ -125,14 +124,6 @@ class Settings(BaseSettings):
             max_queue_depth=self.max_queue_depth,
             sweep_seconds=self.sweep_seconds,
             default_max_attempts=self.max_attempts,
-        )
-
-    def sync_options(self, *, strict_coord: bool = False) -> SyncOptions:
-        """The workspace sync's knobs (``QUEUE_SYNC_*``): workspace_sync never reads these settings itself."""
-        return SyncOptions(
-            rescan_seconds=self.sync_rescan_seconds,
-            debounce_seconds=self.sync_debounce_seconds,
-            strict_coord=strict_coord,
         )
 
     def build_backend(self) -> Backend:

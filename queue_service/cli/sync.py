@@ -151,6 +151,7 @@ def sync(
         from workspace_sync.engine import FileSync, SyncReport, mission_path
         from workspace_sync.layout import locate_mission_files
         from workspace_sync.manager import WorkspaceSyncManager, sync_status
+        from workspace_sync.options import SyncOptions
 
         service = conn.ops
         if not isinstance(service, QueueService):
@@ -167,9 +168,12 @@ def sync(
             )
         if watch:
             settings = conn.settings or Settings()
-            manager = WorkspaceSyncManager(
-                service, settings.sync_options(strict_coord=strict_coord), projects=[project], polling=polling
+            options = SyncOptions(
+                rescan_seconds=settings.sync_rescan_seconds,
+                debounce_seconds=settings.sync_debounce_seconds,
+                strict_coord=strict_coord,
             )
+            manager = WorkspaceSyncManager(service, options, projects=[project], polling=polling)
             stop = asyncio.Event()
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):

@@ -33,7 +33,7 @@ from tests.integration.sync_support import (
     line_before,
     row_line,
     set_cell,
-    sync_settings,
+    sync_options,
 )
 from workspace_sync.engine import FileSync
 from workspace_sync.format import COORD_COLUMNS
@@ -60,7 +60,7 @@ def workspace(tmp_path: Path) -> Path:
 @contextlib.asynccontextmanager
 async def running(svc: QueueService, **settings: Any) -> AsyncIterator[WorkspaceSyncManager]:
     polling = bool(settings.pop("polling", False))
-    manager = WorkspaceSyncManager(svc, sync_settings(**settings).sync_options(), polling=polling)
+    manager = WorkspaceSyncManager(svc, sync_options(**settings), polling=polling)
     async with manager:
         yield manager
 

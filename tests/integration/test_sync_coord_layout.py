@@ -19,7 +19,7 @@ from queue_service.models import MissionStatus, TaskStatus
 from queue_service.service import QueueService
 from queue_service.testing import InMemoryBackend
 from queue_service.workspaces import WorkspacePolicy
-from tests.integration.sync_support import FAST, cell, editor_save, eventually, set_cell, sync_settings
+from tests.integration.sync_support import FAST, cell, editor_save, eventually, set_cell, sync_options
 from workspace_sync.companions import MISSION_SCHEMA
 from workspace_sync.manager import WorkspaceSyncManager, sync_once, sync_status
 
@@ -287,7 +287,7 @@ async def test_the_running_sync_follows_manifest_edits_and_milestone_changes(mem
         stones = (await mem.get_mission("checkout", "default")).milestones
         return stones[index] if len(stones) > index else None
 
-    async with WorkspaceSyncManager(mem, sync_settings().sync_options()) as manager:
+    async with WorkspaceSyncManager(mem, sync_options()) as manager:
         await eventually(lambda: milestone(2), "the adoption")
         await manager.wait_idle()
         editor_save(

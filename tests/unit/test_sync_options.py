@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 
 import workspace_sync
-from queue_service.settings import Settings
 from workspace_sync.options import SyncOptions
 
 
@@ -26,12 +25,6 @@ def test_no_workspace_sync_module_imports_the_service_settings() -> None:
             if any(n == "queue_service.settings" or n.startswith("queue_service.settings.") for n in names):
                 offenders.append(f"{path.relative_to(root)}:{node.lineno}")
     assert offenders == []
-
-
-def test_settings_build_the_options() -> None:
-    settings = Settings(backend_url="memory://", sync_rescan_seconds=2.5, sync_debounce_seconds=0.05)
-    assert settings.sync_options() == SyncOptions(rescan_seconds=2.5, debounce_seconds=0.05)
-    assert settings.sync_options(strict_coord=True).strict_coord is True
 
 
 @pytest.mark.parametrize(
