@@ -37,7 +37,7 @@ import httpx
 import pydantic
 import pydantic_core
 
-from queue_service import __version__, exceptions
+from queue_service import __version__, exceptions, tracing
 from queue_service.api.schemas import HealthStatus, ResultsResponse
 from queue_service.client_streams import StreamSSEParser, stream_request
 from queue_service.models import (
@@ -274,12 +274,14 @@ class _Calls:
 
     @staticmethod
     def create_task(project: str, data: TaskCreate | Mapping[str, Any] | str) -> _Call:
-        body = _dump(_task_body(data))
+        # with OpenTelemetry, the caller's current trace continues in the agent that runs the task
+        body = tracing.with_producer_context(_dump(_task_body(data)), tracing.current_fields())
         return _Call("POST", f"/v1/projects/{_p(project)}/tasks", body, idempotent=bool(body.get("idempotency_key")))
 
     @staticmethod
     def create_tasks(project: str, items: Iterable[TaskCreate | Mapping[str, Any]]) -> _Call:
-        tasks = [_dump(item) for item in items]
+        trace_fields = tracing.current_fields()
+        tasks = [tracing.with_producer_context(_dump(item), trace_fields) for item in items]
         keyed = bool(tasks) and all(t.get("idempotency_key") for t in tasks)
         return _Call("POST", f"/v1/projects/{_p(project)}/tasks/batch", {"tasks": tasks}, idempotent=keyed)
 

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from queue_service import domain, exceptions
+from queue_service import domain, exceptions, tracing
 from queue_service.backend import Backend
 from queue_service.models import (
     Claim,
@@ -257,7 +257,9 @@ class QueueService:
                 if len(items) == 1:
                     raise
                 raise type(exc)(f"task #{i}: {exc.message}", index=i, **exc.details) from None
-        return await self.backend.records.create_tasks(validate_slug(project), creates)
+        slug = validate_slug(project)
+        with tracing.enqueue_spans(slug, creates):
+            return await self.backend.records.create_tasks(slug, creates)
 
     async def get_task(self, project: str, key: str) -> Task:
         """Return one task."""
@@ -401,7 +403,10 @@ class QueueService:
         if lease_profile == "agent":
             return await self.claim_next(project, agent, roles, lease_seconds, wait)
         self._check_claim_args(agent, wait, lease_seconds)
+        started = tracing.now_ns()
         got = await self.backend.dispatch.claim(validate_slug(project), agent, roles or None, wait, lease_seconds)
+        if got is not None:
+            tracing.record_claims(project, agent, [got.task], started)
         return _with_seconds(got, lease_seconds if lease_seconds is not None else self.backend.config.lease_seconds)
 
     async def claim_next(
@@ -418,9 +423,12 @@ class QueueService:
         self._check_claim_args(agent, wait, lease_seconds)
         lease = self.agent_lease(lease_seconds)
         slug, names = validate_slug(project), list(roles) if roles else None
+        started = tracing.now_ns()
         got = await self.backend.dispatch.claim_next(slug, agent, names, lease)
         if got is None and wait > 0:
             got = await self.backend.dispatch.claim(slug, agent, names, wait, lease)
+        if got is not None:
+            tracing.record_claims(slug, agent, [got.task], started)
         return _with_seconds(got, lease)
 
     async def claim_many(
@@ -436,9 +444,11 @@ class QueueService:
         if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE:
             raise exceptions.ValidationError(f"limit must be an integer between 1 and {MAX_PAGE}, got {limit!r}")
         self._check_claim_args(agent, wait, lease_seconds)
+        started = tracing.now_ns()
         claims = await self.backend.dispatch.claim_many(
             validate_slug(project), agent, roles or None, limit, wait, lease_seconds
         )
+        tracing.record_claims(project, agent, [c.task for c in claims], started)
         seconds = lease_seconds if lease_seconds is not None else self.backend.config.lease_seconds
         return [c for c in (_with_seconds(c, seconds) for c in claims) if c is not None]
 
@@ -453,10 +463,13 @@ class QueueService:
         for i, (key, token, result) in enumerate(items):
             checked.append((validate_key(key), token, _check_result(result, f"items[{i}].result")))
         slug = validate_slug(project)
+        started = tracing.now_ns()
         out = await self.backend.dispatch.complete_many(slug, checked)
         for i, got in enumerate(out):
             if isinstance(got, exceptions.LeaseError) and not got.details.get("reason"):
                 out[i] = await self._explain(slug, checked[i][0], got)
+            elif isinstance(got, Task):
+                tracing.record_finish("queue.complete", got, started)
         return out
 
     async def heartbeat(self, project: str, key: str, token: str, lease_seconds: float | None = None) -> Lease:
@@ -476,19 +489,25 @@ class QueueService:
         """Complete a claimed task."""
         _check_result(result, "result")
         slug, key = validate_slug(project), validate_key(key)
+        started = tracing.now_ns()
         try:
-            return await self.backend.dispatch.complete(slug, key, token, result)
+            task = await self.backend.dispatch.complete(slug, key, token, result)
         except exceptions.LeaseError as exc:
             raise await self._explain(slug, key, exc) from None
+        tracing.record_finish("queue.complete", task, started)
+        return task
 
     async def fail(self, project: str, key: str, token: str, error: str, retryable: bool = True) -> Task:
         """Fail a claimed task."""
         _check_text("error", error)
         slug, key = validate_slug(project), validate_key(key)
+        started = tracing.now_ns()
         try:
-            return await self.backend.dispatch.fail(slug, key, token, error, retryable)
+            task = await self.backend.dispatch.fail(slug, key, token, error, retryable)
         except exceptions.LeaseError as exc:
             raise await self._explain(slug, key, exc) from None
+        tracing.record_finish("queue.fail", task, started, error)
+        return task
 
     async def release(self, project: str, key: str, token: str) -> Task:
         """Give a claimed task back."""

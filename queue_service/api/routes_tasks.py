@@ -7,7 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Response, status
 
-from queue_service import exceptions
+from queue_service import exceptions, tracing
 from queue_service.api import limits
 from queue_service.api.deps import (
     AdminDep,
@@ -69,20 +69,75 @@ def parse_if_match(value: str | None) -> int | None:
     return int(text)
 
 
+TraceParentHeader = Annotated[
+    str | None,
+    Header(alias="traceparent", max_length=tracing.MAX_TRACEPARENT, description="W3C trace context of the producer"),
+]
+TraceStateHeader = Annotated[
+    str | None, Header(alias="tracestate", max_length=tracing.MAX_TRACESTATE, description="W3C vendor trace state")
+]
+
+
+def trace_headers(traceparent: str | None, tracestate: str | None) -> dict[str, str]:
+    """The validated ``traceparent``/``tracestate`` request headers as task fields ({} without them).
+
+    Raises:
+        ValidationError: naming the header that is not W3C trace context.
+    """
+    if traceparent is None:
+        if tracestate is not None:
+            raise exceptions.ValidationError("tracestate header needs a traceparent header", header="tracestate")
+        return {}
+    for name, value, problem_of in (
+        ("traceparent", traceparent, tracing.traceparent_problem),
+        ("tracestate", tracestate, tracing.tracestate_problem),
+    ):
+        problem = problem_of(value) if value is not None else None
+        if problem:
+            raise exceptions.ValidationError(f"{name} header: {problem}", header=name)
+    fields = {"traceparent": traceparent}
+    if tracestate is not None:
+        fields["tracestate"] = tracestate
+    return fields
+
+
+def _traced(item: TaskCreate, fields: dict[str, str]) -> TaskCreate:
+    # the body's own trace context wins over the request's headers
+    if not fields or item.traceparent is not None:
+        return item
+    return item.model_copy(update=fields)
+
+
 @router.post("/tasks", response_model=Task, status_code=status.HTTP_201_CREATED)
 async def create_task(
-    project: ProjectPath, body: TaskCreate, response: Response, service: ServiceDep, _: AdminDep
+    project: ProjectPath,
+    body: TaskCreate,
+    response: Response,
+    service: ServiceDep,
+    _: AdminDep,
+    traceparent: TraceParentHeader = None,
+    tracestate: TraceStateHeader = None,
 ) -> Task:
-    """Create one task (an existing ``idempotency_key`` returns the task created before)."""
-    task = await service.create_task(project, body)
+    """Create one task (an existing ``idempotency_key`` returns the task created before). A W3C
+    ``traceparent``/``tracestate`` (body fields, else request headers) is stored on the task."""
+    task = await service.create_task(project, _traced(body, trace_headers(traceparent, tracestate)))
     response.headers["ETag"] = etag(task)
     return task
 
 
 @router.post("/tasks/batch", response_model=TaskList, status_code=status.HTTP_201_CREATED)
-async def create_tasks(project: ProjectPath, body: TaskBatch, service: ServiceDep, _: AdminDep) -> TaskList:
-    """Create many tasks, all or nothing; ``depends_on: ["#0"]`` names the first task of the batch."""
-    return TaskList(items=tuple(await service.create_tasks(project, body.tasks)))
+async def create_tasks(
+    project: ProjectPath,
+    body: TaskBatch,
+    service: ServiceDep,
+    _: AdminDep,
+    traceparent: TraceParentHeader = None,
+    tracestate: TraceStateHeader = None,
+) -> TaskList:
+    """Create many tasks, all or nothing; ``depends_on: ["#0"]`` names the first task of the batch.
+    Trace context headers apply to every task without its own."""
+    fields = trace_headers(traceparent, tracestate)
+    return TaskList(items=tuple(await service.create_tasks(project, [_traced(t, fields) for t in body.tasks])))
 
 
 @router.get("/tasks", response_model=TaskPage)

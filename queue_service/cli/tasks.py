@@ -11,7 +11,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from queue_service import exceptions
+from queue_service import exceptions, tracing
 from queue_service.cli._core import (
     Connection,
     FieldsOpt,
@@ -136,6 +136,11 @@ def task_add(
             "idempotency_key": idempotency_key,
         }
         items = [{k: v for k, v in item.items() if v is not None}]
+
+    # TRACEPARENT/TRACESTATE (set by a tracing caller, or by `qs run` for its children) continue the
+    # caller's trace in the agent that runs the task; a task's own fields win
+    trace_fields = tracing.producer_fields(os.environ)
+    items = [tracing.with_producer_context(item, trace_fields) for item in items]
 
     async def body(conn: Connection) -> list[Task]:
         return await conn.ops.create_tasks(project, items)

@@ -273,6 +273,8 @@ def task_from_record(row: Any) -> Task:
         updated_at=row["updated_at"],
         started_at=row["started_at"],
         completed_at=row["completed_at"],
+        traceparent=row["traceparent"],
+        tracestate=row["tracestate"],
     )
 
 

@@ -178,6 +178,8 @@ def task_from_row(row: Any) -> Task:
         updated_at=row.updated_at,
         started_at=row.started_at,
         completed_at=row.completed_at,
+        traceparent=row.traceparent,
+        tracestate=row.tracestate,
     )
 
 
@@ -744,6 +746,8 @@ class PostgresRecordStore(RecordStore):
                     "updated_at": now,
                     "started_at": now if item.status is S.IN_PROGRESS else None,
                     "completed_at": now if item.status is S.DONE else None,
+                    "traceparent": item.traceparent,
+                    "tracestate": item.tracestate,
                 }
             )
         created: dict[str, Task] = {}
