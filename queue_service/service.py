@@ -6,6 +6,7 @@ value), then delegates to the Backend. It never talks SQL, Valkey or files itsel
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -33,18 +34,20 @@ from queue_service.models import (
     TaskCreate,
     TaskFilter,
     TaskPage,
+    TaskStatus,
     TaskUpdate,
     find_nul,
     validate_key,
     validate_slug,
     validated,
 )
-from queue_service.streams import DEFAULT_STREAM, StreamChunk, StreamPage
+from queue_service.streams import DEFAULT_STREAM, StreamChunk, StreamPage, parse_cursor
 from queue_service.workspaces import WorkspacePolicy
 
 __all__ = [
     "DEFAULT_AGENT_LEASE_SECONDS",
     "SERVICE_AUTHORS",
+    "STREAM_FINAL_STATUSES",
     "LeaseProfile",
     "QueueService",
     "check_author",
@@ -58,6 +61,8 @@ DEFAULT_AGENT_LEASE_SECONDS = 1800.0
 LeaseProfile = Literal["worker", "agent"]
 
 MAX_BATCH = 10_000
+#: a task in one of these has no lease holder any more: its streams get no more output (issue 14)
+STREAM_FINAL_STATUSES = frozenset({TaskStatus.DONE, TaskStatus.NEEDS_QA, TaskStatus.FAILED, TaskStatus.CANCELLED})
 MAX_PAGE = 1000
 
 
@@ -133,6 +138,8 @@ class QueueService:
         self.workspaces = workspaces or WorkspacePolicy(root=workspace_root)
         self.workspace_root = self.workspaces.root
         self.agent_lease_seconds = float(agent_lease_seconds)
+        #: how long a quiet stream follower waits before it checks whether the task finished
+        self.stream_check_seconds = 1.0
         #: called with the slug after a project is created or patched here (workspace sync starts its
         #: file at once instead of at the next rescan; issue 17)
         self.project_listeners: list[Callable[[str], None]] = []
@@ -552,15 +559,65 @@ class QueueService:
     async def read_stream(
         self, project: str, key: str, after: str | None = None, stream: str = DEFAULT_STREAM, limit: int = 1000
     ) -> StreamPage:
-        """Retained chunks of a task's stream after the cursor. Raises TaskNotFound for an unknown task."""
+        """Retained chunks of a task's stream after the cursor. Raises TaskNotFound for an unknown task.
+
+        ``done`` is also true once the task has finished (:data:`STREAM_FINAL_STATUSES`) and this
+        page reaches the end of what was published, whether or not the holder sent ``done``.
+        """
         slug, key = validate_slug(project), validate_key(key)
-        await self.backend.records.get_task(slug, key)
-        return await self.backend.streams.read(slug, key, after, stream, limit)
+        # the status is read before the chunks: whatever the holder published before finishing is in the page
+        task = await self.backend.records.get_task(slug, key)
+        page = await self.backend.streams.read(slug, key, after, stream, limit)
+        if not page.done and task.status in STREAM_FINAL_STATUSES and len(page.chunks) < min(limit, 10_000):
+            page = page.model_copy(update={"done": True})
+        return page
 
     async def follow_stream(
         self, project: str, key: str, after: str | None = None, stream: str = DEFAULT_STREAM, idle_seconds: float = 15.0
     ) -> AsyncIterator[StreamChunk | None]:
-        """Chunks after the cursor, then live ones, ending with the done marker; None = idle tick."""
+        """Chunks after the cursor, then live ones, ending with the done marker; None = idle tick.
+
+        A task that finishes (completed, failed, cancelled, or handed to review) without its holder
+        sending ``done`` ends its followers too: once the stream has been quiet for
+        ``stream_check_seconds`` and the task is finished, the rest is read and a done marker (with
+        the id of the last chunk read) is yielded.
+        """
         slug, key = validate_slug(project), validate_key(key)
         await self.backend.records.get_task(slug, key)
-        return self.backend.streams.follow(slug, key, after, stream, idle_seconds=idle_seconds)
+        return self._follow_until_finished(slug, key, parse_cursor(after), stream, idle_seconds)
+
+    async def _follow_until_finished(
+        self, project: str, key: str, cursor: str, stream: str, idle_seconds: float
+    ) -> AsyncIterator[StreamChunk | None]:
+        check = max(0.01, min(idle_seconds, self.stream_check_seconds))
+        quiet = 0.0
+        inner = self.backend.streams.follow(project, key, cursor, stream, idle_seconds=check)
+        async with contextlib.aclosing(inner):
+            async for item in inner:
+                if item is not None:
+                    cursor, quiet = item.id, 0.0
+                    yield item
+                    continue
+                if await self._task_finished(project, key):
+                    while True:  # what was published before it finished, then the end
+                        page = await self.backend.streams.read(project, key, cursor, stream, 1000)
+                        for chunk in page.chunks:
+                            yield chunk
+                        cursor = page.cursor
+                        if page.done:
+                            return
+                        if not page.chunks:
+                            break
+                    yield StreamChunk(id=cursor, done=True)
+                    return
+                quiet += check
+                if quiet >= idle_seconds:
+                    quiet = 0.0
+                    yield None
+
+    async def _task_finished(self, project: str, key: str) -> bool:
+        try:
+            task = await self.backend.records.get_task(project, key)
+        except exceptions.BackendUnavailable:
+            return False  # keep following; the stream itself reports a lasting outage
+        return task.status in STREAM_FINAL_STATUSES

@@ -146,7 +146,8 @@ async def test_producer_trace_continues_in_the_worker(qs: AsyncClient, spans: In
     (handler,) = [s for s in _named(spans, "handler") if s.parent and s.parent.span_id == first.context.span_id]
     discovered = seen[1]
     assert _trace_id(discovered.traceparent) == trace_id
-    assert discovered.traceparent is not None and discovered.traceparent.split("-")[2] == f"{handler.context.span_id:016x}"
+    assert discovered.traceparent is not None
+    assert discovered.traceparent.split("-")[2] == f"{handler.context.span_id:016x}"
     for name in ("queue.claim", "queue.complete"):
         assert {s.attributes["queue.task.key"] for s in _named(spans, name)} == {created.key, "WEB-3"}
         assert all(f"{s.context.trace_id:032x}" == trace_id for s in _named(spans, name))
