@@ -11,7 +11,7 @@ import json
 import os
 import socket
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -574,7 +574,7 @@ class QueueService:
 
     async def follow_stream(
         self, project: str, key: str, after: str | None = None, stream: str = DEFAULT_STREAM, idle_seconds: float = 15.0
-    ) -> AsyncIterator[StreamChunk | None]:
+    ) -> AsyncGenerator[StreamChunk | None, None]:
         """Chunks after the cursor, then live ones, ending with the done marker; None = idle tick.
 
         A task that finishes (completed, failed, cancelled, or handed to review) without its holder
@@ -588,7 +588,7 @@ class QueueService:
 
     async def _follow_until_finished(
         self, project: str, key: str, cursor: str, stream: str, idle_seconds: float
-    ) -> AsyncIterator[StreamChunk | None]:
+    ) -> AsyncGenerator[StreamChunk | None, None]:
         check = max(0.01, min(idle_seconds, self.stream_check_seconds))
         quiet = 0.0
         inner = self.backend.streams.follow(project, key, cursor, stream, idle_seconds=check)
