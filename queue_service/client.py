@@ -105,6 +105,9 @@ class RetryPolicy:
 
 # -- requests, shared by both clients ---------------------------------------------------------
 
+#: a lease token standing in for an API token on its own task (issue 11; ``api.lease_auth``)
+LEASE_HEADER = "X-Queue-Lease-Token"
+
 
 @dataclass
 class _Call:
@@ -273,10 +276,21 @@ class _Calls:
     """Every endpoint as a request description; the clients only differ in how they send it."""
 
     @staticmethod
-    def create_task(project: str, data: TaskCreate | Mapping[str, Any] | str) -> _Call:
+    def create_task(
+        project: str,
+        data: TaskCreate | Mapping[str, Any] | str,
+        discovered_from: str | None = None,
+        token: str | None = None,
+    ) -> _Call:
         # with OpenTelemetry, the caller's current trace continues in the agent that runs the task
         body = tracing.with_producer_context(_dump(_task_body(data)), tracing.current_fields())
-        return _Call("POST", f"/v1/projects/{_p(project)}/tasks", body, idempotent=bool(body.get("idempotency_key")))
+        call = _Call("POST", f"/v1/projects/{_p(project)}/tasks", body, idempotent=bool(body.get("idempotency_key")))
+        if discovered_from is not None:
+            # found while holding *discovered_from*: the lease there authorises it (issue 11)
+            call.params = {"discovered_from": discovered_from}
+        if token is not None:
+            call.headers[LEASE_HEADER] = token
+        return call
 
     @staticmethod
     def create_tasks(project: str, items: Iterable[TaskCreate | Mapping[str, Any]]) -> _Call:
@@ -350,6 +364,9 @@ class _BaseClient:
 
     def _headers_for(self, call: _Call) -> dict[str, str]:
         headers = {**self._headers, **call.headers}
+        if "Authorization" not in headers and isinstance(call.json, dict) and isinstance(call.json.get("token"), str):
+            # no API token (a child of `qs run`): the lease stands in for one on its own task (issue 11)
+            headers.setdefault(LEASE_HEADER, call.json["token"])
         if call.method != "GET" and call.json is None:
             # the service refuses state changes that are not JSON, body or not (a browser cannot
             # send this header cross-site without asking first)
@@ -481,9 +498,17 @@ class Client(_BaseClient):
         return _load(Mission, self._send(_Calls.get(f"/v1/projects/{_p(project)}/missions/{_p(mission)}")))
 
     # -- tasks ------------------------------------------------------------------------------
-    def create_task(self, project: str, data: TaskCreate | Mapping[str, Any] | str) -> Task:
-        """Create one task (*data* may be just its title)."""
-        return _load(Task, self._send(_Calls.create_task(project, data)))
+    def create_task(
+        self,
+        project: str,
+        data: TaskCreate | Mapping[str, Any] | str,
+        *,
+        discovered_from: str | None = None,
+        token: str | None = None,
+    ) -> Task:
+        """Create one task (*data* may be just its title). With *discovered_from* and *token* (your
+        lease on that task), an agent creates the work it found there (``extra.discovered_from``)."""
+        return _load(Task, self._send(_Calls.create_task(project, data, discovered_from, token)))
 
     def create_tasks(self, project: str, items: Iterable[TaskCreate | Mapping[str, Any]]) -> list[Task]:
         """Create many tasks, all or nothing (``depends_on: ["#0"]`` names the batch's first task)."""
@@ -907,9 +932,17 @@ class AsyncClient(_BaseClient):
         return _load(Mission, await self._send(_Calls.get(f"/v1/projects/{_p(project)}/missions/{_p(mission)}")))
 
     # -- tasks ------------------------------------------------------------------------------
-    async def create_task(self, project: str, data: TaskCreate | Mapping[str, Any] | str) -> Task:
-        """Create one task (*data* may be just its title)."""
-        return _load(Task, await self._send(_Calls.create_task(project, data)))
+    async def create_task(
+        self,
+        project: str,
+        data: TaskCreate | Mapping[str, Any] | str,
+        *,
+        discovered_from: str | None = None,
+        token: str | None = None,
+    ) -> Task:
+        """Create one task (*data* may be just its title). With *discovered_from* and *token* (your
+        lease on that task), an agent creates the work it found there (``extra.discovered_from``)."""
+        return _load(Task, await self._send(_Calls.create_task(project, data, discovered_from, token)))
 
     async def create_tasks(self, project: str, items: Iterable[TaskCreate | Mapping[str, Any]]) -> list[Task]:
         """Create many tasks, all or nothing (``depends_on: ["#0"]`` names the batch's first task)."""

@@ -268,6 +268,18 @@ class QueueService:
         with tracing.enqueue_spans(slug, creates):
             return await self.backend.records.create_tasks(slug, creates)
 
+    async def create_discovered_task(
+        self, project: str, data: TaskCreate | Mapping[str, Any], discovered_from: str, token: str
+    ) -> Task:
+        """Create a task its holder found while working on *discovered_from* (issue 11): the lease
+        *token* on that task is checked and renewed first (LeaseError if it is not the live lease);
+        the new task records ``extra.discovered_from``."""
+        slug, key = validate_slug(project), validate_key(discovered_from)
+        await self.heartbeat(slug, key, token)
+        item = validated(TaskCreate, data)
+        item = item.model_copy(update={"extra": {**item.extra, "discovered_from": key}})
+        return await self.create_task(slug, item)
+
     async def get_task(self, project: str, key: str) -> Task:
         """Return one task."""
         return await self.backend.records.get_task(validate_slug(project), validate_key(key))

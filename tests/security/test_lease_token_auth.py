@@ -120,7 +120,7 @@ async def test_a_lease_that_ended_authorises_nothing(world: tuple[Seeded, httpx.
 async def test_agent_bearer_creates_discovered_tasks_with_its_lease(
     world: tuple[Seeded, httpx.AsyncClient, str],
 ) -> None:
-    s, runner, token = world
+    _, runner, token = world
     r = await runner.post(f"{P}/tasks?discovered_from=WEB-1", json={"title": "no lease given"})
     assert r.status_code == 403 and "X-Queue-Lease-Token" in error_of(r)["message"]
     r = await runner.post(
