@@ -6,7 +6,7 @@ publish time; the follower records when it got it. Measured through :class:`Queu
 (``publish`` checks and renews the lease, ``follow_stream`` replays then follows) on:
 
 * Postgres+Valkey (Valkey Streams: a Lua ``XADD MAXLEN ~`` + ``EXPIRE`` per publish, followers in
-  ``XREAD BLOCK``; the lease check is a Valkey round trip too),
+  ``XREAD BLOCK``; the lease check and renewal is a Postgres ``UPDATE`` plus a Valkey lock extension),
 * flatfile (an append-only file per stream under ``flock``; followers poll the file size),
 
 and, in the same run with the same counts, a **bare Valkey loop**: ``XADD`` one chunk per call,
@@ -227,7 +227,8 @@ async def run(ctx: Context) -> None:
     table.notes += [
         "chunks/s: all streams together, from the first publish to the last chunk read; latency: publish call "
         "start → the follower has the chunk (publishers run flat out, so this includes queueing)",
-        "ours = QueueService.publish (lease check + renewal, validation, Lua XADD MAXLEN ~ + EXPIRE) and "
+        "ours = QueueService.publish (lease check + renewal: Postgres UPDATE + Valkey lock; validation; Lua XADD "
+        "MAXLEN ~ + EXPIRE) and "
         "follow_stream (XREAD BLOCK; flatfile: file-size polling every 25 ms)",
         "bare valkey = XADD one entry per call, XREAD BLOCK per follower, same counts, same run",
     ]

@@ -21,21 +21,15 @@ comma-separated ``key=value`` members, 512 characters in all, keys unique.
 from __future__ import annotations
 
 import contextlib
+import functools
 import re
+import sys
 import time
+import types
 from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 from queue_service import exceptions
-
-try:
-    from opentelemetry import context as otel_context
-    from opentelemetry import trace
-    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
-
-    _OTEL = True
-except ImportError:  # pragma: no cover - fastapi already depends on opentelemetry-api
-    _OTEL = False
 
 if TYPE_CHECKING:
     from queue_service.models import Task, TaskCreate
@@ -71,6 +65,17 @@ _VALUE = r"[\x20-\x2b\x2d-\x3c\x3e-\x7e]{0,255}[\x21-\x2b\x2d-\x3c\x3e-\x7e]"
 _MEMBER_RE = re.compile(rf"({_KEY})=({_VALUE})")
 
 SpanKindName = Literal["producer", "consumer", "internal"]
+
+
+@functools.cache
+def _otel() -> Any:
+    """OpenTelemetry's API (imported on first need: the CLI starts faster without it), or None."""
+    try:
+        from opentelemetry import context, trace
+        from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+    except ImportError:  # pragma: no cover - fastapi already depends on opentelemetry-api
+        return None
+    return types.SimpleNamespace(trace=trace, context=context, propagator=TraceContextTextMapPropagator())
 
 
 def traceparent_problem(value: object) -> str | None:
@@ -139,10 +144,13 @@ def check_tracestate(value: str) -> str:
 
 def current_fields() -> dict[str, str]:
     """The active OpenTelemetry context as ``{"traceparent", "tracestate"?}`` ({} without one)."""
-    if not _OTEL:
+    if "opentelemetry.trace" not in sys.modules:
+        return {}  # nobody in this process uses OpenTelemetry: no span can be current
+    otel = _otel()
+    if otel is None:
         return {}
     carrier: dict[str, str] = {}
-    TraceContextTextMapPropagator().inject(carrier)
+    otel.propagator.inject(carrier)
     return {k: v for k, v in carrier.items() if k in ("traceparent", "tracestate") and v}
 
 
@@ -180,36 +188,38 @@ def with_producer_context(body: dict[str, Any], fields: Mapping[str, str]) -> di
 # -- spans ------------------------------------------------------------------------------------
 
 
-def _kind(name: SpanKindName) -> Any:
-    return {
-        "producer": trace.SpanKind.PRODUCER,
-        "consumer": trace.SpanKind.CONSUMER,
-        "internal": trace.SpanKind.INTERNAL,
-    }[name]
-
-
 def _parent(traceparent: str | None, tracestate: str | None) -> Any:
     """The OpenTelemetry context of a stored traceparent (None without one or without OpenTelemetry)."""
-    if not _OTEL or not traceparent:
+    otel = _otel() if traceparent else None
+    if otel is None:
         return None
     carrier = {"traceparent": traceparent}
     if tracestate:
         carrier["tracestate"] = tracestate
-    ctx = TraceContextTextMapPropagator().extract(carrier)
-    return ctx if trace.get_current_span(ctx).get_span_context().is_valid else None
+    ctx = otel.propagator.extract(carrier)
+    return ctx if otel.trace.get_current_span(ctx).get_span_context().is_valid else None
 
 
 def _start(
     name: str, parent: Any, kind: SpanKindName, attributes: dict[str, Any], start_time: int | None = None
 ) -> Any:
+    trace = _otel().trace
+    kinds = {"producer": trace.SpanKind.PRODUCER, "consumer": trace.SpanKind.CONSUMER}
     tracer = trace.get_tracer("queue_service")
-    return tracer.start_span(name, context=parent, kind=_kind(kind), attributes=attributes, start_time=start_time)
+    return tracer.start_span(
+        name,
+        context=parent,
+        kind=kinds.get(kind, trace.SpanKind.INTERNAL),
+        attributes=attributes,
+        start_time=start_time,
+    )
 
 
 def _end(span: Any, error: BaseException | str | None = None) -> None:
     if error is not None:
         if isinstance(error, BaseException):
             span.record_exception(error)
+        trace = _otel().trace
         span.set_status(trace.Status(trace.StatusCode.ERROR, str(error)[:200]))
     span.end()
 
@@ -284,18 +294,18 @@ class ProcessSpan:
             self._span = _start("queue.process", parent, "consumer", attrs)
 
     def _context(self) -> Any:
-        return None if self._span is None else trace.set_span_in_context(self._span)
+        return None if self._span is None else _otel().trace.set_span_in_context(self._span)
 
     def attach(self) -> None:
         """Make the span current in this thread/task (undo with :meth:`detach`, in the same one)."""
         ctx = self._context()
         if ctx is not None and self._token is None:
-            self._token = otel_context.attach(ctx)
+            self._token = _otel().context.attach(ctx)
 
     def detach(self) -> None:
         if self._token is not None:
             with contextlib.suppress(ValueError):  # detached in another context: nothing to restore
-                otel_context.detach(self._token)
+                _otel().context.detach(self._token)
             self._token = None
 
     def env(self) -> dict[str, str]:
@@ -303,7 +313,7 @@ class ProcessSpan:
         task's own (so the trace continues even without a tracer provider here); {} without one."""
         fields: dict[str, str] = {}
         if self._span is not None and self._span.get_span_context().is_valid:
-            TraceContextTextMapPropagator().inject(fields, context=self._context())
+            _otel().propagator.inject(fields, context=self._context())
         if "traceparent" not in fields and self.task.traceparent:
             fields = {"traceparent": self.task.traceparent}
             if self.task.tracestate:
