@@ -200,6 +200,8 @@ class TaskRow(Base):
     milestone: Mapped[str | None] = mapped_column(Text)
     labels: Mapped[list[str]] = mapped_column(ARRAY(Text), server_default=text("'{}'"))
     extra: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default=text("'{}'"))
+    #: routing requirements (``{"model": "opus"}``; issues 13/18, migration 0008_task_requires)
+    requires: Mapped[dict[str, str]] = mapped_column(JSONB, server_default=text("'{}'"))
     attempts: Mapped[int] = mapped_column(Integer, server_default=text("0"))
     max_attempts: Mapped[int] = mapped_column(Integer, server_default=text("3"))
     not_before: Mapped[datetime | None] = mapped_column(_TZ)

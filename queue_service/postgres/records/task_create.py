@@ -219,6 +219,7 @@ class TaskCreation(PostgresRecordsBase):
                     "milestone": item.milestone,
                     "labels": list(item.labels),
                     "extra": dict(item.extra),
+                    "requires": dict(item.requires),
                     "attempts": 0,
                     "max_attempts": item.max_attempts,
                     "not_before": item.not_before,
