@@ -3,7 +3,7 @@
 Both nullable text, validated by the service (W3C format, at most 128 and 512 characters).
 
 Revision ID: 0005_trace_context
-Revises: 0004_mission_quality_gates
+Revises: 0008_task_requires (main's head when this branch merged it)
 Create Date: 2026-11-29 15:10:00
 """
 
@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0005_trace_context"
-down_revision: str | Sequence[str] | None = "0004_mission_quality_gates"
+down_revision: str | Sequence[str] | None = "0008_task_requires"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
