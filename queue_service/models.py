@@ -15,7 +15,7 @@ from typing import Annotated, Any, TypeVar
 import pydantic
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
-from queue_service import exceptions
+from queue_service import exceptions, tracing
 
 __all__ = [
     "CANONICAL_STATUS_WORDS",
@@ -363,6 +363,9 @@ Requires = Annotated[dict[str, str], AfterValidator(_check_requires)]
 StatusField = Annotated[TaskStatus, BeforeValidator(parse_status)]
 PriorityField = Annotated[Priority, BeforeValidator(_parse_priority)]
 AwareDatetime = Annotated[datetime, AfterValidator(_aware)]
+#: W3C trace context (issue 14; validated in queue_service.tracing)
+TraceParent = Annotated[str, Field(max_length=tracing.MAX_TRACEPARENT), AfterValidator(tracing.check_traceparent)]
+TraceState = Annotated[str, Field(max_length=tracing.MAX_TRACESTATE), AfterValidator(tracing.check_tracestate)]
 
 
 class _Frozen(BaseModel):
@@ -599,6 +602,9 @@ class Task(_Frozen):
     updated_at: datetime
     started_at: datetime | None = None
     completed_at: datetime | None = None
+    #: the producer's W3C trace context, handed to whoever claims the task (issue 14)
+    traceparent: str | None = None
+    tracestate: str | None = None
 
 
 class TaskCreate(_Input):
@@ -624,11 +630,20 @@ class TaskCreate(_Input):
     max_attempts: int = Field(default=3, ge=1, le=1000)
     not_before: AwareDatetime | None = None
     idempotency_key: str | None = Field(default=None, max_length=200)
+    #: W3C trace context of the producer (REST headers of the same names, CLI ``TRACEPARENT``)
+    traceparent: TraceParent | None = None
+    tracestate: TraceState | None = None
 
     @pydantic.field_validator("depends_on", "labels")
     @classmethod
     def _dedupe(cls, value: list[str]) -> list[str]:
         return list(dict.fromkeys(value))
+
+    @pydantic.model_validator(mode="after")
+    def _state_needs_parent(self) -> TaskCreate:
+        if self.tracestate is not None and self.traceparent is None:
+            raise ValueError("tracestate: needs a traceparent (the W3C trace context it belongs to)")
+        return self
 
     @pydantic.field_validator("status")
     @classmethod

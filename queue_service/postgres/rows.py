@@ -69,6 +69,8 @@ def task_from_row(row: Any) -> Task:
         updated_at=r["updated_at"],
         started_at=r["started_at"],
         completed_at=r["completed_at"],
+        traceparent=r["traceparent"],
+        tracestate=r["tracestate"],
     )
 
 

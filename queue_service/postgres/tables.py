@@ -219,6 +219,9 @@ class TaskRow(Base):
     updated_at: Mapped[datetime] = mapped_column(_TZ, server_default=func.now())
     started_at: Mapped[datetime | None] = mapped_column(_TZ)
     completed_at: Mapped[datetime | None] = mapped_column(_TZ)
+    #: the producer's W3C trace context (issue 14, migration 0005)
+    traceparent: Mapped[str | None] = mapped_column(Text)
+    tracestate: Mapped[str | None] = mapped_column(Text)
 
 
 class TaskDependencyRow(Base):

@@ -170,6 +170,8 @@ class RecordRules(StateCore):
                 max_attempts=item.max_attempts,
                 not_before=item.not_before,
                 idempotency_key=item.idempotency_key,
+                traceparent=item.traceparent,
+                tracestate=item.tracestate,
                 created_at=now,
                 updated_at=now,
                 started_at=now if item.status is S.IN_PROGRESS else None,

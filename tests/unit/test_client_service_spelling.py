@@ -59,6 +59,8 @@ async def test_lease_calls_answer_alike(pair: tuple[QueueOps, QueueOps], mem: In
         assert got is not None and got.task.key == best.key and got.lease.holder == agent
         assert got.lease.seconds == QueueService(mem).agent_lease_seconds
         lease = await ops.heartbeat("web", got.task.key, got.lease.token, 60.0)
+        found = await ops.create_discovered_task("web", {"title": f"by {agent}"}, got.task.key, got.lease.token)
+        assert found.extra["discovered_from"] == got.task.key
         assert lease.seconds == 60.0
         note = await ops.add_note("web", got.task.key, author=agent, text="halfway", token=got.lease.token)
         assert (note.author, note.text) == (agent, "halfway")

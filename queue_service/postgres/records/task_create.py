@@ -231,6 +231,8 @@ class TaskCreation(PostgresRecordsBase):
                     "updated_at": now,
                     "started_at": now if item.status is S.IN_PROGRESS else None,
                     "completed_at": now if item.status is S.DONE else None,
+                    "traceparent": item.traceparent,
+                    "tracestate": item.tracestate,
                 }
             )
         created: dict[str, Task] = {}
