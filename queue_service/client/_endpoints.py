@@ -6,15 +6,15 @@ Written once for both clients; ``Client`` sends these with blocking I/O, ``Async
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, TypedDict, TypeVar
+from typing import Any, TypedDict, TypeVar, cast
 from urllib.parse import quote
 
 import httpx
 import pydantic
 import pydantic_core
 
-from queue_service import exceptions
-from queue_service.client._base import DEFAULT_TIMEOUT, Request
+from queue_service import exceptions, tracing
+from queue_service.client._base import DEFAULT_TIMEOUT, LEASE_HEADER, Request
 from queue_service.models import (
     Claim,
     Lease,
@@ -28,10 +28,12 @@ from queue_service.models import (
     ReadyList,
     Task,
     TaskCreate,
+    TaskFilter,
     TaskPage,
     TaskUpdate,
+    validated,
 )
-from queue_service.wire import DEFAULT_STREAM, HealthStatus, ResultsResponse
+from queue_service.wire import DEFAULT_STREAM, HealthStatus, ResultsResponse, StreamChunk, StreamPage
 
 M = TypeVar("M", bound=pydantic.BaseModel)
 
@@ -48,7 +50,18 @@ class TaskQuery(TypedDict, total=False):
     ready: bool | None
 
 
+_TASK_QUERY_KEYS = frozenset(TaskQuery.__annotations__)
+
+
 # -- reading answers ----------------------------------------------------------------------------
+
+
+def stream_page(chunks: list[StreamChunk], after: str | None) -> StreamPage:
+    """Chunks read without following (the done marker last, if the stream ended) as one page; its
+    cursor is the last id read, else *after* (``"0"``: the start)."""
+    return StreamPage(
+        chunks=chunks, done=bool(chunks and chunks[-1].done), cursor=chunks[-1].id if chunks else after or "0"
+    )
 
 
 def _unexpected(response: httpx.Response, exc: Exception, status: bool = True) -> exceptions.QueueServiceError:
@@ -175,18 +188,51 @@ def get_mission(project: str, mission: str) -> Request[Mission]:
 # -- tasks --------------------------------------------------------------------------------------
 
 
-def create_task(project: str, data: TaskCreate | Mapping[str, Any] | str) -> Request[Task]:
-    # ``create_task(project, "title")`` is a task with just that title
-    body = _dump({"title": data} if isinstance(data, str) else data)
+def create_task(
+    project: str,
+    data: TaskCreate | Mapping[str, Any] | str,
+    discovered_from: str | None = None,
+    token: str | None = None,
+) -> Request[Task]:
+    # ``create_task(project, "title")`` is a task with just that title; with OpenTelemetry, the
+    # caller's current trace continues in the agent that runs the task (issue 14)
+    body = tracing.with_producer_context(
+        _dump({"title": data} if isinstance(data, str) else data), tracing.current_fields()
+    )
     keyed = bool(body.get("idempotency_key"))
-    return Request("POST", f"/v1/projects/{_p(project)}/tasks", one(Task), body, idempotent=keyed)
+    request = Request("POST", f"/v1/projects/{_p(project)}/tasks", one(Task), body, idempotent=keyed)
+    if discovered_from is not None:
+        # found while holding *discovered_from*: the lease there authorises it (issue 11)
+        request.params = {"discovered_from": discovered_from}
+    if token is not None:
+        request.headers[LEASE_HEADER] = token
+    return request
 
 
 def create_tasks(project: str, tasks: Iterable[TaskCreate | Mapping[str, Any]]) -> Request[list[Task]]:
-    bodies = [_dump(item) for item in tasks]
+    trace_fields = tracing.current_fields()
+    bodies = [tracing.with_producer_context(_dump(item), trace_fields) for item in tasks]
     keyed = bool(bodies) and all(t.get("idempotency_key") for t in bodies)
     path = f"/v1/projects/{_p(project)}/tasks/batch"
     return Request("POST", path, items(Task), {"tasks": bodies}, idempotent=keyed)
+
+
+def task_query(filters: TaskFilter | Mapping[str, Any] | None, query: TaskQuery) -> TaskQuery:
+    """A ``list_tasks`` call's filters, given either as one TaskFilter or mapping (QueueService's
+    spelling, checked here: ValidationError naming a bad filter, or one REST cannot apply) or as
+    keywords, not both."""
+    if not filters:
+        return query
+    if query:
+        raise TypeError("list_tasks takes its filters as one mapping or as keywords, not both")
+    given = validated(TaskFilter, filters).model_dump(mode="json", exclude_none=True)
+    for name in given:
+        if name not in _TASK_QUERY_KEYS:
+            # listing everything instead would answer a question nobody asked
+            raise exceptions.ValidationError(
+                f"the task filter {name!r} is not available through the REST API", field=name
+            )
+    return cast(TaskQuery, given)
 
 
 def list_tasks(project: str, query: TaskQuery, limit: int, cursor: str | None) -> Request[TaskPage]:

@@ -33,7 +33,8 @@ from sqlalchemy import Text, bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from queue_service import domain, exceptions
-from queue_service.backend import DispatchConfig, Dispatcher
+from queue_service.backend import DispatchConfig
+from queue_service.dispatching import BaseDispatcher
 from queue_service.models import Claim, Event, Lease, SweepReport, Task, TaskStatus, utcnow
 from queue_service.postgres import outcomes, transitions
 from queue_service.postgres import tables as t
@@ -153,7 +154,7 @@ def _promote(batch: BrokerBatch, project: str, rows: Sequence[Any]) -> None:
             batch.scheduled.append((project, r["key"], r["not_before"]))
 
 
-class PostgresValkeyDispatcher(Dispatcher):
+class PostgresValkeyDispatcher(BaseDispatcher[Popped]):
     """Claims, leases, completion, retries and the orchestrator sweep over Postgres + Valkey.
 
     Args:
@@ -273,42 +274,92 @@ class PostgresValkeyDispatcher(Dispatcher):
             attempts, c.backoff_base_seconds, c.backoff_max_seconds, c.backoff_jitter, self._rng
         )
 
-    # -- claim -------------------------------------------------------------------------------
-    async def claim(
+    # -- claim: BaseDispatcher's argument rules and wait loop over these primitives --------------
+    async def _try_claim(
         self,
         project: str,
         agent: str,
-        roles: Sequence[str] | None = None,
-        wait: float = 0.0,
-        lease_seconds: float | None = None,
-    ) -> Claim | None:
-        """See :meth:`Dispatcher.claim`: pop a key from Valkey, win it with a conditional UPDATE."""
-        await self.require_project(None, project)
-        role_list = list(dict.fromkeys(roles)) if roles else None
-        lease = domain.lease_length(lease_seconds, self.config.lease_seconds)
-        deadline = time.monotonic() + max(0.0, wait)
+        roles: list[str] | None,
+        limit: int,
+        lease: float,
+        want_due: bool,
+        woken: Popped | None = None,
+    ) -> tuple[list[Claim], float | None]:
+        """Pop keys from Valkey and win them with a conditional UPDATE: for one claim one key and the
+        single-row statement; for a batch up to *limit* keys in one Valkey call and one statement, then
+        their locks and events in one pipeline. *woken* (the key the last wait's BLPOP took) goes
+        first. A stale key (claimed, changed or not ready since it was queued) is dropped and the next
+        one popped.
+
+        Lists empty: backoffs that came due are queued here, so a waiting claimer does not depend on
+        the orchestrator's period, and the next one's due time bounds the wait's BLPOP. Postgres is
+        touched while idle only by the rate-limited check for ready tasks that no list holds (an
+        emptied Valkey without orchestrator).
+        """
+        if woken is None:  # (a woken claimer's project was checked by the attempt before its wait)
+            await self.require_project(None, project)
+        single = limit == 1
+        claims: list[Claim] = []
+
+        def done() -> tuple[list[Claim], float | None]:
+            claims.sort(key=lambda c: (c.task.priority.value, c.task.seq))
+            return claims, None
+
+        pending = [woken] if woken is not None else []
         while True:
-            popped = await self.broker.try_pop(project, role_list)
-            if popped is None:
-                # Nothing listed. Backoffs that came due are queued here too, so a waiting claimer
-                # does not depend on the orchestrator's period; and it sleeps in BLPOP only until
-                # the next backoff is due. Postgres is touched while idle only by the rate-limited
-                # check for ready tasks that no list holds (an emptied Valkey without orchestrator).
+            want = limit - len(claims)
+            popped, pending = pending, []
+            if not popped:
+                try:
+                    popped = await self._try_pop(project, roles, want, single)
+                except exceptions.BackendError as exc:
+                    # claims already won are committed and hold live locks: hand them out, never drop them
+                    if not claims:
+                        raise
+                    logger.warning("claim_many: keeping %d claim(s) already won: %s", len(claims), exc)
+                    return done()
+            if not popped:
+                if claims:
+                    return done()
                 released, next_in = await self.release_due(project)
-                if released or await self._requeue_stranded(project, role_list):
+                if released or await self._requeue_stranded(project, roles):
                     continue
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return None
-                if next_in is not None:
-                    remaining = min(remaining, next_in + 0.001)
-                popped = await self.broker.pop(project, role_list, timeout=remaining, try_first=False)
-                if popped is None:
-                    continue
-            got = await self._or_push_back([popped], self._claim_key(project, popped.key, agent, role_list, lease))
-            if got is not None:
-                return got
-            # A stale entry (claimed, changed or not ready since it was queued): dropped; try the next.
+                return [], next_in
+            try:
+                claims.extend(
+                    await self._or_push_back(popped, self._claim_popped(project, popped, agent, roles, lease, single))
+                )
+            except exceptions.BackendError as exc:
+                if not claims:
+                    raise
+                logger.warning("claim_many: keeping %d claim(s) already won: %s", len(claims), exc)
+                return done()
+            # Done when full, or when the lists ran dry (fewer keys than asked) and we hold something.
+            # Otherwise some popped keys were stale and more may be listed: pop again.
+            if len(claims) >= limit or (claims and len(popped) < want):
+                return done()
+
+    async def _wait_for_ready(
+        self, project: str, roles: list[str] | None, armed: asyncio.Event | None, timeout: float
+    ) -> Popped | None:
+        """Block in BLPOP on the ready lists of *roles* (every commit that makes a task ready pushes its
+        key there after it committed) for up to *timeout* seconds. A key it pops is this claimer's: the
+        base hands it to the next :meth:`_try_claim`, which gives it back if the claim fails."""
+        return await self.broker.pop(project, roles, timeout=timeout, try_first=False)
+
+    async def _try_pop(self, project: str, roles: list[str] | None, want: int, single: bool) -> list[Popped]:
+        if single:
+            one = await self.broker.try_pop(project, roles)
+            return [one] if one is not None else []
+        return await self.broker.try_pop_many(project, roles, want)
+
+    async def _claim_popped(
+        self, project: str, popped: list[Popped], agent: str, roles: list[str] | None, lease: float, single: bool
+    ) -> list[Claim]:
+        if single:
+            got = await self._claim_key(project, popped[0].key, agent, roles, lease)
+            return [got] if got is not None else []
+        return await self._claim_keys(project, [p.key for p in popped], agent, roles, lease)
 
     async def _or_push_back(self, popped: list[Popped], claiming: Awaitable[_T]) -> _T:
         """Await the claim of keys just popped from Valkey; if it fails (Postgres error, lost
@@ -376,93 +427,23 @@ class PostgresValkeyDispatcher(Dispatcher):
             lease=Lease.model_construct(token=token, holder=agent, expires_at=row["lease_expires_at"], seconds=lease),
         )
 
-    async def claim_next(
-        self, project: str, agent: str, roles: Sequence[str] | None, lease_seconds: float
-    ) -> Claim | None:
-        """See :meth:`Dispatcher.claim_next`: the best ready task by ``domain.dispatch_order``, read
-        from Postgres (the Valkey lists only know priority and arrival), won with the same conditional
-        UPDATE as :meth:`claim`. A racer that wins a candidate first makes ours match nothing: we try
-        the next one. The key's list entry, now stale, is dropped by whoever pops it."""
+    async def _claim_best(self, project: str, agent: str, roles: list[str] | None, lease: float) -> Claim | None:
+        """The best ready task by ``domain.dispatch_order``, read from Postgres (the Valkey lists only
+        know priority and arrival), won with the same conditional UPDATE as a claim. A racer that wins
+        a candidate first makes ours match nothing: we try the next one. The key's list entry, now
+        stale, is dropped by whoever pops it."""
         await self.require_project(None, project)
-        role_list = list(dict.fromkeys(roles)) if roles else None
-        lease = float(lease_seconds)
-        if lease <= 0:
-            raise exceptions.ValidationError(f"lease_seconds must be positive, got {lease}", value=lease)
         await self.release_due(project)
         for _ in range(3):
             async with wrap_errors(), self._raw.connection() as conn:
-                rows = await conn.fetch(_Q["ready_keys"], project, role_list, 10)
+                rows = await conn.fetch(_Q["ready_keys"], project, roles, 10)
             if not rows:
                 return None
             for row in rows:
-                got = await self._claim_key(project, row["key"], agent, role_list, lease)
+                got = await self._claim_key(project, row["key"], agent, roles, lease)
                 if got is not None:
                     return got
         return None
-
-    async def claim_many(
-        self,
-        project: str,
-        agent: str,
-        roles: Sequence[str] | None = None,
-        limit: int = 10,
-        wait: float = 0.0,
-        lease_seconds: float | None = None,
-    ) -> list[Claim]:
-        """See :meth:`Dispatcher.claim_many`: pop up to *limit* keys in one Valkey call, win them with
-        one conditional UPDATE, then set their locks and publish their events in one pipeline."""
-        await self.require_project(None, project)
-        role_list = list(dict.fromkeys(roles)) if roles else None
-        lease = domain.lease_length(lease_seconds, self.config.lease_seconds)
-        if limit < 1:
-            raise exceptions.ValidationError(f"limit must be at least 1, got {limit}", value=limit)
-        deadline = time.monotonic() + max(0.0, wait)
-        claims: list[Claim] = []
-
-        def done() -> list[Claim]:
-            claims.sort(key=lambda c: (c.task.priority.value, c.task.seq))
-            return claims
-
-        while True:
-            want = limit - len(claims)
-            try:
-                popped = await self.broker.try_pop_many(project, role_list, want)
-            except exceptions.BackendError as exc:
-                # claims already won are committed and hold live locks: hand them out, never drop them
-                if not claims:
-                    raise
-                logger.warning("claim_many: keeping %d claim(s) already won: %s", len(claims), exc)
-                return done()
-            if not popped:
-                if claims:
-                    return done()
-                # Idle: as in claim(), queue due backoffs, then block on one key until one arrives.
-                released, next_in = await self.release_due(project)
-                if released or await self._requeue_stranded(project, role_list):
-                    continue
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return []
-                if next_in is not None:
-                    remaining = min(remaining, next_in + 0.001)
-                one = await self.broker.pop(project, role_list, timeout=remaining, try_first=False)
-                if one is None:
-                    continue
-                popped = [one]
-            keys = [p.key for p in popped]
-            try:
-                claims.extend(
-                    await self._or_push_back(popped, self._claim_keys(project, keys, agent, role_list, lease))
-                )
-            except exceptions.BackendError as exc:
-                if not claims:
-                    raise
-                logger.warning("claim_many: keeping %d claim(s) already won: %s", len(claims), exc)
-                return done()
-            # Done when full, or when the lists ran dry (fewer keys than asked) and we hold something.
-            # Otherwise some popped keys were stale and more may be listed: pop again.
-            if len(claims) >= limit or (claims and len(keys) < want):
-                return done()
 
     async def _claim_keys(
         self, project: str, keys: list[str], agent: str, roles: list[str] | None, lease: float
@@ -518,10 +499,9 @@ class PostgresValkeyDispatcher(Dispatcher):
         return None
 
     # -- lease operations --------------------------------------------------------------------
-    async def heartbeat(self, project: str, key: str, token: str, lease_seconds: float | None = None) -> Lease:
-        """See :meth:`Dispatcher.heartbeat`. Lease bookkeeping only: no version bump, no event."""
+    async def _heartbeat(self, project: str, key: str, token: str, lease: float) -> Lease:
+        """Lease bookkeeping only: no version bump, no event."""
         now = self._now()
-        lease = domain.lease_length(lease_seconds, self.config.lease_seconds)
         async with wrap_errors(), self._raw.connection() as raw:
             row = await raw.fetchrow(_Q["heartbeat"], project, key, token, lease)
         if row is None:

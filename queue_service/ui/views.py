@@ -249,7 +249,7 @@ async def retry_many(service: QueueService, project: str, keys: Sequence[str], a
     errors: list[str] = []
     for key in keys:
         try:
-            await service.retry(project, key, actor=actor)
+            await service.retry_task(project, key, actor=actor)
             done += 1
         except exceptions.QueueServiceError as exc:
             errors.append(f"{key}: {exc.message}")

@@ -1,8 +1,7 @@
 """Remote mode: the CLI (a subprocess, as users run it) talking to a real ``queue-service serve``.
 
 The server runs the in-memory backend, so state lives in the server process and is shared by every
-CLI call; the CLI goes through ``QUEUE_URL`` → AsyncClient → RemoteOps, the same commands as local
-mode.
+CLI call; the CLI hands the AsyncClient for ``QUEUE_URL`` to the same commands as local mode.
 """
 
 from __future__ import annotations
