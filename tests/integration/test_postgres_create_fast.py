@@ -45,7 +45,10 @@ async def test_a_plain_task_takes_the_fast_path_and_is_dispatched(
     # a dependent, a given key or a batch take the general path
     await svc.create_task("web", {"title": "two", "depends_on": ["WEB-1"]})
     await svc.create_task("web", {"title": "three", "key": "WEB-9"})
+    # so do fields the fast path does not write (added after it, e.g. requires): nothing is dropped
+    four = await svc.create_task("web", {"title": "four", "requires": {"model": "opus"}})
     assert answered == [True]
+    assert (await svc.get_task("web", four.key)).requires == {"model": "opus"}
     claim = await svc.claim("web", "agent")
     assert claim is not None and claim.task.key == "WEB-1"
     # the fast path wrote the created event like the general path

@@ -34,17 +34,30 @@ __all__ = ["create_one_fast", "fast_eligible"]
 _SQL = load_queries("task_create_fast.sql")
 
 
+#: the TaskCreate fields the fast path writes (or rules out: a key, an idempotency key, dependencies)
+_COVERED = frozenset(
+    {
+        "title", "description", "status", "role", "priority", "assignee", "mission", "milestone",
+        "labels", "extra", "max_attempts", "not_before", "key", "idempotency_key", "depends_on",
+    }
+)  # fmt: skip
+
+
 def fast_eligible(items: Sequence[TaskCreate]) -> bool:
-    """One task with no given key, no idempotency key and no dependencies, created not-started."""
+    """One task with no given key, no idempotency key and no dependencies, created not-started, and
+    every field the fast path does not write at its default (a field added later takes the general
+    path until the fast path writes it too)."""
     if len(items) != 1:
         return False
     item = items[0]
-    return (
-        item.key is None
-        and item.idempotency_key is None
-        and not item.depends_on
-        and item.status is TaskStatus.NOT_STARTED
-    )
+    if item.key is not None or item.idempotency_key is not None or item.depends_on:
+        return False
+    if item.status is not TaskStatus.NOT_STARTED:
+        return False
+    for name, info in TaskCreate.model_fields.items():
+        if name not in _COVERED and getattr(item, name) != info.get_default(call_default_factory=True):
+            return False
+    return True
 
 
 async def create_one_fast(
