@@ -88,6 +88,7 @@ async def measure_idle(rows: int, errors: int, idle: float, edits: int) -> dict[
     from flatfile.backend import FlatfileBackend
     from queue_service.backend import DispatchConfig
     from queue_service.service import QueueService
+    from queue_service.workspaces import WorkspacePolicy
     from queue_service.settings import Settings
     from workspace_sync.manager import WorkspaceSyncManager
 
@@ -97,7 +98,7 @@ async def measure_idle(rows: int, errors: int, idle: float, edits: int) -> dict[
         workspace.mkdir()
         path = workspace / "TASKS.md"
         async with FlatfileBackend(data, config=DispatchConfig(max_queue_depth=10 * rows)) as backend:
-            svc = QueueService(backend)
+            svc = QueueService(backend, workspaces=WorkspacePolicy(operator=True))
             slug = await _project(svc, workspace, rows)
             async with WorkspaceSyncManager(svc, settings, projects=[slug]) as manager:
 
@@ -168,6 +169,7 @@ async def _backend(kind: str, tmp: Path) -> AsyncIterator[Any]:
 async def measure_latency(kind: str, tasks: int, edits: int) -> dict[str, Any]:
     """Save → DB and API → file latency (p50/p95 ms) at *tasks* tasks on *kind* (flatfile, postgres)."""
     from queue_service.service import QueueService
+    from queue_service.workspaces import WorkspacePolicy
     from queue_service.settings import Settings
     from workspace_sync.manager import WorkspaceSyncManager
 
@@ -179,7 +181,7 @@ async def measure_latency(kind: str, tasks: int, edits: int) -> dict[str, Any]:
         workspace.mkdir()
         path = workspace / "TASKS.md"
         async with _backend(kind, Path(tmp)) as backend:
-            svc = QueueService(backend)
+            svc = QueueService(backend, workspaces=WorkspacePolicy(operator=True))
             slug = await _project(svc, workspace, tasks)
             async with WorkspaceSyncManager(svc, settings, projects=[slug]) as manager:
 

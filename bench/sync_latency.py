@@ -60,6 +60,7 @@ async def measure_sync_latency(
     """The async body of :func:`run_sync_latency` (call this from a running event loop)."""
     from queue_service.backend import Backend
     from queue_service.service import QueueService
+    from queue_service.workspaces import WorkspacePolicy
     from queue_service.settings import Settings
     from workspace_sync.manager import WorkspaceSyncManager
 
@@ -81,7 +82,7 @@ async def measure_sync_latency(
         workspace = Path(tmp)
         path = workspace / "TASKS.md"
         async with backend:
-            svc = QueueService(backend)
+            svc = QueueService(backend, workspaces=WorkspacePolicy(operator=True))
             slug = f"bench-{uuid.uuid4().hex[:8]}"
             await svc.create_project({"slug": slug, "workspace": str(workspace), "key_prefix": "B"})
             for start in range(0, tasks, 500):

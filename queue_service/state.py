@@ -410,6 +410,7 @@ class ProjectState:
         """Filtered, seq-ordered page."""
         after = decode_cursor(cursor)
         statuses = set(filters.status) if filters.status else None
+        needle = filters.text.casefold() if filters.text else None
         view = _View(self, Changes())
         items: list[Task] = []
         more = False
@@ -427,6 +428,12 @@ class ProjectState:
             if filters.milestone is not None and task.milestone != filters.milestone:
                 continue
             if filters.label is not None and filters.label not in task.labels:
+                continue
+            if needle is not None and not (
+                needle in task.key.casefold()
+                or needle in task.title.casefold()
+                or needle in task.description.casefold()
+            ):
                 continue
             if filters.ready is not None and view.is_ready(task, now) != filters.ready:
                 continue

@@ -81,6 +81,9 @@ class RemoteOps:
     ) -> TaskPage:
         """See QueueService.list_tasks."""
         f = validated(TaskFilter, filters or {})
+        if f.text is not None:
+            # the REST listing has no text search yet: refusing beats silently listing everything
+            raise exceptions.ValidationError("text search is not available through the REST API", field="text")
         return await self.client.list_tasks(
             project,
             status=[s.value for s in f.status] if f.status else None,

@@ -881,6 +881,10 @@ class PostgresRecordStore(RecordStore):
             where.append(tc.milestone == f.milestone)
         if f.label is not None:
             where.append(tc.labels.contains([f.label]))
+        if f.text:
+            # the expression migration 0007 indexes with pg_trgm (when the server has it)
+            needle = f.text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            where.append(literal_column(t.TASK_SEARCH_SQL, Text).ilike(f"%{needle}%", escape="\\"))
         if f.ready is not None:
             ready = and_(_READY, _due(now))
             where.append(ready if f.ready else not_(ready))
