@@ -88,8 +88,8 @@ async def measure_idle(rows: int, errors: int, idle: float, edits: int) -> dict[
     from flatfile.backend import FlatfileBackend
     from queue_service.backend import DispatchConfig
     from queue_service.service import QueueService
-    from queue_service.workspaces import WorkspacePolicy
     from queue_service.settings import Settings
+    from queue_service.workspaces import WorkspacePolicy
     from workspace_sync.manager import WorkspaceSyncManager
 
     settings = Settings(backend_url="memory://", sync_rescan_seconds=5.0, sync_debounce_seconds=0.3)
@@ -169,8 +169,8 @@ async def _backend(kind: str, tmp: Path) -> AsyncIterator[Any]:
 async def measure_latency(kind: str, tasks: int, edits: int) -> dict[str, Any]:
     """Save → DB and API → file latency (p50/p95 ms) at *tasks* tasks on *kind* (flatfile, postgres)."""
     from queue_service.service import QueueService
-    from queue_service.workspaces import WorkspacePolicy
     from queue_service.settings import Settings
+    from queue_service.workspaces import WorkspacePolicy
     from workspace_sync.manager import WorkspaceSyncManager
 
     settings = Settings(backend_url="memory://", sync_rescan_seconds=5.0, sync_debounce_seconds=0.3)

@@ -60,8 +60,8 @@ async def measure_sync_latency(
     """The async body of :func:`run_sync_latency` (call this from a running event loop)."""
     from queue_service.backend import Backend
     from queue_service.service import QueueService
-    from queue_service.workspaces import WorkspacePolicy
     from queue_service.settings import Settings
+    from queue_service.workspaces import WorkspacePolicy
     from workspace_sync.manager import WorkspaceSyncManager
 
     backend: Backend

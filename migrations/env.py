@@ -30,7 +30,7 @@ def _url() -> str:
     return str(url)
 
 
-def _include(obj: Any, name: str | None, type_: str, reflected: bool, compare_to: Any) -> bool:
+def _include(_obj: Any, name: str | None, type_: str, _reflected: bool, _compare_to: Any) -> bool:
     # created by a migration only where the server allows it (pg_trgm): autogenerate must not drop it
     return not (type_ == "index" and name in OPTIONAL_INDEXES)
 
