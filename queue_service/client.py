@@ -324,6 +324,10 @@ class _Calls:
         return _Call("GET", path, params=params, idempotent=True)
 
 
+#: the project and mission lists are paged (default 100); these calls return them whole, up to the max
+_WHOLE_LIST = {"limit": 1000}
+
+
 class _BaseClient:
     def __init__(
         self,
@@ -456,7 +460,7 @@ class Client(_BaseClient):
 
     def list_projects(self) -> list[Project]:
         """The projects this token may read."""
-        return _load_items(Project, self._send(_Calls.get("/v1/projects")))
+        return _load_items(Project, self._send(_Calls.get("/v1/projects", _WHOLE_LIST)))
 
     def get_project(self, project: str) -> Project:
         """One project."""
@@ -472,7 +476,7 @@ class Client(_BaseClient):
 
     def list_missions(self, project: str) -> list[Mission]:
         """A project's missions."""
-        return _load_items(Mission, self._send(_Calls.get(f"/v1/projects/{_p(project)}/missions")))
+        return _load_items(Mission, self._send(_Calls.get(f"/v1/projects/{_p(project)}/missions", _WHOLE_LIST)))
 
     def get_mission(self, project: str, mission: str) -> Mission:
         """One mission."""
@@ -882,7 +886,7 @@ class AsyncClient(_BaseClient):
 
     async def list_projects(self) -> list[Project]:
         """The projects this token may read."""
-        return _load_items(Project, await self._send(_Calls.get("/v1/projects")))
+        return _load_items(Project, await self._send(_Calls.get("/v1/projects", _WHOLE_LIST)))
 
     async def get_project(self, project: str) -> Project:
         """One project."""
@@ -898,7 +902,7 @@ class AsyncClient(_BaseClient):
 
     async def list_missions(self, project: str) -> list[Mission]:
         """A project's missions."""
-        return _load_items(Mission, await self._send(_Calls.get(f"/v1/projects/{_p(project)}/missions")))
+        return _load_items(Mission, await self._send(_Calls.get(f"/v1/projects/{_p(project)}/missions", _WHOLE_LIST)))
 
     async def get_mission(self, project: str, mission: str) -> Mission:
         """One mission."""

@@ -610,10 +610,15 @@ class Cycle:
 
     def append_missing(self, present: set[str]) -> None:
         """Rows for the mission's tasks the file does not show yet (created through the API or by agents)."""
-        for task in sorted(self.tasks.values(), key=lambda t: t.seq):
+        mission = self.mission.id
+        # filter first, then sort the few that are missing (sorting all 5,000 every cycle cost ms)
+        missing = [
+            t
+            for t in self.tasks.values()
+            if t.mission == mission and t.key not in present and t.key not in self.new_base
+        ]
+        for task in sorted(missing, key=lambda t: t.seq):
             key = task.key
-            if task.mission != self.mission.id or key in present or key in self.new_base:
-                continue
             hidden = self.hidden.get(key)
             if hidden is not None:
                 if hidden == task.version:
