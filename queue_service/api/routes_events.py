@@ -13,8 +13,8 @@ from queue_service.api.limits import SlotStreamingResponse
 from queue_service.api.schemas import ErrorBody
 from queue_service.api.sse import stream_events
 
-#: events a ``follow=false`` replay sends unless ``limit`` says otherwise, and the most it sends
-REPLAY_DEFAULT = 1000
+#: the largest ``limit`` of a ``follow=false`` replay (without one it streams the whole log: the typed
+#: client's ``events(follow=False)`` promises every event, and it cannot resume a cut replay yet)
 REPLAY_MAX = 10_000
 
 __all__ = ["router"]
@@ -53,15 +53,15 @@ async def events(
     ] = None,
     follow: Annotated[bool, Query(description="keep streaming live events; false: replay, then close")] = True,
     limit: Annotated[
-        int,
+        int | None,
         Query(ge=1, le=REPLAY_MAX, description=f"with follow=false: at most this many events (1-{REPLAY_MAX:,})"),
-    ] = REPLAY_DEFAULT,
+    ] = None,
 ) -> StreamingResponse:
     """Every change of the project as server-sent events, resumable after ``Last-Event-ID``.
 
     Without a last id the stream starts with the next change (``follow=false`` replays from the
-    start instead, at most ``limit`` events; when more follow, a final ``: truncated`` comment names
-    the id to resume after).
+    start instead; with ``limit``, at most that many events and, when more follow, a final
+    ``: truncated`` comment naming the id to resume after).
     """
     start = _event_id(last_event_id_header, "Last-Event-ID")
     if start is None:

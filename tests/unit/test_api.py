@@ -149,6 +149,8 @@ async def test_project_mission_and_event_lists_are_bounded(http: httpx.AsyncClie
     replay = await http.get(f"{P}/events", params={"follow": "false", "after": "0", "limit": 2})
     assert replay.text.count("\ndata: ") + replay.text.startswith("data: ") == 2
     assert ": truncated; 2 events shown; resume with after=" in replay.text
+    whole = await http.get(f"{P}/events", params={"follow": "false", "after": "0"})
+    assert whole.text.count("data: ") >= 5 and "truncated" not in whole.text  # no limit: the whole log
     assert (await http.get(f"{P}/events", params={"follow": "false", "limit": 10_001})).status_code == 422
 
 
