@@ -7,11 +7,11 @@ from datetime import timedelta
 
 from sqlalchemy import ColumnElement, Text, and_, bindparam, func, literal_column, not_, select
 
+from queue_service.cursors import decode_cursor, encode_cursor
 from queue_service.models import QueueStats, ReadyList, Task, TaskFilter, TaskPage, TaskStatus
 from queue_service.postgres import tables as t
 from queue_service.postgres.records.base import READY, TEXTS, PostgresRecordsBase, S, due, select_tasks
 from queue_service.postgres.rows import task_columns, task_from_row
-from queue_service.state import decode_cursor, encode_cursor
 
 __all__ = ["TaskQueries"]
 
