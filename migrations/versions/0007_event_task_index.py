@@ -8,7 +8,7 @@
   without an index: a managed Postgres that refuses extensions is not an error.
 
 Revision ID: 0007_event_task_index
-Revises: 0004_mission_quality_gates
+Revises: 0005_trace_context
 Create Date: 2026-11-29 15:10:00
 """
 
@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0007_event_task_index"
-down_revision: str | Sequence[str] | None = "0004_mission_quality_gates"
+down_revision: str | Sequence[str] | None = "0005_trace_context"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -166,9 +166,12 @@ class RecordRules(StateCore):
                 depends_on=tuple(new_edges[keys[i]]),
                 labels=tuple(item.labels),
                 extra=dict(item.extra),
+                requires=dict(item.requires),
                 max_attempts=item.max_attempts,
                 not_before=item.not_before,
                 idempotency_key=item.idempotency_key,
+                traceparent=item.traceparent,
+                tracestate=item.tracestate,
                 created_at=now,
                 updated_at=now,
                 started_at=now if item.status is S.IN_PROGRESS else None,
@@ -241,6 +244,8 @@ class RecordRules(StateCore):
             fields["labels"] = tuple(fields["labels"] or ())
         if "extra" in fields:
             fields["extra"] = dict(fields["extra"] or {})
+        if "requires" in fields:
+            fields["requires"] = dict(fields["requires"] or {})
         if "mission" in fields:
             self.require_mission(fields["mission"])
         if "depends_on" in fields:

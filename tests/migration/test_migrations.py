@@ -80,7 +80,7 @@ def _trigram_offered(conn: Connection) -> bool:
 
 async def test_event_task_index_and_optional_search_index(empty_pg_url: str) -> None:
     """0007: a task's events are indexed by key; the board search gets a trigram index where pg_trgm exists."""
-    await migrate.upgrade(empty_pg_url, "0004_mission_quality_gates")
+    await migrate.upgrade(empty_pg_url, "0005_trace_context")
     assert "ix_events_project_task_key_id" not in await _on(empty_pg_url, _indexes)
     await migrate.upgrade(empty_pg_url, "0007_event_task_index")
     indexes = await _on(empty_pg_url, _indexes)
@@ -89,6 +89,6 @@ async def test_event_task_index_and_optional_search_index(empty_pg_url: str) -> 
         assert "gin_trgm_ops" in indexes["ix_tasks_search_trgm"]
     else:
         assert "ix_tasks_search_trgm" not in indexes
-    await migrate.downgrade(empty_pg_url, "0004_mission_quality_gates")
+    await migrate.downgrade(empty_pg_url, "0005_trace_context")
     indexes = await _on(empty_pg_url, _indexes)
     assert "ix_events_project_task_key_id" not in indexes and "ix_tasks_search_trgm" not in indexes

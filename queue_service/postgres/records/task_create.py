@@ -219,6 +219,7 @@ class TaskCreation(PostgresRecordsBase):
                     "milestone": item.milestone,
                     "labels": list(item.labels),
                     "extra": dict(item.extra),
+                    "requires": dict(item.requires),
                     "attempts": 0,
                     "max_attempts": item.max_attempts,
                     "not_before": item.not_before,
@@ -230,6 +231,8 @@ class TaskCreation(PostgresRecordsBase):
                     "updated_at": now,
                     "started_at": now if item.status is S.IN_PROGRESS else None,
                     "completed_at": now if item.status is S.DONE else None,
+                    "traceparent": item.traceparent,
+                    "tracestate": item.tracestate,
                 }
             )
         created: dict[str, Task] = {}

@@ -107,6 +107,8 @@ class TaskEdits(PostgresRecordsBase):
                 fields["labels"] = tuple(fields["labels"] or ())
             if "extra" in fields:
                 fields["extra"] = dict(fields["extra"] or {})
+            if "requires" in fields:
+                fields["requires"] = dict(fields["requires"] or {})
             if "depends_on" in fields:
                 fields["depends_on"] = tuple(fields["depends_on"] or ())
             changed = {k: v for k, v in fields.items() if getattr(old, k) != v}

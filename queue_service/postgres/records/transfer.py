@@ -217,6 +217,7 @@ class TransferRecords(PostgresRecordsBase):
             priority=task.priority.value,
             labels=list(task.labels),
             extra=dict(task.extra),
+            requires=dict(task.requires),
             # The token never leaves the old backend, so the lease cannot continue here.
             lease_holder=None,
             lease_expires_at=None,
