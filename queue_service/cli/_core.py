@@ -578,6 +578,32 @@ def shown(count: int, total: int | None, more: str) -> str:
     return f"{count:,}{of} shown; {more}"
 
 
+#: rows a listing prints unless --limit or --all says otherwise (issue 11: output budgets)
+DEFAULT_LIST_LIMIT = 20
+#: the largest --limit a listing takes
+MAX_LIST_LIMIT = 1000
+ListLimitOpt = Annotated[
+    int, typer.Option("--limit", help=f"Show at most this many (1-{MAX_LIST_LIMIT}).", min=1, max=MAX_LIST_LIMIT)
+]
+ListAllOpt = Annotated[bool, typer.Option("--all", help="Show every one.")]
+
+
+def cut_listing(items: Sequence[T], limit: int, all_: bool) -> tuple[list[T], str]:
+    """The first *limit* of *items* (all with --all) and the truncation line (empty when nothing was cut).
+
+    The line goes to stderr with --json (stdout stays one JSON document) and after the table otherwise.
+    """
+    if all_ or len(items) <= limit:
+        return list(items), ""
+    return list(items[:limit]), shown(limit, len(items), "--limit N or --all")
+
+
+def note_cut(line: str) -> None:
+    """Print a truncation line where it never breaks --json output (stderr)."""
+    if line:
+        print(line, file=sys.stderr)
+
+
 def plural(n: int, word: str) -> str:
     """``1 task``, ``2 tasks``."""
     return f"{n:,} {word}" if n == 1 else f"{n:,} {word}s"

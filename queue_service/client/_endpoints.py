@@ -161,8 +161,12 @@ def create_project(data: ProjectCreate | Mapping[str, Any]) -> Request[Project]:
     return Request("POST", "/v1/projects", one(Project), _dump(data))
 
 
+#: the project and mission lists are paged (default 100); these calls ask for them whole, up to the max
+_WHOLE_LIST = {"limit": 1000}
+
+
 def list_projects() -> Request[list[Project]]:
-    return _get("/v1/projects", items(Project))
+    return _get("/v1/projects", items(Project), _WHOLE_LIST)
 
 
 def get_project(project: str) -> Request[Project]:
@@ -178,7 +182,7 @@ def create_mission(project: str, data: MissionCreate | Mapping[str, Any]) -> Req
 
 
 def list_missions(project: str) -> Request[list[Mission]]:
-    return _get(f"/v1/projects/{_p(project)}/missions", items(Mission))
+    return _get(f"/v1/projects/{_p(project)}/missions", items(Mission), _WHOLE_LIST)
 
 
 def get_mission(project: str, mission: str) -> Request[Mission]:
