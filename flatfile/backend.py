@@ -36,6 +36,8 @@ from flatfile.journal import CompactionPolicy, Outcome, ProjectFiles, Txn, creat
 from flatfile.streams import FlatfileStreamStore
 from flatfile.tokens import TokenFile
 from queue_service import domain, exceptions
+from queue_service.agents import Agent
+from queue_service.agents_state import StateAgentRegistry
 from queue_service.backend import Backend, DispatchConfig, Dispatcher, EventStream, RecordStore
 from queue_service.models import (
     SLUG_RE,
@@ -323,11 +325,10 @@ class _Dispatch(Dispatcher):
         if _expired_lease(state, now):
             changes, _ = state.plan_sweep(self.b.config, now)
             txn.commit(changes)
-        planned = state.plan_claim(agent, roles, lease, now)
-        if planned is not None:
-            changes, claim = planned
-            txn.commit(changes)
-            return claim, None
+        changes, claims = state.plan_claim_many(agent, roles, 1, lease, now, self.b.config)
+        txn.commit(changes)  # a registry-only change (implicit registration) too
+        if claims:
+            return claims[0], None
         return None, _next_due(state, roles, now) if want_due else None
 
     async def claim(
@@ -371,9 +372,9 @@ class _Dispatch(Dispatcher):
         if _expired_lease(state, now):
             changes, _ = state.plan_sweep(self.b.config, now)
             txn.commit(changes)
-        changes, claims = state.plan_claim_many(agent, roles, limit, lease, now)
+        changes, claims = state.plan_claim_many(agent, roles, limit, lease, now, self.b.config)
+        txn.commit(changes)  # the whole batch is one journal entry (or a registry-only change)
         if claims:
-            txn.commit(changes)  # the whole batch is one journal entry
             return claims, None
         return [], _next_due(state, roles, now) if want_due else None
 
@@ -573,6 +574,7 @@ class FlatfileBackend(Backend):
         self.dispatch = _Dispatch(self)
         self.events = _Events(self)
         self.streams = FlatfileStreamStore(self.data_dir / "streams", self.dispatch, poll_interval=poll_interval)
+        self.agents = StateAgentRegistry(self._plan_agent, self._read_agents, lambda: self.config.agent_ready_seconds)
 
     @classmethod
     def from_url(cls, url: str, config: DispatchConfig | None = None) -> FlatfileBackend:
@@ -705,6 +707,17 @@ class FlatfileBackend(Backend):
         if outcome.committed:
             self.signal(slug).fire()
         return outcome.result
+
+    async def _plan_agent(self, slug: str, fn: Callable[[ProjectState, datetime], tuple[Changes, Agent]]) -> Agent:
+        def op(txn: Txn) -> Agent:
+            changes, result = fn(txn.state, txn.now)
+            txn.commit(changes)
+            return result
+
+        return await self.run(slug, op, exclusive=True)
+
+    async def _read_agents(self, slug: str, fn: Callable[[ProjectState, datetime], list[Agent]]) -> list[Agent]:
+        return await self.run(slug, lambda txn: fn(txn.state, txn.now), exclusive=False)
 
     async def read(self, slug: str, fn: Callable[[ProjectState], R]) -> R:
         """A read under the shared lock, on the caught-up state."""

@@ -28,6 +28,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from queue_service import exceptions
+from queue_service.agents import AgentRegistry
 from queue_service.models import (
     ApiToken,
     Claim,
@@ -82,6 +83,10 @@ class DispatchConfig:
     sweep_seconds: float = 1.0
     #: default max_attempts for tasks created without one
     default_max_attempts: int = 3
+    #: an agent is ready while seen (registered, heartbeat, claim) within this many seconds (issue 13)
+    agent_ready_seconds: float = 30.0
+    #: how long a task routed by a strategy waits for the agent it was offered to, seconds
+    offer_seconds: float = 10.0
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -477,6 +482,8 @@ class Backend(abc.ABC):
     events: EventStream
     #: per-task chunk streams (issue 14)
     streams: StreamStore
+    #: the agent registry (issue 13)
+    agents: AgentRegistry
     config: DispatchConfig
     #: short name for logs and /readyz ("memory", "postgres+valkey", "flatfile")
     name: str = "backend"

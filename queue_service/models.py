@@ -32,12 +32,14 @@ __all__ = [
     "MissionStatus",
     "Note",
     "PRIORITY_ALIASES",
+    "Preference",
     "Priority",
     "Project",
     "ProjectCreate",
     "ProjectSnapshot",
     "ProjectUpdate",
     "QueueStats",
+    "ROUTING_STRATEGIES",
     "ReadyList",
     "SweepReport",
     "Task",
@@ -329,6 +331,50 @@ def _aware(value: datetime | None) -> datetime | None:
     return value
 
 
+#: label names and values of agents and task affinity (``{"model": "opus"}``): one token each
+LABEL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,63}$")
+#: routing strategies a project can set per role (issue 13); ``pull`` is today's behaviour
+ROUTING_STRATEGIES = ("pull", "round-robin", "least-busy", "random")
+
+
+def _check_label_map(value: dict[str, str]) -> dict[str, str]:
+    if len(value) > 32:
+        raise ValueError(f"at most 32 labels, got {len(value)}")
+    for name, val in value.items():
+        if not LABEL_NAME_RE.fullmatch(name):
+            raise ValueError(f"invalid label name {name!r}: letters, digits and . _ : / -, at most 64 characters")
+        if not isinstance(val, str) or not val or len(val) > 200 or _LINE_BREAK_RE.search(val):
+            raise ValueError(f"label {name!r}: the value must be one line of 1-200 characters")
+    return value
+
+
+def _check_concurrency_key(value: str) -> str:
+    if not value or len(value) > 200 or _LINE_BREAK_RE.search(value) or value.strip() != value:
+        raise ValueError(f"invalid concurrency key {value[:60]!r}: one line of 1-200 characters, no outer spaces")
+    return value
+
+
+def _check_routing(value: dict[str, str]) -> dict[str, str]:
+    if len(value) > 100:
+        raise ValueError(f"routing names at most 100 roles, got {len(value)}")
+    for role, strategy in value.items():
+        _check_role(role)
+        if strategy not in ROUTING_STRATEGIES:
+            raise ValueError(f"role {role!r}: unknown strategy {strategy!r} (use {'|'.join(ROUTING_STRATEGIES)})")
+    return value
+
+
+def _check_limits(value: dict[str, int]) -> dict[str, int]:
+    if len(value) > 1000:
+        raise ValueError(f"concurrency_limits holds at most 1000 keys, got {len(value)}")
+    for key, limit in value.items():
+        if key != "*":
+            _check_concurrency_key(key)
+        if not 0 <= limit <= 100_000:
+            raise ValueError(f"concurrency limit of {key!r} must be between 0 and 100000, got {limit}")
+    return value
+
+
 Slug = Annotated[str, AfterValidator(_check_slug)]
 KeyPrefix = Annotated[
     str, BeforeValidator(lambda v: v.strip().upper() if isinstance(v, str) else v), AfterValidator(_check_prefix)
@@ -345,6 +391,19 @@ OneLine = Annotated[str, AfterValidator(one_line)]
 StatusField = Annotated[TaskStatus, BeforeValidator(parse_status)]
 PriorityField = Annotated[Priority, BeforeValidator(_parse_priority)]
 AwareDatetime = Annotated[datetime, AfterValidator(_aware)]
+LabelMap = Annotated[dict[str, str], AfterValidator(_check_label_map)]
+ConcurrencyKey = Annotated[str, AfterValidator(_check_concurrency_key)]
+RoutingMap = Annotated[dict[str, str], AfterValidator(_check_routing)]
+LimitMap = Annotated[dict[str, int], AfterValidator(_check_limits)]
+
+
+class Preference(BaseModel):
+    """A weighted label preference of a task (issue 13): agents whose labels match rank higher."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    labels: LabelMap
+    weight: int = Field(default=1, ge=-1000, le=1000)
 
 
 class _Frozen(BaseModel):
@@ -428,6 +487,10 @@ class Project(_Frozen):
     created_at: datetime
     updated_at: datetime
     version: int = 1
+    #: routing strategy per role (issue 13); a role not named is ``pull``
+    routing: dict[str, str] = Field(default_factory=dict)
+    #: in-progress cap per concurrency key; ``"*"`` is the default for keys not named
+    concurrency_limits: dict[str, int] = Field(default_factory=dict)
 
 
 class ProjectCreate(_Input):
@@ -453,6 +516,10 @@ class ProjectUpdate(_Input):
 
     name: OneLine | None = Field(default=None, max_length=200)
     workspace: str | None = Field(default=None, max_length=4096)
+    #: replaces the routing map (issue 13): ``{"<role>": "pull|round-robin|least-busy|random"}``
+    routing: RoutingMap | None = None
+    #: replaces the concurrency limits: ``{"<key>": n, "*": default}``
+    concurrency_limits: LimitMap | None = None
 
 
 class Milestone(_Frozen):
@@ -579,6 +646,14 @@ class Task(_Frozen):
     updated_at: datetime
     started_at: datetime | None = None
     completed_at: datetime | None = None
+    #: labels an agent must carry to be handed this task (issue 13)
+    requires: dict[str, str] = Field(default_factory=dict)
+    #: weighted label preferences: matching agents are offered it first
+    prefers: tuple[Preference, ...] = ()
+    #: tasks sharing a key are capped by the project's ``concurrency_limits`` while in progress
+    concurrency_key: str | None = None
+    #: fair-share group; None means the task's mission
+    group: str | None = None
 
 
 class TaskCreate(_Input):
@@ -603,6 +678,12 @@ class TaskCreate(_Input):
     max_attempts: int = Field(default=3, ge=1, le=1000)
     not_before: AwareDatetime | None = None
     idempotency_key: str | None = Field(default=None, max_length=200)
+    #: labels an agent must carry to be handed this task (issue 13)
+    requires: LabelMap = Field(default_factory=dict)
+    prefers: list[Preference] = Field(default_factory=list, max_length=32)
+    concurrency_key: ConcurrencyKey | None = None
+    #: fair-share group (team, user, ...); default: the task's mission
+    group: OneLine | None = Field(default=None, min_length=1, max_length=200)
 
     @pydantic.field_validator("depends_on", "labels")
     @classmethod
@@ -632,6 +713,10 @@ class TaskUpdate(_Input):
     max_attempts: int | None = Field(default=None, ge=1, le=1000)
     not_before: AwareDatetime | None = None
     blocked_reason: str | None = Field(default=None, max_length=2000)
+    requires: LabelMap | None = None
+    prefers: list[Preference] | None = Field(default=None, max_length=32)
+    concurrency_key: ConcurrencyKey | None = None
+    group: OneLine | None = Field(default=None, min_length=1, max_length=200)
 
     @pydantic.field_validator("depends_on", "labels")
     @classmethod

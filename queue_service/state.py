@@ -39,6 +39,7 @@ from queue_service.models import (
     TaskStatus,
     TaskUpdate,
 )
+from queue_service.routing_state import RoutingDelta, RoutingIndex, pick_routed
 
 __all__ = ["Changes", "ProjectState", "decode_cursor", "encode_cursor", "new_token"]
 
@@ -94,6 +95,8 @@ class Changes:
     sync_rows: dict[str, dict[str, dict[str, Any] | None]] = field(default_factory=dict)
     #: tasks that became ready (for waking claimers / queueing)
     ready: list[str] = field(default_factory=list)
+    #: agent registry, offers and round-robin cursors (issue 13)
+    routing: RoutingDelta | None = None
 
     def is_empty(self) -> bool:
         """True when nothing would change."""
@@ -106,6 +109,7 @@ class Changes:
                 or self.missions
                 or self.sync_state
                 or self.sync_rows
+                or self.routing
             )
             and self.next_seq is None
         )
@@ -168,6 +172,8 @@ class ProjectState:
         self.last_seq = 0
         self.last_note_id = 0
         self.last_event_id = 0
+        #: agents, offers and routing bookkeeping (issue 13)
+        self.routing = RoutingIndex()
 
     # -- helpers ----------------------------------------------------------------------------
     def _event(self, changes: Changes, kind: str, now: datetime, task: Task | None = None, **data: Any) -> None:
@@ -233,6 +239,9 @@ class ProjectState:
         fields = {k: getattr(patch, k) for k in patch.model_fields_set}
         if fields.get("name") is None:
             fields.pop("name", None)
+        for name in ("routing", "concurrency_limits"):
+            if name in fields and fields[name] is None:
+                fields[name] = {}
         changed = {k: v for k, v in fields.items() if getattr(self.project, k) != v}
         if not changed:
             return Changes()
@@ -369,6 +378,10 @@ class ProjectState:
                 max_attempts=item.max_attempts,
                 not_before=item.not_before,
                 idempotency_key=item.idempotency_key,
+                requires=dict(item.requires),
+                prefers=tuple(item.prefers),
+                concurrency_key=item.concurrency_key,
+                group=item.group,
                 created_at=now,
                 updated_at=now,
                 started_at=now if item.status is S.IN_PROGRESS else None,
@@ -543,6 +556,10 @@ class ProjectState:
             fields["labels"] = tuple(fields["labels"] or ())
         if "extra" in fields:
             fields["extra"] = dict(fields["extra"] or {})
+        if "requires" in fields:
+            fields["requires"] = dict(fields["requires"] or {})
+        if "prefers" in fields:
+            fields["prefers"] = tuple(fields["prefers"] or ())
         if "mission" in fields:
             self._require_mission(fields["mission"])
         if "depends_on" in fields:
@@ -677,22 +694,65 @@ class ProjectState:
         return len(self.eligible.get(role, ()))
 
     def plan_claim(
-        self, agent: str, roles: Sequence[str] | None, lease_seconds: float, now: datetime
+        self,
+        agent: str,
+        roles: Sequence[str] | None,
+        lease_seconds: float,
+        now: datetime,
+        config: DispatchConfig | None = None,
     ) -> tuple[Changes, Claim] | None:
         """Claim the best ready task of *roles*, or None. Stale heap entries are dropped as found."""
-        changes, claims = self.plan_claim_many(agent, roles, 1, lease_seconds, now)
+        changes, claims = self.plan_claim_many(agent, roles, 1, lease_seconds, now, config)
         return (changes, claims[0]) if claims else None
 
     def plan_claim_many(
-        self, agent: str, roles: Sequence[str] | None, limit: int, lease_seconds: float, now: datetime
+        self,
+        agent: str,
+        roles: Sequence[str] | None,
+        limit: int,
+        lease_seconds: float,
+        now: datetime,
+        config: DispatchConfig | None = None,
     ) -> tuple[Changes, list[Claim]]:
-        """Claim up to *limit* ready tasks of *roles*, best first, in one Changes (one token each).
+        """Claim up to *limit* ready tasks of *roles* for *agent*, in one Changes (one token each).
+
+        The agent is registered implicitly if unknown, and never gets more than its free capacity.
+        When routing matters (strategies, labels, concurrency keys, several groups) the pick is
+        :func:`queue_service.routing_state.pick_routed`; otherwise it is the heap pick below.
+        (The Changes may hold only a registry update when nothing was claimed.)
+        """
+        cfg = config or DispatchConfig()
+        delta = RoutingDelta()
+        me = self.routing.admit(self.project.slug, agent, roles, now, delta)
+        names = list(dict.fromkeys(roles)) if roles else (list(me.roles) if me.roles else list(self._heaps))
+        want = min(limit, self.routing.free(me))
+        if want <= 0:
+            chosen: list[Task] = []
+        elif self.routing.needs_routing(self.project, names):
+            chosen = pick_routed(self, me, names, want, now, cfg.agent_ready_seconds, cfg.offer_seconds, delta)
+        else:
+            chosen = self._pick_heap(names, want, now)
+        changes = Changes(routing=delta if delta else None)
+        claims: list[Claim] = []
+        expires = now + timedelta(seconds=lease_seconds)
+        for task in chosen:
+            token = domain.new_lease_token(lease_seconds)
+            new = task.model_copy(
+                update={"status": S.IN_PROGRESS, "assignee": agent, "lease_holder": agent, "lease_expires_at": expires}
+            )
+            stored = self._transition(changes, task, new, "claimed", now, token=token, agent=agent)
+            claims.append(
+                Claim(task=stored, lease=Lease(token=token, holder=agent, expires_at=expires, seconds=lease_seconds))
+            )
+        return changes, claims
+
+    def _pick_heap(self, names: list[str], limit: int, now: datetime) -> list[Task]:
+        """The first *limit* ready tasks of roles *names* in dispatch order, off the heaps.
 
         Stale heap entries are dropped as found; every entry still eligible goes back into its heap
         (the chosen ones too: ``apply`` drops them once they are in-progress, and a commit that fails
         must not lose them).
         """
-        names = list(roles) if roles else list(self._heaps)
         deferred: list[tuple[str, tuple[int, int, str]]] = []
         chosen: list[Task] = []
         picked: set[str] = set()
@@ -723,20 +783,7 @@ class ProjectState:
         finally:
             for role, entry in deferred:
                 heapq.heappush(self._heaps[role], entry)
-        chosen = self._dispatch_first(chosen, names, limit, now)
-        changes = Changes()
-        claims: list[Claim] = []
-        expires = now + timedelta(seconds=lease_seconds)
-        for task in chosen:
-            token = domain.new_lease_token(lease_seconds)
-            new = task.model_copy(
-                update={"status": S.IN_PROGRESS, "assignee": agent, "lease_holder": agent, "lease_expires_at": expires}
-            )
-            stored = self._transition(changes, task, new, "claimed", now, token=token, agent=agent)
-            claims.append(
-                Claim(task=stored, lease=Lease(token=token, holder=agent, expires_at=expires, seconds=lease_seconds))
-            )
-        return changes, claims
+        return self._dispatch_first(chosen, names, limit, now)
 
     def unblocks(self, key: str) -> int:
         """How many not-done tasks depend directly on *key* (the dispatch order's tie-breaker)."""
@@ -996,6 +1043,11 @@ class ProjectState:
                 self.tokens[key] = token
         for key, new in changes.tasks.items():
             self._store_task(key, new)
+        if changes.routing is not None:
+            self.routing.apply(changes.routing)
+        for event in changes.events:
+            if event.kind == "claimed" and event.task is not None:
+                self.routing.served(self.tasks[event.task])
         # A task whose lease expired goes to the head of its priority's line (it waited its turn
         # already). Derived from the event, so a journal replay orders it the same way.
         for event in changes.events:
@@ -1012,6 +1064,7 @@ class ProjectState:
     def _store_task(self, key: str, new: Task) -> None:
         old = self.tasks.get(key)
         self.tasks[key] = new
+        self.routing.observe(old, new)
         self.last_seq = max(self.last_seq, new.seq)
         if new.idempotency_key:
             self.idempotency[new.idempotency_key] = key

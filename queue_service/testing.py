@@ -16,6 +16,8 @@ from datetime import datetime
 from typing import Any
 
 from queue_service import domain, exceptions
+from queue_service.agents import Agent
+from queue_service.agents_state import StateAgentRegistry
 from queue_service.backend import Backend, DispatchConfig, Dispatcher, EventStream, RecordStore
 from queue_service.models import (
     ApiToken,
@@ -269,11 +271,10 @@ class _Dispatch(Dispatcher):
         async with cond:
             while True:
                 now = self.b.now()
-                planned = state.plan_claim(agent, roles, lease, now)
-                if planned is not None:
-                    changes, claim = planned
-                    self.b.commit(state, changes, notify=False)
-                    return claim
+                changes, claims = state.plan_claim_many(agent, roles, 1, lease, now, self.b.config)
+                self.b.commit(state, changes, notify=False)  # a registry-only change too
+                if claims:
+                    return claims[0]
                 remaining = deadline - loop.time()
                 if remaining <= 0:
                     return None
@@ -301,9 +302,9 @@ class _Dispatch(Dispatcher):
         async with cond:
             while True:
                 now = self.b.now()
-                changes, claims = state.plan_claim_many(agent, roles, limit, lease, now)
+                changes, claims = state.plan_claim_many(agent, roles, limit, lease, now, self.b.config)
+                self.b.commit(state, changes, notify=False)  # a registry-only change too
                 if claims:
-                    self.b.commit(state, changes, notify=False)
                     return claims
                 remaining = deadline - loop.time()
                 if remaining <= 0:
@@ -414,6 +415,16 @@ class InMemoryBackend(Backend):
         self.dispatch = _Dispatch(self)
         self.events = _Events(self)
         self.streams = MemoryStreamStore(self.dispatch)
+        self.agents = StateAgentRegistry(self._plan_agent, self._read_agents, lambda: self.config.agent_ready_seconds)
+
+    async def _plan_agent(self, slug: str, fn: Callable[[ProjectState, datetime], tuple[Changes, Agent]]) -> Agent:
+        state = self.state(slug)
+        changes, result = fn(state, self.now())
+        self.commit(state, changes)
+        return result
+
+    async def _read_agents(self, slug: str, fn: Callable[[ProjectState, datetime], list[Agent]]) -> list[Agent]:
+        return fn(self.state(slug), self.now())
 
     def reset(self) -> None:
         """Forget everything."""
