@@ -203,14 +203,18 @@ def plan_claims(ctx: RoutingContext, candidates: Sequence[Candidate], want: int)
     return plan
 
 
+def _order(c: Candidate) -> tuple[int, int, int]:
+    return domain.dispatch_order(c.task, c.unblocks)
+
+
 def _take(ctx: RoutingContext, plan: ClaimPlan, task: Task, outstanding: dict[str, int]) -> bool:
     me = ctx.claimer
     if not satisfies(task.requires, me.labels):
         return False
     limit = limit_for(ctx.project.concurrency_limits, task.concurrency_key)
-    if limit is not None and task.concurrency_key is not None:
-        if ctx.in_progress_by_key.get(task.concurrency_key, 0) >= limit:
-            return False
+    key = task.concurrency_key
+    if limit is not None and key is not None and ctx.in_progress_by_key.get(key, 0) >= limit:
+        return False
     offer = ctx.offers.get(task.key)
     if ctx.offer_live(offer):
         assert offer is not None

@@ -117,9 +117,9 @@ class RoutingIndex:
         """The claiming agent's record, registering it implicitly (roles from the claim, capacity 1)
         and refreshing ``last_seen``; changes go to *delta*. Idle implicit agents are dropped."""
         for other in list(self.agents.values()):
-            if other.implicit and other.id != agent and not self.holding.get(other.id):
-                if now - other.last_seen > IMPLICIT_IDLE:
-                    delta.agents[other.id] = None
+            idle = now - other.last_seen > IMPLICIT_IDLE
+            if other.implicit and idle and other.id != agent and not self.holding.get(other.id):
+                delta.agents[other.id] = None
         record = self.agents.get(agent)
         if record is None:
             record = AgentRecord(
