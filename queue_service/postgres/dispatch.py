@@ -18,14 +18,13 @@ is logged, not raised: the durable change stands and the next sweep repairs the 
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import random
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
@@ -39,27 +38,21 @@ from queue_service.backend import DispatchConfig, Dispatcher
 from queue_service.models import Claim, Event, Lease, SweepReport, Task, TaskStatus, utcnow
 from queue_service.postgres import tables as t
 from queue_service.postgres import transitions
+from queue_service.postgres.claims import claim_routed
 from queue_service.postgres.errors import wrap_errors
 from queue_service.postgres.hotpath import (
-    BATCH_STATE_SQL,
-    CLAIM_ANY_ROLE_SQL,
-    CLAIM_MANY_ANY_ROLE_SQL,
-    CLAIM_MANY_ROLES_SQL,
-    CLAIM_ROLES_SQL,
     COMPLETE_MANY_SQL,
     COMPLETE_SQL,
     HEARTBEAT_SQL,
     LOCK_DEPENDENTS_SQL,
-    READY_KEYS_SQL,
     RECOUNT_SQL,
-    RESTAGE_SQL,
     RawPool,
     asyncpg_dsn,
     task_from_record,
 )
 from queue_service.postgres.records import task_columns, task_from_row
 from queue_service.postgres.transitions import Effects, ReadyTask
-from queue_service.postgres.valkey import BrokerBatch, Popped, ReadyItem, ValkeyBroker
+from queue_service.postgres.valkey import BrokerBatch, ReadyItem, ValkeyBroker
 
 __all__ = [
     "EVENT_CLAIMED",
@@ -312,6 +305,7 @@ class PostgresValkeyDispatcher(Dispatcher):
         )
 
     # -- claim -------------------------------------------------------------------------------
+    # Every claim is routed (issue 13): see :mod:`queue_service.postgres.claims`.
     async def claim(
         self,
         project: str,
@@ -320,135 +314,22 @@ class PostgresValkeyDispatcher(Dispatcher):
         wait: float = 0.0,
         lease_seconds: float | None = None,
     ) -> Claim | None:
-        """See :meth:`Dispatcher.claim`: pop a key from Valkey, win it with a conditional UPDATE."""
-        await self.require_project(None, project)
-        role_list = list(dict.fromkeys(roles)) if roles else None
+        """See :meth:`Dispatcher.claim`: Postgres picks (fair share, labels, keys, strategy)."""
         lease = domain.lease_length(lease_seconds, self.config.lease_seconds)
-        deadline = time.monotonic() + max(0.0, wait)
-        while True:
-            popped = await self.broker.try_pop(project, role_list)
-            if popped is None:
-                # Nothing listed. Backoffs that came due are queued here too, so a waiting claimer
-                # does not depend on the orchestrator's period; and it sleeps in BLPOP only until
-                # the next backoff is due. Postgres is touched while idle only by the rate-limited
-                # check for ready tasks that no list holds (an emptied Valkey without orchestrator).
-                released, next_in = await self.release_due(project)
-                if released or await self._requeue_stranded(project, role_list):
-                    continue
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return None
-                if next_in is not None:
-                    remaining = min(remaining, next_in + 0.001)
-                popped = await self.broker.pop(project, role_list, timeout=remaining, try_first=False)
-                if popped is None:
-                    continue
-            got = await self._or_push_back([popped], self._claim_key(project, popped.key, agent, role_list, lease))
-            if got is not None:
-                return got
-            # A stale entry (claimed, changed or not ready since it was queued): dropped; try the next.
-
-    async def _or_push_back(self, popped: list[Popped], claiming: Awaitable[_T]) -> _T:
-        """Await the claim of keys just popped from Valkey; if it fails (Postgres error, lost
-        connection) or is cancelled, give the keys back to the head of their lists before raising.
-
-        Whether the claim's UPDATE committed is unknown at that point; giving back is safe either
-        way, because a key whose task is no longer ready is dropped by the next claimer.
-        """
-        try:
-            return await claiming
-        except BaseException:
-            await asyncio.shield(self._push_back(popped))
-            raise
-
-    async def _push_back(self, popped: list[Popped]) -> None:
-        try:
-            await self.broker.push_back(popped)
-        except exceptions.BackendError as exc:
-            logger.warning("could not give back %d popped key(s) (the sweep will reconcile): %s", len(popped), exc)
-
-    async def _requeue_stranded(self, project: str, roles: list[str] | None) -> bool:
-        """Valkey had nothing for a claimer. Without an orchestrator (serverless/direct mode) nothing
-        else would notice ready tasks that no list holds (Valkey emptied or restarted), so the claimer
-        checks Postgres itself: at most once per ``idle_check_seconds`` per process and, through a
-        shared key, across processes. True if it queued something (claim again)."""
-        now_m = time.monotonic()
-        if now_m < self._next_idle_check.get(project, 0.0):
-            return False
-        self._next_idle_check[project] = now_m + self.idle_check_seconds
-        try:
-            if not await self.broker.take_idle_check(project, self.idle_check_seconds):
-                return False
-            now = self._now()
-            ready = _READY_SQL & (_tasks.c.project == project)
-            ready = ready & (_tasks.c.not_before.is_(None) | (_tasks.c.not_before <= now))
-            if roles is not None:
-                ready = ready & _tasks.c.role.in_(roles)
-            async with wrap_errors(), self.engine.connect() as conn:
-                found = (await conn.execute(select(_tasks.c.id).where(ready).limit(1))).first()
-            if found is None:
-                return False
-            return await self.reconcile_project(project, now) > 0
-        except exceptions.BackendError as exc:
-            logger.warning("claimer's reconcile of %s failed: %s", project, exc)
-            return False
-
-    async def _claim_key(
-        self, project: str, key: str, agent: str, roles: list[str] | None, lease: float
-    ) -> Claim | None:
-        token = domain.new_lease_token(lease)
-        data = {"agent": agent}
-        args: list[Any] = [project, key, agent, token, lease, data]
-        if roles is not None:
-            args.append(roles)
-        restage: BrokerBatch | None = None
-        async with wrap_errors(), self._raw.connection() as conn:
-            row = await conn.fetchrow(CLAIM_ANY_ROLE_SQL if roles is None else CLAIM_ROLES_SQL, *args)
-            if row is None:
-                restage = self._restage(await conn.fetchrow(RESTAGE_SQL, project, key), project, key, roles)
-        if row is None:
-            if restage:
-                await self._signal(restage)
-            return None
-        payload = {
-            "id": row["event_id"],
-            "project": project,
-            "task": key,
-            "kind": EVENT_CLAIMED,
-            "status": S.IN_PROGRESS.value,
-            "version": row["version"],
-            "at": row["updated_at"].isoformat(),
-            "data": data,
-        }
-        await self._signal(BrokerBatch(locks=[(project, key, token, lease)], events=[(project, payload)]))
-        return Claim.model_construct(
-            task=task_from_record(row),
-            lease=Lease.model_construct(token=token, holder=agent, expires_at=row["lease_expires_at"], seconds=lease),
-        )
+        got = await claim_routed(self, project, agent, roles, 1, wait, lease)
+        return got[0] if got else None
 
     async def claim_next(
         self, project: str, agent: str, roles: Sequence[str] | None, lease_seconds: float
     ) -> Claim | None:
-        """See :meth:`Dispatcher.claim_next`: the best ready task by ``domain.dispatch_order``, read
-        from Postgres (the Valkey lists only know priority and arrival), won with the same conditional
-        UPDATE as :meth:`claim`. A racer that wins a candidate first makes ours match nothing: we try
-        the next one. The key's list entry, now stale, is dropped by whoever pops it."""
-        await self.require_project(None, project)
-        role_list = list(dict.fromkeys(roles)) if roles else None
+        """See :meth:`Dispatcher.claim_next`: the routed claim already follows the dispatch order."""
         lease = float(lease_seconds)
         if lease <= 0:
             raise exceptions.ValidationError(f"lease_seconds must be positive, got {lease}", value=lease)
+        await self.require_project(None, project)
         await self.release_due(project)
-        for _ in range(3):
-            async with wrap_errors(), self._raw.connection() as conn:
-                rows = await conn.fetch(READY_KEYS_SQL, project, role_list, 10)
-            if not rows:
-                return None
-            for row in rows:
-                got = await self._claim_key(project, row["key"], agent, role_list, lease)
-                if got is not None:
-                    return got
-        return None
+        got = await claim_routed(self, project, agent, roles, 1, 0.0, lease)
+        return got[0] if got else None
 
     async def claim_many(
         self,
@@ -459,130 +340,13 @@ class PostgresValkeyDispatcher(Dispatcher):
         wait: float = 0.0,
         lease_seconds: float | None = None,
     ) -> list[Claim]:
-        """See :meth:`Dispatcher.claim_many`: pop up to *limit* keys in one Valkey call, win them with
-        one conditional UPDATE, then set their locks and publish their events in one pipeline."""
-        await self.require_project(None, project)
-        role_list = list(dict.fromkeys(roles)) if roles else None
+        """See :meth:`Dispatcher.claim_many`: one routed transaction for the batch."""
         lease = domain.lease_length(lease_seconds, self.config.lease_seconds)
         if limit < 1:
             raise exceptions.ValidationError(f"limit must be at least 1, got {limit}", value=limit)
-        deadline = time.monotonic() + max(0.0, wait)
-        claims: list[Claim] = []
-
-        def done() -> list[Claim]:
-            claims.sort(key=lambda c: (c.task.priority.value, c.task.seq))
-            return claims
-
-        while True:
-            want = limit - len(claims)
-            try:
-                popped = await self.broker.try_pop_many(project, role_list, want)
-            except exceptions.BackendError as exc:
-                # claims already won are committed and hold live locks: hand them out, never drop them
-                if not claims:
-                    raise
-                logger.warning("claim_many: keeping %d claim(s) already won: %s", len(claims), exc)
-                return done()
-            if not popped:
-                if claims:
-                    return done()
-                # Idle: as in claim(), queue due backoffs, then block on one key until one arrives.
-                released, next_in = await self.release_due(project)
-                if released or await self._requeue_stranded(project, role_list):
-                    continue
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return []
-                if next_in is not None:
-                    remaining = min(remaining, next_in + 0.001)
-                one = await self.broker.pop(project, role_list, timeout=remaining, try_first=False)
-                if one is None:
-                    continue
-                popped = [one]
-            keys = [p.key for p in popped]
-            try:
-                claims.extend(
-                    await self._or_push_back(popped, self._claim_keys(project, keys, agent, role_list, lease))
-                )
-            except exceptions.BackendError as exc:
-                if not claims:
-                    raise
-                logger.warning("claim_many: keeping %d claim(s) already won: %s", len(claims), exc)
-                return done()
-            # Done when full, or when the lists ran dry (fewer keys than asked) and we hold something.
-            # Otherwise some popped keys were stale and more may be listed: pop again.
-            if len(claims) >= limit or (claims and len(keys) < want):
-                return done()
-
-    async def _claim_keys(
-        self, project: str, keys: list[str], agent: str, roles: list[str] | None, lease: float
-    ) -> list[Claim]:
-        """Claim whichever of *keys* are still ready, in one statement; re-file misplaced stale ones."""
-        keys = sorted(set(keys))  # one lock order for racing batches; a key listed twice counts once
-        tokens = [domain.new_lease_token(lease) for _ in keys]
-        data = {"agent": agent}
-        args: list[Any] = [project, keys, agent, tokens, lease, data]
-        if roles is not None:
-            args.append(roles)
-        restage = BrokerBatch()
-        async with wrap_errors(), self._raw.connection() as conn:
-            rows = await conn.fetch(CLAIM_MANY_ANY_ROLE_SQL if roles is None else CLAIM_MANY_ROLES_SQL, *args)
-            won = {row["key"] for row in rows}
-            stale = [k for k in keys if k not in won]
-            states: list[Any] = []
-            if stale:
-                try:
-                    states = list(await conn.fetch(BATCH_STATE_SQL, project, stale))
-                except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
-                    # the claims above are committed: keep them; a misplaced stale key is left to reconcile
-                    logger.warning("restage lookup after a batch claim failed: %s", exc)
-                for st in states:
-                    fix = self._restage(st, project, st["key"], roles)
-                    if fix:
-                        restage.ready.extend(fix.ready)
-                        restage.scheduled.extend(fix.scheduled)
-        claims: list[Claim] = []
-        for row in rows:
-            token = row["claim_token"]
-            restage.locks.append((project, row["key"], token, lease))
-            restage.events.append(
-                (
-                    project,
-                    {
-                        "id": row["event_id"],
-                        "project": project,
-                        "task": row["key"],
-                        "kind": EVENT_CLAIMED,
-                        "status": S.IN_PROGRESS.value,
-                        "version": row["version"],
-                        "at": row["updated_at"].isoformat(),
-                        "data": data,
-                    },
-                )
-            )
-            claims.append(
-                Claim.model_construct(
-                    task=task_from_record(row),
-                    lease=Lease.model_construct(
-                        token=token, holder=agent, expires_at=row["lease_expires_at"], seconds=lease
-                    ),
-                )
-            )
-        await self._signal(restage)
+        claims = await claim_routed(self, project, agent, roles, limit, wait, lease)
+        claims.sort(key=lambda c: (c.task.priority.value, c.task.seq))
         return claims
-
-    @staticmethod
-    def _restage(row: Any, project: str, key: str, roles: list[str] | None) -> BrokerBatch | None:
-        """A popped key did not claim. If the task still waits to be dispatched but sat in the wrong
-        place (its role changed, or its backoff is not over by the database's clock), put it where
-        it belongs now."""
-        if row is None or row["status"] != S.NOT_STARTED.value or row["pending_deps"] != 0:
-            return None
-        if row["not_due"]:
-            return BrokerBatch(scheduled=[(project, key, row["not_before"])])
-        if roles is not None and row["role"] not in roles:
-            return BrokerBatch(ready=[ReadyItem(project, key, row["role"], row["priority"])])
-        return None
 
     # -- lease operations --------------------------------------------------------------------
     async def heartbeat(self, project: str, key: str, token: str, lease_seconds: float | None = None) -> Lease:

@@ -39,6 +39,7 @@ from sqlalchemy.engine import URL
 from queue_service.models import Priority, Task, TaskStatus
 from queue_service.postgres import tables as t
 from queue_service.postgres.errors import is_connection_failure
+from queue_service.postgres.routing_columns import routing_fields
 
 __all__ = [
     "BATCH_STATE_SQL",
@@ -273,6 +274,7 @@ def task_from_record(row: Any) -> Task:
         updated_at=row["updated_at"],
         started_at=row["started_at"],
         completed_at=row["completed_at"],
+        **routing_fields(row["routing"]),
     )
 
 

@@ -84,6 +84,7 @@ from queue_service.models import (
 from queue_service.postgres import tables as t
 from queue_service.postgres.edge_locks import lock_nowait, run_without_hold_and_wait, wait_until_free
 from queue_service.postgres.errors import wrap_errors
+from queue_service.postgres.routing_columns import ROUTING_FIELDS, routing_column, routing_fields
 from queue_service.postgres.transitions import (
     EVENT_CANCELLED,
     EVENT_CREATED,
@@ -178,6 +179,7 @@ def task_from_row(row: Any) -> Task:
         updated_at=row.updated_at,
         started_at=row.started_at,
         completed_at=row.completed_at,
+        **routing_fields(row.routing),
     )
 
 
@@ -190,6 +192,8 @@ def _project_from_row(row: Any) -> Project:
         created_at=row.created_at,
         updated_at=row.updated_at,
         version=row.version,
+        routing=dict(row.routing or {}),
+        concurrency_limits=dict(row.concurrency_limits or {}),
     )
 
 
@@ -371,6 +375,9 @@ class PostgresRecordStore(RecordStore):
             fields = {k: getattr(patch, k) for k in patch.model_fields_set}
             if fields.get("name") is None:
                 fields.pop("name", None)
+            for name in ("routing", "concurrency_limits"):
+                if name in fields and fields[name] is None:
+                    fields[name] = {}
             changed = {k: v for k, v in fields.items() if getattr(row, k) != v}
             if not changed:
                 return _project_from_row(row)
@@ -744,6 +751,7 @@ class PostgresRecordStore(RecordStore):
                     "updated_at": now,
                     "started_at": now if item.status is S.IN_PROGRESS else None,
                     "completed_at": now if item.status is S.DONE else None,
+                    "routing": routing_column(item.requires, item.prefers, item.concurrency_key, item.group),
                 }
             )
         created: dict[str, Task] = {}
@@ -764,7 +772,8 @@ class PostgresRecordStore(RecordStore):
             for row in rows_in:
                 # Built from validated input (TaskCreate) and our own values: skip re-validation,
                 # which would dominate the cost of a 10,000-task batch.
-                fields = {k: v for k, v in row.items() if k != "pending_deps"}
+                fields = {k: v for k, v in row.items() if k not in ("pending_deps", "routing")}
+                fields.update(routing_fields(row["routing"]))
                 fields.update(
                     status=TaskStatus(row["status"]),
                     priority=Priority(row["priority"]),
@@ -949,6 +958,10 @@ class PostgresRecordStore(RecordStore):
                 fields["labels"] = tuple(fields["labels"] or ())
             if "extra" in fields:
                 fields["extra"] = dict(fields["extra"] or {})
+            if "requires" in fields:
+                fields["requires"] = dict(fields["requires"] or {})
+            if "prefers" in fields:
+                fields["prefers"] = tuple(fields["prefers"] or ())
             if "depends_on" in fields:
                 fields["depends_on"] = tuple(fields["depends_on"] or ())
             changed = {k: v for k, v in fields.items() if getattr(old, k) != v}
@@ -968,8 +981,11 @@ class PostgresRecordStore(RecordStore):
                 if new_status is not S.BLOCKED and "blocked_reason" not in changed:
                     changed["blocked_reason"] = None
                 values.update(self._status_side_fields(old, new_status, now))
+            if any(name in changed for name in ROUTING_FIELDS):
+                merged = {name: changed.get(name, getattr(old, name)) for name in ROUTING_FIELDS}
+                values["routing"] = routing_column(**merged)
             for name, value in changed.items():
-                if name == "depends_on":
+                if name == "depends_on" or name in ROUTING_FIELDS:
                     continue
                 if name in ("status", "priority"):
                     value = value.value
@@ -1634,6 +1650,8 @@ class PostgresRecordStore(RecordStore):
                         name=p.name,
                         key_prefix=p.key_prefix,
                         workspace=p.workspace,
+                        routing=dict(p.routing),
+                        concurrency_limits=dict(p.concurrency_limits),
                         next_seq=snapshot.next_seq,
                         last_task_seq=max((task.seq for task in snapshot.tasks), default=0),
                         created_at=p.created_at,
@@ -1752,8 +1770,9 @@ class PostgresRecordStore(RecordStore):
 
     @staticmethod
     def _import_row(project: str, task: Task) -> dict[str, Any]:
-        data = task.model_dump(exclude={"depends_on", "project"})
+        data = task.model_dump(exclude={"depends_on", "project", *ROUTING_FIELDS})
         data.update(
+            routing=routing_column(task.requires, task.prefers, task.concurrency_key, task.group),
             project=project,
             status=task.status.value,
             priority=task.priority.value,

@@ -682,6 +682,22 @@ class ValkeyBroker:
         with wrap_valkey_errors("queued"):
             return {str(k): str(v) for k, v in (await self.client.hgetall(self.keys.queued(project))).items()}
 
+    async def unlist(self, project: str, keys: Sequence[str]) -> None:
+        """Take *keys* out of the ready lists the dedupe hash places them in (claimed by a routed
+        claim, which picks in Postgres rather than popping). Two round trips; not atomic with a
+        re-queue in between, which the next reconcile repairs (the lists are derived state)."""
+        if not keys:
+            return
+        queued = self.keys.queued(project)
+        with wrap_valkey_errors("unlist"):
+            where = await self.client.hmget(queued, list(keys))
+            async with self.client.pipeline(transaction=False) as pipe:
+                for key, list_key in zip(keys, where, strict=True):
+                    if list_key is not None:
+                        pipe.lrem(str(list_key), 0, key)
+                pipe.hdel(queued, *keys)
+                await pipe.execute()
+
     async def listed(self, project: str) -> dict[str, set[str]]:
         """Task key → the ready lists it actually sits in, for the whole project (reconcile; O(depth))."""
         roles = await self.roles(project)

@@ -1,0 +1,122 @@
+"""Claims on Postgres+Valkey (issue 13): Postgres picks, Valkey wakes.
+
+Every claim is a routed claim (:func:`queue_service.postgres.routing.routed_claim`): one transaction
+registers the agent, checks its capacity, and picks by fair share, labels, concurrency keys and the
+role's strategy. The Valkey ready lists no longer decide *which* task a claimer gets (a list knows
+priority and arrival, not groups, labels or keys); they are what an idle claimer blocks on, so a new
+ready task still wakes it at once without polling Postgres. A claimed key is taken off its list
+after commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from queue_service import exceptions
+from queue_service.models import Claim, Lease, TaskStatus
+from queue_service.postgres.errors import wrap_errors
+from queue_service.postgres.hotpath import task_from_record
+from queue_service.postgres.routing import RoutedClaims, routed_claim
+from queue_service.postgres.valkey import BrokerBatch
+
+if TYPE_CHECKING:
+    from queue_service.postgres.dispatch import PostgresValkeyDispatcher
+
+__all__ = ["claim_routed"]
+
+logger = logging.getLogger(__name__)
+
+#: longest pause of a waiting claimer whose lists hold only tasks it may not take (offered to
+#: others, labels it lacks, keys at their limit), seconds
+_MAX_PAUSE = 0.5
+_rng = random.Random()
+
+
+async def _once(
+    d: PostgresValkeyDispatcher, project: str, agent: str, roles: list[str] | None, limit: int, lease: float
+) -> list[Claim]:
+    cfg = d.config
+    async with wrap_errors(), d._raw.connection() as conn:
+        got: RoutedClaims = await routed_claim(
+            conn, project, agent, roles, limit, lease, cfg.agent_ready_seconds, cfg.offer_seconds, _rng
+        )
+    if not got.rows:
+        return []
+    batch = BrokerBatch()
+    claims: list[Claim] = []
+    for row, token in zip(got.rows, got.tokens, strict=True):
+        batch.locks.append((project, row["key"], token, lease))
+        batch.events.append(
+            (
+                project,
+                {
+                    "id": row["event_id"],
+                    "project": project,
+                    "task": row["key"],
+                    "kind": "claimed",
+                    "status": TaskStatus.IN_PROGRESS.value,
+                    "version": row["version"],
+                    "at": row["updated_at"].isoformat(),
+                    "data": {"agent": agent},
+                },
+            )
+        )
+        claims.append(
+            Claim.model_construct(
+                task=task_from_record(row),
+                lease=Lease.model_construct(
+                    token=token, holder=agent, expires_at=row["lease_expires_at"], seconds=lease
+                ),
+            )
+        )
+    await d._signal(batch)
+    try:
+        await d.broker.unlist(project, [c.task.key for c in claims])
+    except exceptions.BackendError as exc:
+        logger.warning("could not take claimed keys off the ready lists (the sweep will reconcile): %s", exc)
+    return claims
+
+
+async def claim_routed(
+    d: PostgresValkeyDispatcher,
+    project: str,
+    agent: str,
+    roles: Sequence[str] | None,
+    limit: int,
+    wait: float,
+    lease: float,
+) -> list[Claim]:
+    """Claim up to *limit* tasks, waiting up to *wait* seconds while none could be claimed."""
+    await d.require_project(None, project)
+    role_list = list(dict.fromkeys(roles)) if roles else None
+    deadline = time.monotonic() + max(0.0, wait)
+    pause = 0.02
+    while True:
+        claims = await _once(d, project, agent, role_list, limit, lease)
+        if claims:
+            return claims
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return []
+        # backoffs that came due go to the lists (and bound how long we sleep)
+        _, next_in = await d.release_due(project)
+        timeout = remaining if next_in is None else min(remaining, next_in + 0.001)
+        # Postgres is asked again at least every idle_check_seconds: a task no list holds (Valkey
+        # emptied or restarted, no orchestrator to reconcile) is still found by a waiting claimer
+        timeout = min(timeout, d.idle_check_seconds)
+        popped = await d.broker.pop(project, role_list, timeout=timeout)
+        if popped is None:
+            continue
+        # Something is listed: give it back (the lists are only our wake-up) and try again. If the
+        # last try found nothing we may take, do not spin on the same entry: pause, growing.
+        try:
+            await d.broker.push_back([popped])
+        except exceptions.BackendError as exc:
+            logger.warning("could not give back a popped key (the sweep will reconcile): %s", exc)
+        await asyncio.sleep(min(pause, max(0.0, deadline - time.monotonic())))
+        pause = min(_MAX_PAUSE, pause * 2)
