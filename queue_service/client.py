@@ -38,6 +38,7 @@ import pydantic
 import pydantic_core
 
 from queue_service import __version__, exceptions
+from queue_service.agents import Agent, AgentRegister
 from queue_service.api.schemas import HealthStatus, ResultsResponse
 from queue_service.client_streams import StreamSSEParser, stream_request
 from queue_service.models import (
@@ -177,6 +178,16 @@ def _load_items(model: type[M], response: httpx.Response) -> list[M]:
         items = response.json()["items"]
         return [model.model_validate(item, extra="ignore") for item in items]
     except (ValueError, KeyError, TypeError, pydantic.ValidationError) as exc:
+        raise exceptions.QueueServiceError(
+            f"unexpected response from {response.request.method} {response.request.url.path}: {exc}"
+        ) from exc
+
+
+def _load_list(model: type[M], response: httpx.Response) -> list[M]:
+    """A response that is a JSON array of *model* (``GET …/agents``)."""
+    try:
+        return [model.model_validate(item, extra="ignore") for item in response.json()]
+    except (ValueError, TypeError, pydantic.ValidationError) as exc:
         raise exceptions.QueueServiceError(
             f"unexpected response from {response.request.method} {response.request.url.path}: {exc}"
         ) from exc
@@ -465,6 +476,22 @@ class Client(_BaseClient):
     def update_project(self, project: str, patch: ProjectUpdate | Mapping[str, Any]) -> Project:
         """Change a project's name or workspace."""
         return _load(Project, self._send(_Call("PATCH", f"/v1/projects/{_p(project)}", _dump(patch))))
+
+    def register_agent(self, project: str, data: AgentRegister | Mapping[str, Any]) -> Agent:
+        """Register an agent ``{"id", "roles", "labels", "capacity"}`` (or update it; undrains it)."""
+        return _load(Agent, self._send(_Call("POST", f"/v1/projects/{_p(project)}/agents", _dump(data))))
+
+    def agent_heartbeat(self, project: str, agent_id: str) -> Agent:
+        """Keep the agent ready (call more often than ``QUEUE_AGENT_READY_SECONDS``)."""
+        return _load(Agent, self._send(_Call("POST", f"/v1/projects/{_p(project)}/agents/{_p(agent_id)}/heartbeat")))
+
+    def drain_agent(self, project: str, agent_id: str) -> Agent:
+        """Hand the agent no new work."""
+        return _load(Agent, self._send(_Call("POST", f"/v1/projects/{_p(project)}/agents/{_p(agent_id)}/drain")))
+
+    def list_agents(self, project: str) -> list[Agent]:
+        """Every agent: readiness, capacity, what it holds with the lease left, done/failed."""
+        return _load_list(Agent, self._send(_Calls.get(f"/v1/projects/{_p(project)}/agents")))
 
     def create_mission(self, project: str, data: MissionCreate | Mapping[str, Any]) -> Mission:
         """Create a mission."""
@@ -891,6 +918,23 @@ class AsyncClient(_BaseClient):
     async def update_project(self, project: str, patch: ProjectUpdate | Mapping[str, Any]) -> Project:
         """Change a project's name or workspace."""
         return _load(Project, await self._send(_Call("PATCH", f"/v1/projects/{_p(project)}", _dump(patch))))
+
+    async def register_agent(self, project: str, data: AgentRegister | Mapping[str, Any]) -> Agent:
+        """Register an agent ``{"id", "roles", "labels", "capacity"}`` (or update it; undrains it)."""
+        return _load(Agent, await self._send(_Call("POST", f"/v1/projects/{_p(project)}/agents", _dump(data))))
+
+    async def agent_heartbeat(self, project: str, agent_id: str) -> Agent:
+        """Keep the agent ready (call more often than ``QUEUE_AGENT_READY_SECONDS``)."""
+        call = _Call("POST", f"/v1/projects/{_p(project)}/agents/{_p(agent_id)}/heartbeat")
+        return _load(Agent, await self._send(call))
+
+    async def drain_agent(self, project: str, agent_id: str) -> Agent:
+        """Hand the agent no new work."""
+        return _load(Agent, await self._send(_Call("POST", f"/v1/projects/{_p(project)}/agents/{_p(agent_id)}/drain")))
+
+    async def list_agents(self, project: str) -> list[Agent]:
+        """Every agent: readiness, capacity, what it holds with the lease left, done/failed."""
+        return _load_list(Agent, await self._send(_Calls.get(f"/v1/projects/{_p(project)}/agents")))
 
     async def create_mission(self, project: str, data: MissionCreate | Mapping[str, Any]) -> Mission:
         """Create a mission."""

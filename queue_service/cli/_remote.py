@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from queue_service import exceptions
+from queue_service.agents import Agent, AgentRegister
 from queue_service.client import AsyncClient
 from queue_service.models import (
     Claim,
@@ -23,6 +24,7 @@ from queue_service.models import (
     Project,
     ProjectCreate,
     ProjectSnapshot,
+    ProjectUpdate,
     QueueStats,
     ReadyList,
     Task,
@@ -50,6 +52,26 @@ class RemoteOps:
     async def get_project(self, slug: str, /) -> Project:
         """See QueueService.get_project."""
         return await self.client.get_project(slug)
+
+    async def update_project(self, slug: str, data: ProjectUpdate | Mapping[str, Any], /) -> Project:
+        """See QueueService.update_project."""
+        return await self.client.update_project(slug, data)
+
+    async def register_agent(self, project: str, data: AgentRegister | Mapping[str, Any], /) -> Agent:
+        """See QueueService.register_agent."""
+        return await self.client.register_agent(project, data)
+
+    async def agent_heartbeat(self, project: str, agent_id: str, /) -> Agent:
+        """See QueueService.agent_heartbeat."""
+        return await self.client.agent_heartbeat(project, agent_id)
+
+    async def drain_agent(self, project: str, agent_id: str, /) -> Agent:
+        """See QueueService.drain_agent."""
+        return await self.client.drain_agent(project, agent_id)
+
+    async def list_agents(self, project: str, /) -> list[Agent]:
+        """See QueueService.list_agents."""
+        return await self.client.list_agents(project)
 
     async def list_projects(self) -> list[Project]:
         """See QueueService.list_projects."""
