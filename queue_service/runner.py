@@ -46,6 +46,7 @@ from typing import Any, Protocol, TextIO, cast
 import filelock
 
 from queue_service import exceptions
+from queue_service.agents import Agent
 from queue_service.coord_capsule import coord_fields
 from queue_service.models import Claim, Lease, Mission, Project, Task, TaskFilter, TaskPage, TaskStatus
 from queue_service.run_output import echo_lines, fit_result, read_head, stdout_budget
@@ -126,6 +127,7 @@ class RunnerOps(Protocol):
     """What the runner needs from the service (QueueService or the REST AsyncClient)."""
 
     async def get_project(self, slug: str, /) -> Project: ...
+    async def register_agent(self, project: str, data: Mapping[str, Any], /) -> Agent: ...
     async def claim(
         self,
         project: str,
@@ -544,6 +546,10 @@ class Runner:
                     installed.append(sig)
                 except (ValueError, RuntimeError, NotImplementedError):
                     pass  # not the main thread: the caller handles stopping
+        # issue 13: the session registers its concurrency as its capacity, so the service never
+        # hands it more tasks than it runs at once (and routing strategies weigh it by it)
+        roles = list(opts.roles) if opts.roles else []
+        await self.ops.register_agent(opts.project, {"id": self.agent, "roles": roles, "capacity": opts.concurrency})
         sweeper_done = asyncio.Event()
         sweeper = asyncio.create_task(self._sweeper(sweeper_done)) if self._sweep is not None else None
         try:
