@@ -22,7 +22,7 @@ from queue_service.models import Claim, Lease, TaskStatus
 from queue_service.postgres.errors import wrap_errors
 from queue_service.postgres.hotpath import task_from_record
 from queue_service.postgres.routing import RoutedClaims, routed_claim
-from queue_service.postgres.valkey import BrokerBatch
+from queue_service.postgres.valkey import BrokerBatch, Popped
 
 if TYPE_CHECKING:
     from queue_service.postgres.dispatch import PostgresValkeyDispatcher
@@ -35,6 +35,9 @@ logger = logging.getLogger(__name__)
 #: others, labels it lacks, keys at their limit), seconds
 _MAX_PAUSE = 0.5
 _rng = random.Random()
+_STILL_READY = (
+    "SELECT true FROM tasks WHERE project = $1 AND key = $2 AND status = 'not-started' AND pending_deps = 0"
+)
 
 
 async def _once(
@@ -112,11 +115,28 @@ async def claim_routed(
         popped = await d.broker.pop(project, role_list, timeout=timeout)
         if popped is None:
             continue
-        # Something is listed: give it back (the lists are only our wake-up) and try again. If the
-        # last try found nothing we may take, do not spin on the same entry: pause, growing.
+        # Something was listed: the lists only wake us, Postgres picks (maybe that very task).
         try:
-            await d.broker.push_back([popped])
-        except exceptions.BackendError as exc:
-            logger.warning("could not give back a popped key (the sweep will reconcile): %s", exc)
+            claims = await _once(d, project, agent, role_list, limit, lease)
+        except BaseException:
+            await asyncio.shield(_give_back_if_ready(d, popped))
+            raise
+        if popped.key not in {c.task.key for c in claims}:
+            await _give_back_if_ready(d, popped)
+        if claims:
+            return claims
+        # The entry is one we may not take (offered to another agent, a label we lack, a key at its
+        # limit): do not spin on it. Pause, growing, before looking again.
         await asyncio.sleep(min(pause, max(0.0, deadline - time.monotonic())))
         pause = min(_MAX_PAUSE, pause * 2)
+
+
+async def _give_back_if_ready(d: PostgresValkeyDispatcher, popped: Popped) -> None:
+    """Return a popped entry to its list if its task is still ready (else it was stale: dropped)."""
+    try:
+        async with wrap_errors(), d._raw.connection() as conn:
+            ready = await conn.fetchval(_STILL_READY, popped.project, popped.key)
+        if ready:
+            await d.broker.push_back([popped])
+    except exceptions.BackendError as exc:
+        logger.warning("could not give back a popped key (the sweep will reconcile): %s", exc)
