@@ -162,13 +162,20 @@ def choose_agent(strategy: str, task: Task, ctx: RoutingContext, outstanding: Ma
     return ctx.rng.choice(pool)
 
 
-def plan_claims(ctx: RoutingContext, candidates: Sequence[Candidate], want: int) -> ClaimPlan:
+def plan_claims(ctx: RoutingContext, candidates: Sequence[Candidate], want: int, spare: int = 0) -> ClaimPlan:
     """Choose up to *want* of *candidates* (ready tasks of the claim's roles, in dispatch order) for
-    ``ctx.claimer``, by the rules in the module docstring. Mutates ``ctx`` counters as it goes."""
+    ``ctx.claimer``, by the rules in the module docstring. Mutates ``ctx`` counters as it goes.
+
+    *spare*: after the *want* first, up to that many more acceptable tasks, in order, for a backend
+    whose racing claimers may win some of the first ones (it claims the first *want* it can lock).
+    Spares make no offers and move no cursor, and each counts against its concurrency key as if
+    claimed, so any subset of the returned tasks respects the limits.
+    """
     plan = ClaimPlan()
     want = min(want, ctx.free())
     if want <= 0:
         return plan
+    total = want + spare
     me = ctx.claimer
     outstanding: dict[str, int] = {}
     for offer in ctx.offers.values():
@@ -188,16 +195,16 @@ def plan_claims(ctx: RoutingContext, candidates: Sequence[Candidate], want: int)
             line.sort(
                 key=lambda c: (-preference_score(c.task.prefers, me.labels), *domain.dispatch_order(c.task, c.unblocks))
             )
-        while queues and len(plan.chosen) < want:
+        while queues and len(plan.chosen) < total:
             slot = min(queues, key=lambda g: (turns.get(g, 0), queues[g][0].task.seq))
             cand = queues[slot].pop(0)
             if not queues[slot]:
                 del queues[slot]
-            if _take(ctx, plan, cand.task, outstanding):
+            if _take(ctx, plan, cand.task, outstanding, may_offer=len(plan.chosen) < want):
                 plan.chosen.append(cand.task)
                 turns[slot] = next_turn
                 next_turn += 1
-        if len(plan.chosen) >= want:
+        if len(plan.chosen) >= total:
             break
     plan.cursors = {r: n for r, n in ctx.cursors.items() if cursors_before.get(r) != n}
     return plan
@@ -207,7 +214,7 @@ def _order(c: Candidate) -> tuple[int, int, int]:
     return domain.dispatch_order(c.task, c.unblocks)
 
 
-def _take(ctx: RoutingContext, plan: ClaimPlan, task: Task, outstanding: dict[str, int]) -> bool:
+def _take(ctx: RoutingContext, plan: ClaimPlan, task: Task, outstanding: dict[str, int], *, may_offer: bool) -> bool:
     me = ctx.claimer
     if not satisfies(task.requires, me.labels):
         return False
@@ -222,6 +229,8 @@ def _take(ctx: RoutingContext, plan: ClaimPlan, task: Task, outstanding: dict[st
             return False
     else:
         strategy = strategy_for(ctx.project, task.role)
+        if strategy != PULL and not may_offer:
+            return False  # a spare never routes: the strategy decides only for the tasks wanted
         if strategy != PULL:
             target = choose_agent(strategy, task, ctx, outstanding)
             if target is not None and target.id != me.id:

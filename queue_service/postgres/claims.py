@@ -17,11 +17,13 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+import asyncpg
+
 from queue_service import exceptions
 from queue_service.models import Claim, Lease, TaskStatus
 from queue_service.postgres.errors import wrap_errors
 from queue_service.postgres.hotpath import task_from_record
-from queue_service.postgres.routing import RoutedClaims, routed_claim
+from queue_service.postgres.routing import RoutedClaims, record_turns, routed_claim
 from queue_service.postgres.valkey import BrokerBatch, Popped
 
 if TYPE_CHECKING:
@@ -35,19 +37,28 @@ logger = logging.getLogger(__name__)
 #: others, labels it lacks, keys at their limit), seconds
 _MAX_PAUSE = 0.5
 _rng = random.Random()
-_STILL_READY = (
-    "SELECT true FROM tasks WHERE project = $1 AND key = $2 AND status = 'not-started' AND pending_deps = 0"
-)
+_DEADLOCK_TRIES = 3
+_STILL_READY = "SELECT true FROM tasks WHERE project = $1 AND key = $2 AND status = 'not-started' AND pending_deps = 0"
 
 
 async def _once(
     d: PostgresValkeyDispatcher, project: str, agent: str, roles: list[str] | None, limit: int, lease: float
 ) -> list[Claim]:
     cfg = d.config
-    async with wrap_errors(), d._raw.connection() as conn:
-        got: RoutedClaims = await routed_claim(
-            conn, project, agent, roles, limit, lease, cfg.agent_ready_seconds, cfg.offer_seconds, _rng
-        )
+    got = RoutedClaims()
+    for attempt in range(_DEADLOCK_TRIES):
+        try:
+            async with wrap_errors(), d._raw.connection() as conn:
+                got = await routed_claim(
+                    conn, project, agent, roles, limit, lease, cfg.agent_ready_seconds, cfg.offer_seconds, _rng
+                )
+                await record_turns(conn, project, got.turns)
+            break
+        except exceptions.BackendError as exc:
+            # the lock order makes this rare (claims racing edits that lock the same rows in another
+            # order): Postgres rolled this one back, so it is safe to try again
+            if not isinstance(exc.__cause__, asyncpg.DeadlockDetectedError) or attempt == _DEADLOCK_TRIES - 1:
+                raise
     if not got.rows:
         return []
     batch = BrokerBatch()

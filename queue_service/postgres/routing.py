@@ -28,7 +28,7 @@ from queue_service.models import Priority, Project, Task, TaskStatus
 from queue_service.postgres import tables as t
 from queue_service.postgres.routing_columns import routing_fields
 
-__all__ = ["RoutedClaims", "routed_claim"]
+__all__ = ["RoutedClaims", "record_turns", "routed_claim"]
 
 PULL = routing.PULL
 
@@ -39,7 +39,7 @@ _MAX_CANDIDATES = 2000
 
 _TASK_COLUMNS = tuple(c.name for c in t.tasks.c if c.name != "lease_token")
 _RETURNING = (
-    ", ".join(_TASK_COLUMNS) + ", ARRAY(SELECT p.key FROM task_dependencies d JOIN tasks p ON p.id = d.depends_on_id "
+    ", ".join(f"tasks.{c}" for c in _TASK_COLUMNS) + ", ARRAY(SELECT p.key FROM task_dependencies d JOIN tasks p ON p.id = d.depends_on_id "
     "WHERE d.task_id = tasks.id ORDER BY d.position, p.seq) AS depends_on"
 )
 
@@ -100,23 +100,36 @@ SELECT a.*,
 FROM agents a WHERE a.project = $1 ORDER BY a.id
 """
 
+# Claim the first $7 of the planned keys $2 (in that order) that are still ready and that no racing
+# claim has locked: SKIP LOCKED makes racers fan out over the plan instead of queueing on its head.
+# $1 project, $2 keys in plan order, $3 agent, $4 one token per key, $5 lease seconds, $6 event data.
 _CLAIM = f"""
-WITH claimed AS (
+WITH planned AS (
+    SELECT p.key, p.token, p.ord FROM unnest($2::text[], $4::text[]) WITH ORDINALITY AS p(key, token, ord)
+), pick AS (
+    SELECT t.id, planned.token, planned.ord FROM tasks t JOIN planned ON planned.key = t.key
+    WHERE t.project = $1 AND t.status = 'not-started' AND t.pending_deps = 0
+      AND (t.not_before IS NULL OR t.not_before <= statement_timestamp())
+    ORDER BY planned.ord LIMIT $7
+    FOR UPDATE OF t SKIP LOCKED
+), claimed AS (
     UPDATE tasks
-    SET status = 'in-progress', assignee = $3, lease_holder = $3, lease_token = $4,
+    SET status = 'in-progress', assignee = $3, lease_holder = $3, lease_token = pick.token,
         lease_expires_at = statement_timestamp() + make_interval(secs => $5::float8),
         started_at = coalesce(started_at, statement_timestamp()), updated_at = statement_timestamp(),
         version = version + 1
-    WHERE project = $1 AND key = $2 AND status = 'not-started' AND pending_deps = 0
-      AND (not_before IS NULL OR not_before <= statement_timestamp())
-    RETURNING {_RETURNING}
+    FROM pick WHERE tasks.id = pick.id
+    RETURNING {_RETURNING}, pick.ord AS claim_ord, pick.token AS claim_token
 ), logged AS (
     INSERT INTO events (project, task_key, kind, status, version, at, data)
-    SELECT project, key, 'claimed', status, version, updated_at, $6::jsonb FROM claimed
-    RETURNING id
+    SELECT project, key, 'claimed', status, version, updated_at, $6::jsonb FROM claimed ORDER BY claim_ord
+    RETURNING id, task_key
 )
-SELECT claimed.*, logged.id AS event_id FROM claimed, logged
+SELECT claimed.*, logged.id AS event_id FROM claimed JOIN logged ON logged.task_key = claimed.key
+ORDER BY claimed.claim_ord
 """
+#: planned tasks beyond the wanted ones, for racers to fan out over
+_SPARE = 8
 
 _TURN = """
 INSERT INTO group_turns (project, role, grp, turn) VALUES ($1, $2, $3, $4)
@@ -140,6 +153,19 @@ class RoutedClaims:
 
     rows: list[Any] = field(default_factory=list)
     tokens: list[str] = field(default_factory=list)
+    #: the claims' event ids per (role, group): the fair-share turns to record (:func:`record_turns`)
+    turns: dict[tuple[str, str], int] = field(default_factory=dict)
+
+
+async def record_turns(conn: asyncpg.Connection, slug: str, turns: dict[tuple[str, str], int]) -> None:
+    """Record which groups were just served, after the claim committed.
+
+    Outside the claim's transaction on purpose: every claim of a group writes the same row, and
+    holding its lock until commit would serialise all claimers of the group. Turns only order the
+    fair share (never who may hold what); ``GREATEST`` keeps a late writer from moving one back.
+    """
+    for (role, grp), turn in sorted(turns.items()):
+        await conn.execute(_TURN, slug, role, grp, turn)
 
 
 def _record(row: Any, project: str) -> AgentRecord:
@@ -265,24 +291,26 @@ async def routed_claim(
             cursors=cursors,
             rng=rng,
         )
-        plan = routing.plan_claims(ctx, candidates, want)
-        data = {"agent": agent}
-        for task in plan.chosen:
-            token = domain.new_lease_token(lease_seconds)
-            row = await conn.fetchrow(_CLAIM, slug, task.key, agent, token, lease_seconds, data)
-            if row is None:
-                continue  # a racer won it first (its slot and key count stay unused this time)
-            out.rows.append(row)
-            out.tokens.append(token)
-            await conn.execute(_TURN, slug, task.role, routing.group_of(task), int(row["event_id"]))
-        if out.rows:
-            await conn.execute(
-                "DELETE FROM task_offers WHERE project = $1 AND key = ANY($2::text[])",
-                slug,
-                [r["key"] for r in out.rows],
-            )
-        for key, offer in plan.offers.items():
-            await conn.execute(_OFFER, slug, key, offer.agent, offer.expires_at)
-        for role, position in plan.cursors.items():
+        plan = routing.plan_claims(ctx, candidates, want, spare=_SPARE)
+        # Task rows are locked without waiting (SKIP LOCKED); then offers and cursors by key: one lock
+        # order for every routed claim, so racing claims cannot deadlock.
+        if plan.chosen:
+            keys = [t.key for t in plan.chosen]
+            tokens = [domain.new_lease_token(lease_seconds) for _ in keys]
+            rows = await conn.fetch(_CLAIM, slug, keys, agent, tokens, lease_seconds, {"agent": agent}, want)
+            out.rows.extend(rows)
+            out.tokens.extend(r["claim_token"] for r in rows)
+        chosen_by_key = {t.key: t for t in plan.chosen}
+        for row in out.rows:
+            task = chosen_by_key[row["key"]]
+            out.turns[(task.role, routing.group_of(task))] = int(row["event_id"])
+        claimed = {r["key"] for r in out.rows}
+        for key in sorted(claimed | set(plan.offers)):
+            if key in claimed:
+                await conn.execute("DELETE FROM task_offers WHERE project = $1 AND key = $2", slug, key)
+            else:
+                offer = plan.offers[key]
+                await conn.execute(_OFFER, slug, key, offer.agent, offer.expires_at)
+        for role, position in sorted(plan.cursors.items()):
             await conn.execute(_CURSOR, slug, role, position)
     return out
