@@ -38,10 +38,11 @@ _PER_GROUP = 64
 _MAX_CANDIDATES = 2000
 
 _TASK_COLUMNS = tuple(c.name for c in t.tasks.c if c.name != "lease_token")
-_RETURNING = (
-    ", ".join(f"tasks.{c}" for c in _TASK_COLUMNS) + ", ARRAY(SELECT p.key FROM task_dependencies d JOIN tasks p ON p.id = d.depends_on_id "
+_DEPENDS_ON = (
+    "ARRAY(SELECT p.key FROM task_dependencies d JOIN tasks p ON p.id = d.depends_on_id "
     "WHERE d.task_id = tasks.id ORDER BY d.position, p.seq) AS depends_on"
 )
+_RETURNING = ", ".join(f"tasks.{c}" for c in _TASK_COLUMNS) + ", " + _DEPENDS_ON
 
 # $1 project, $2 agent, $3 roles of an implicit registration.
 _ADMIT = """
