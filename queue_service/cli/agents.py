@@ -23,7 +23,7 @@ from queue_service.cli._core import (
 )
 from queue_service.models import ROUTING_STRATEGIES, Project
 
-__all__ = ["agent_app", "register"]
+__all__ = ["agent_app", "parse_labels", "register"]
 
 agent_app = typer.Typer(
     help="Register, heartbeat and drain agents; set a role's routing strategy and concurrency limits.",
@@ -33,7 +33,8 @@ agent_app = typer.Typer(
 AgentIdArg = Annotated[str, typer.Argument(metavar="ID", help="Agent id (no spaces or '/').")]
 
 
-def _labels(values: list[str] | None) -> dict[str, str]:
+def parse_labels(values: list[str] | None) -> dict[str, str]:
+    """``["model=opus", "gpu=yes,os=linux"]`` → a label map (bad items: ValidationError)."""
     out: dict[str, str] = {}
     for item in split_csv(values):
         name, sep, value = item.partition("=")
@@ -95,7 +96,7 @@ def agent_register(
     json_out: JsonOpt = False,
 ) -> None:
     """Register an agent (or replace its roles, labels and capacity; this also undrains it)."""
-    data = {"id": agent_id, "roles": split_csv(role), "labels": _labels(label), "capacity": capacity}
+    data = {"id": agent_id, "roles": split_csv(role), "labels": parse_labels(label), "capacity": capacity}
 
     async def body(conn: Connection) -> Agent:
         return await conn.ops.register_agent(project, data)

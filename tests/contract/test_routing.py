@@ -282,3 +282,42 @@ async def test_routing_fields_round_trip_and_patch(backend, svc: QueueService, w
     ]
     cleared = await svc.update_project(web, {"routing": None})
     assert cleared.routing == {} and cleared.concurrency_limits == {"*": 3}
+
+
+async def test_preferences_choose_the_agent_and_order_a_pull(svc: QueueService, web: str) -> None:
+    await svc.update_project(web, {"routing": {"ml": "round-robin"}})
+    await svc.register_agent(web, {"id": "a-cpu", "roles": ["ml"], "capacity": 5})
+    await svc.register_agent(web, {"id": "b-gpu", "roles": ["ml"], "labels": {"gpu": "yes"}, "capacity": 5})
+    prefers = [{"labels": {"gpu": "yes"}, "weight": 5}]
+    await svc.create_tasks(web, [{"title": f"g{i}", "role": "ml", "prefers": prefers} for i in range(3)])
+    # round-robin would alternate; the preference narrows the field to the GPU agent
+    assert await svc.claim(web, "a-cpu", ["ml"]) is None
+    got = [c.task.title for c in await svc.claim_many(web, "b-gpu", ["ml"], limit=5)]
+    assert got == ["g0", "g1", "g2"]
+    # pulling, an agent takes the tasks it matches best first (within a priority and group)
+    await svc.create_tasks(web, [{"title": "plain"}, {"title": "mine", "prefers": prefers}])
+    c = await svc.claim(web, "b-gpu", ["default"])
+    assert c is not None and c.task.title == "mine"
+
+
+async def test_flatfile_registry_and_offers_survive_a_restart(tmp_path, dispatch_config: DispatchConfig) -> None:  # type: ignore[no-untyped-def]
+    from flatfile.backend import FlatfileBackend
+
+    data = tmp_path / "qd"
+    async with FlatfileBackend(data, config=dispatch_config) as backend:
+        svc = QueueService(backend)
+        await svc.create_project({"slug": "web", "key_prefix": "WEB"})
+        await svc.update_project("web", {"routing": {"default": "round-robin"}})
+        await svc.register_agent("web", {"id": "a", "capacity": 5, "labels": {"gpu": "yes"}})
+        await svc.register_agent("web", {"id": "b", "capacity": 5})
+        await svc.create_tasks("web", [{"title": "t1"}, {"title": "t2", "group": "g"}])
+        first = await svc.claim("web", "a")  # t1 to a; t2 offered to b
+        assert first is not None and first.task.title == "t1"
+    async with FlatfileBackend(data, config=dispatch_config) as backend:
+        svc = QueueService(backend)
+        agents = {a.id: a for a in await svc.list_agents("web")}
+        assert agents["a"].labels == {"gpu": "yes"} and agents["a"].capacity == 5
+        assert [h.key for h in agents["a"].holding] == [first.task.key]
+        assert await svc.claim("web", "a") is None  # the offer to b survived the restart
+        got = await svc.claim("web", "b")
+        assert got is not None and got.task.title == "t2" and got.task.group == "g"
