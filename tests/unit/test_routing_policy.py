@@ -55,7 +55,8 @@ async def test_readiness_window_and_offer_window_follow_the_clock() -> None:
     await svc.register_agent("web", {"id": "b", "capacity": 5})
     await svc.create_tasks("web", [{"title": "t1"}, {"title": "t2"}])
     first = await svc.claim("web", "a")
-    assert first is not None and first.task.title == "t1"  # t2 is offered to b
+    assert first is not None and first.task.title == "t1"
+    assert await svc.claim("web", "a") is None  # this claim offered t2 to b (round-robin's turn)
     clock.advance(9)
     assert await svc.claim("web", "a") is None  # b is ready and its offer is live
     clock.advance(2)  # the offer lapsed: t2 is routed again, and the round-robin turn is a's now
