@@ -724,7 +724,8 @@ class ProjectState:
         cfg = config or DispatchConfig()
         delta = RoutingDelta()
         me = self.routing.admit(self.project.slug, agent, roles, now, delta)
-        names = list(dict.fromkeys(roles)) if roles else (list(me.roles) if me.roles else list(self._heaps))
+        # a claim without roles takes any role, as before (registered roles steer routing, see serves())
+        names = list(dict.fromkeys(roles)) if roles else list(self._heaps)
         want = min(limit, self.routing.free(me))
         if want <= 0:
             chosen: list[Task] = []

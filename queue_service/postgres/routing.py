@@ -233,7 +233,7 @@ async def routed_claim(
             routing=dict(me_row["project_routing"] or {}),
             concurrency_limits=dict(me_row["project_limits"] or {}),
         )
-        names = list(dict.fromkeys(roles)) if roles else (list(me.roles) if me.roles else None)
+        names = list(dict.fromkeys(roles)) if roles else None
         cand_rows = await conn.fetch(_CANDIDATES, slug, names, dict(me.labels), _PER_GROUP, _MAX_CANDIDATES)
         if not cand_rows:
             return out
