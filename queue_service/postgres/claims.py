@@ -22,8 +22,8 @@ import asyncpg
 from queue_service import exceptions
 from queue_service.models import Claim, Lease, TaskStatus
 from queue_service.postgres.errors import wrap_errors
-from queue_service.postgres.hotpath import task_from_record
 from queue_service.postgres.routing import RoutedClaims, record_turns, routed_claim
+from queue_service.postgres.rows import task_from_row
 from queue_service.postgres.valkey import BrokerBatch, Popped
 
 if TYPE_CHECKING:
@@ -82,7 +82,7 @@ async def _once(
         )
         claims.append(
             Claim.model_construct(
-                task=task_from_record(row),
+                task=task_from_row(row),
                 lease=Lease.model_construct(
                     token=token, holder=agent, expires_at=row["lease_expires_at"], seconds=lease
                 ),

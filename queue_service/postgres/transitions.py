@@ -16,6 +16,11 @@ both apply exactly the rules of :mod:`queue_service.domain`:
 Only direct dependents are touched: a dependent of a blocked task is not-started with
 ``pending_deps > 0`` and so is never ready anyway.
 
+The statements are in ``sql/dependents.sql``. They run on SQLAlchemy connections (through
+:func:`sa_fetch`) and on the dispatcher's raw asyncpg connections alike, so the rule "a task entered
+or left done: lock its dependents in id order, then recount them" exists once
+(:func:`recount_dependents`).
+
 Every function here issues a fixed, small number of statements however many dependents there are
 (a 1→200 fan-out is one UPDATE), and writes its event rows in the same transaction. Callers update
 the task row itself *first*, then call :func:`on_status_changes`, and pass the returned
@@ -25,37 +30,46 @@ the task row itself *first*, then call :func:`on_status_changes`, and pass the r
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, text
-from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncConnection
-from sqlalchemy.types import BigInteger, DateTime, Text
 
 from queue_service.domain import DEPENDENCY_BLOCK_PREFIX, TERMINAL_FAILURE, dependency_block_reason
 from queue_service.models import Event, TaskStatus
+from queue_service.postgres.resources import load_queries
 
 __all__ = [
     "EVENT_BLOCKED",
     "EVENT_CANCELLED",
+    "EVENT_CLAIMED",
+    "EVENT_COMPLETED",
     "EVENT_CREATED",
+    "EVENT_FAILED",
+    "EVENT_LEASE_EXPIRED",
     "EVENT_NOTE",
+    "EVENT_RELEASED",
+    "EVENT_RETRIED",
     "EVENT_UNBLOCKED",
     "EVENT_UPDATED",
     "CommitEffects",
     "Effects",
     "EventInput",
+    "Fetch",
     "ReadyTask",
     "StatusChange",
     "StatusEffects",
     "insert_event",
     "insert_events",
+    "lock_dependents",
     "on_status_change",
     "on_status_changes",
     "recompute_pending_deps",
+    "recount_dependents",
+    "recount_pending_deps",
+    "sa_fetch",
 ]
 
 EVENT_CREATED = "created"
@@ -66,6 +80,29 @@ EVENT_NOTE = "note"
 EVENT_BLOCKED = "blocked"
 #: a dependent released from such a block
 EVENT_UNBLOCKED = "unblocked"
+EVENT_CLAIMED = "claimed"
+EVENT_COMPLETED = "completed"
+EVENT_FAILED = "failed"
+EVENT_RELEASED = "released"
+EVENT_RETRIED = "retried"
+EVENT_LEASE_EXPIRED = "lease_expired"
+
+_Q = load_queries("dependents.sql")
+
+#: Runs one SQL text with positional ``$n`` parameters and returns its rows, readable by column name:
+#: an asyncpg connection's ``fetch``, or :func:`sa_fetch` of a SQLAlchemy connection. The
+#: dependents' statements exist once and run on both.
+Fetch = Callable[..., Awaitable[Sequence[Any]]]
+
+
+def sa_fetch(conn: AsyncConnection) -> Fetch:
+    """A :data:`Fetch` on a SQLAlchemy connection (inside its current transaction)."""
+
+    async def fetch(sql: str, *args: Any) -> Sequence[Any]:
+        return (await conn.exec_driver_sql(sql, args)).mappings().all()
+
+    return fetch
+
 
 S = TaskStatus
 
@@ -144,46 +181,21 @@ class EventInput:
     data: Mapping[str, Any] = field(default_factory=dict)
 
 
-# One statement for any number of events: arrays in, rows out. ``ORDER BY ord`` makes the serial ids
-# follow the input order (nextval runs row by row in that order), so sorting the returned ids
-# restores the input order without a sentinel column.
-_INSERT_EVENTS = text(
-    """
-    INSERT INTO events (project, task_key, kind, status, version, at, data)
-    SELECT x.project, x.task_key, x.kind, x.status, x.version, x.at, x.data::jsonb
-    FROM unnest(:project, :task_key, :kind, :status, :version, :at, :data)
-         WITH ORDINALITY AS x(project, task_key, kind, status, version, at, data, ord)
-    ORDER BY x.ord
-    RETURNING id
-    """
-).bindparams(
-    bindparam("project", type_=ARRAY(Text)),
-    bindparam("task_key", type_=ARRAY(Text)),
-    bindparam("kind", type_=ARRAY(Text)),
-    bindparam("status", type_=ARRAY(Text)),
-    bindparam("version", type_=ARRAY(BigInteger)),
-    bindparam("at", type_=ARRAY(DateTime(timezone=True))),
-    bindparam("data", type_=ARRAY(Text)),
-)
-
-
 async def insert_events(conn: AsyncConnection, rows: Sequence[EventInput]) -> list[Event]:
     """Write event rows (one statement for any number) and return them with their ids, in order."""
     if not rows:
         return []
-    result = await conn.execute(
-        _INSERT_EVENTS,
-        {
-            "project": [r.project for r in rows],
-            "task_key": [r.task_key for r in rows],
-            "kind": [r.kind for r in rows],
-            "status": [r.status for r in rows],
-            "version": [r.version for r in rows],
-            "at": [r.at for r in rows],
-            "data": [json.dumps(dict(r.data)) for r in rows],
-        },
+    result = await sa_fetch(conn)(
+        _Q["insert_events"],
+        [r.project for r in rows],
+        [r.task_key for r in rows],
+        [r.kind for r in rows],
+        [r.status for r in rows],
+        [r.version for r in rows],
+        [r.at for r in rows],
+        [json.dumps(dict(r.data)) for r in rows],
     )
-    ids = sorted(result.scalars())
+    ids = sorted(r["id"] for r in result)
     # Validated models are not needed here: every field comes from our own code. model_construct
     # skips validation, which dominates the cost of a 10,000-task batch.
     return [
@@ -217,88 +229,40 @@ async def insert_event(
     return event
 
 
-# -- statements ------------------------------------------------------------------------------
+# -- dependents --------------------------------------------------------------------------------
 
-_IDS = bindparam("ids", type_=ARRAY(BigInteger))
 
-# The dependents of :ids, locked in id order: the one lock order for dependents (completion, sweep,
-# fail, cancel, PATCH). Its own statement, run after the caller changed the rows of :ids, so the
-# statements that follow see every edge to them (edge writers read a dependency under FOR SHARE).
-_LOCK_DEPENDENTS = text(
-    """
-    SELECT dep.id FROM tasks dep JOIN task_dependencies d ON d.task_id = dep.id
-    WHERE d.depends_on_id = ANY(:ids) ORDER BY dep.id FOR UPDATE OF dep
-    """
-).bindparams(_IDS)
+async def lock_dependents(fetch: Fetch, task_ids: Iterable[int]) -> list[int]:
+    """Lock the direct dependents of *task_ids* (rows the caller changed in this transaction) in id
+    order; returns their ids, sorted."""
+    return sorted({r["id"] for r in await fetch(_Q["lock_dependents"], list(task_ids))})
 
-_BLOCK_DEPENDENTS = text(
-    """
-    WITH src AS (
-        SELECT s.id, s.reason FROM unnest(:ids, :reasons) AS s(id, reason)
-    ), hit AS (
-        SELECT DISTINCT ON (d.task_id) d.task_id, src.reason, src.id AS cause
-        FROM task_dependencies d JOIN src ON src.id = d.depends_on_id
-        ORDER BY d.task_id, d.position
-    )
-    UPDATE tasks t
-    SET status = 'blocked', blocked_reason = hit.reason, version = t.version + 1, updated_at = :now
-    FROM hit
-    WHERE t.id = hit.task_id AND t.status = 'not-started' AND t.project = :project
-    RETURNING t.id, t.project, t.key, t.version, t.blocked_reason, hit.cause
-    """
-).bindparams(_IDS, bindparam("reasons", type_=ARRAY(Text)))
 
-# A dependent blocked because of one of :ids goes back to not-started, unless another of its deps is
-# still failed/cancelled: then it stays blocked and the reason names that dep instead.
-_UNBLOCK_DEPENDENTS = text(
-    """
-    WITH cand AS (
-        SELECT DISTINCT d.task_id FROM task_dependencies d WHERE d.depends_on_id = ANY(:ids)
-    ), tgt AS (
-        SELECT t.id, other.key AS other_key, other.status AS other_status
-        FROM tasks t
-        JOIN cand ON cand.task_id = t.id
-        LEFT JOIN LATERAL (
-            SELECT p.key, p.status
-            FROM task_dependencies d2 JOIN tasks p ON p.id = d2.depends_on_id
-            WHERE d2.task_id = t.id AND p.status IN ('failed', 'cancelled')
-            ORDER BY d2.position
-            LIMIT 1
-        ) other ON true
-        WHERE t.status = 'blocked' AND t.blocked_reason = ANY(:reasons) AND t.project = :project
-    )
-    UPDATE tasks t
-    SET status = CASE WHEN tgt.other_key IS NULL THEN 'not-started' ELSE 'blocked' END,
-        blocked_reason = CASE WHEN tgt.other_key IS NULL THEN NULL
-                              ELSE :prefix || tgt.other_key || ' is ' || tgt.other_status END,
-        version = t.version + 1,
-        updated_at = :now
-    FROM tgt
-    WHERE t.id = tgt.id
-    RETURNING t.id, t.project, t.key, t.role, t.priority, t.seq, t.not_before, t.status,
-              t.pending_deps, t.version, t.blocked_reason
-    """
-).bindparams(_IDS, bindparam("reasons", type_=ARRAY(Text)))
+async def recount_pending_deps(fetch: Fetch, task_ids: Sequence[int]) -> Sequence[Any]:
+    """Set ``pending_deps`` of *task_ids* (locked by the caller) from their dependencies as they are
+    now; returns every recounted row (``sql/dependents.sql``, ``recount_pending_deps``)."""
+    if not task_ids:
+        return []
+    return await fetch(_Q["recount_pending_deps"], list(task_ids))
 
-_RECOMPUTE_PENDING = text(
+
+async def recount_dependents(fetch: Fetch, task_ids: Iterable[int]) -> Sequence[Any]:
+    """A task entered or left ``done``: lock its direct dependents in id order, then recount them.
+
+    Two statements on purpose: the recount starts after every lock is held, so its snapshot has
+    every edge and every dependency status that committed before (see docs/plans/dispatch.md).
     """
-    WITH counts AS (
-        SELECT x.id, (
-            SELECT count(*) FROM task_dependencies d JOIN tasks p ON p.id = d.depends_on_id
-            WHERE d.task_id = x.id AND p.status <> 'done'
-        )::int AS n
-        FROM unnest(:ids) AS x(id)
-    )
-    UPDATE tasks t SET pending_deps = counts.n
-    FROM counts
-    WHERE t.id = counts.id
-    RETURNING t.id, t.project, t.key, t.role, t.priority, t.seq, t.not_before, t.status, t.pending_deps
-    """
-).bindparams(_IDS)
+    return await recount_pending_deps(fetch, await lock_dependents(fetch, task_ids))
 
 
 def _ready_task(row: Any) -> ReadyTask:
-    return ReadyTask(row.project, row.key, row.role, row.priority, row.seq, row.not_before)
+    return ReadyTask(row["project"], row["key"], row["role"], row["priority"], row["seq"], row["not_before"])
+
+
+def _file_ready(effects: Effects, rows: Iterable[Any], now: datetime) -> None:
+    for row in rows:
+        if row["status"] == S.NOT_STARTED and row["pending_deps"] == 0:
+            effects.add_candidate(_ready_task(row), now)
 
 
 async def recompute_pending_deps(conn: AsyncConnection, task_ids: Iterable[int], now: datetime) -> Effects:
@@ -306,13 +270,8 @@ async def recompute_pending_deps(conn: AsyncConnection, task_ids: Iterable[int],
 
     Returns the tasks among them that are now ready/scheduled.
     """
-    ids = list(dict.fromkeys(task_ids))
     effects = Effects()
-    if not ids:
-        return effects
-    for row in await conn.execute(_RECOMPUTE_PENDING, {"ids": ids}):
-        if row.status == S.NOT_STARTED and row.pending_deps == 0:
-            effects.add_candidate(_ready_task(row), now)
+    _file_ready(effects, await recount_pending_deps(sa_fetch(conn), list(dict.fromkeys(task_ids))), now)
     return effects
 
 
@@ -341,69 +300,65 @@ async def on_status_changes(
     if not (failing or reviving or done_moved):
         return effects
 
+    fetch = sa_fetch(conn)
     # 0. Lock every direct dependent in id order before touching any of them.
-    locked = sorted({r.id for r in await conn.execute(_LOCK_DEPENDENTS, {"ids": [c.task_id for c in real]})})
+    locked = await lock_dependents(fetch, [c.task_id for c in real])
 
     # 1. Dependents of tasks entering or leaving done: pending_deps recounted from their
     # dependencies as they are now (a derived count, never a delta on a stale view).
     if done_moved and locked:
-        recounted = await recompute_pending_deps(conn, locked, now)
-        effects.merge(recounted)
+        _file_ready(effects, await recount_pending_deps(fetch, locked), now)
 
     events: list[EventInput] = []
     keys_by_id = {c.task_id: c.key for c in real}
 
     # 2. Dependents of tasks that just failed or were cancelled become blocked.
     if failing:
-        result = await conn.execute(
-            _BLOCK_DEPENDENTS,
-            {
-                "ids": [c.task_id for c in failing],
-                "reasons": [dependency_block_reason(c.key, c.new) for c in failing],
-                "now": now,
-                "project": project,
-            },
+        result = await fetch(
+            _Q["block_dependents"],
+            [c.task_id for c in failing],
+            [dependency_block_reason(c.key, c.new) for c in failing],
+            now,
+            project,
         )
         for row in result:
             events.append(
                 EventInput(
-                    row.project,
-                    row.key,
+                    row["project"],
+                    row["key"],
                     EVENT_BLOCKED,
                     now,
                     S.BLOCKED.value,
-                    row.version,
-                    {"actor": actor, "cause": keys_by_id[row.cause], "blocked_reason": row.blocked_reason},
+                    row["version"],
+                    {"actor": actor, "cause": keys_by_id[row["cause"]], "blocked_reason": row["blocked_reason"]},
                 )
             )
 
     # 3. Dependents blocked because of tasks that left failed/cancelled are released.
     if reviving:
         reasons = [dependency_block_reason(c.key, s) for c in reviving for s in sorted(TERMINAL_FAILURE)]
-        result = await conn.execute(
-            _UNBLOCK_DEPENDENTS,
-            {
-                "ids": [c.task_id for c in reviving],
-                "reasons": reasons,
-                "prefix": DEPENDENCY_BLOCK_PREFIX,
-                "now": now,
-                "project": project,
-            },
+        result = await fetch(
+            _Q["unblock_dependents"],
+            [c.task_id for c in reviving],
+            reasons,
+            DEPENDENCY_BLOCK_PREFIX,
+            now,
+            project,
         )
         for row in result:
-            unblocked = row.status == S.NOT_STARTED
+            unblocked = row["status"] == S.NOT_STARTED
             events.append(
                 EventInput(
-                    row.project,
-                    row.key,
+                    row["project"],
+                    row["key"],
                     EVENT_UNBLOCKED if unblocked else EVENT_BLOCKED,
                     now,
-                    row.status,
-                    row.version,
-                    {"actor": actor, "blocked_reason": row.blocked_reason},
+                    row["status"],
+                    row["version"],
+                    {"actor": actor, "blocked_reason": row["blocked_reason"]},
                 )
             )
-            if unblocked and row.pending_deps == 0:
+            if unblocked and row["pending_deps"] == 0:
                 effects.add_candidate(_ready_task(row), now)
 
     effects.events.extend(await insert_events(conn, events))

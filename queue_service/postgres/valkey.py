@@ -27,6 +27,7 @@ from redis.asyncio.client import PubSub
 
 from queue_service import exceptions
 from queue_service.models import DEFAULT_ROLE
+from queue_service.postgres.resources import lua_script
 from queue_service.postgres.valkey_keys import DEFAULT_PREFIX, PRIORITIES, ValkeyKeys
 
 __all__ = [
@@ -40,197 +41,20 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-# The dedupe hash maps each queued task key to the list holding it. A key already in the right list
-# is not pushed again, however many times (and from however many replicas) it is announced ready; a
-# key in another list (its role or priority changed) is moved. The old list's name comes from the
-# hash, which is fine on a single Valkey node (not Cluster-safe; we do not run on Cluster).
-#
-# The dedupe entry is trusted only if the list really holds the key (LPOS, checked only on this
-# duplicate-announcement path): a claimer whose BLPOP took the key but whose follow-up dedupe removal
-# never arrived (Valkey blip, process killed) must not leave an entry that swallows every later
-# enqueue of that key. ARGV[3] '1' forces a push; ARGV[4] '1' pushes to the head (a task whose lease
-# expired goes back first in line, DESIGN §3.7).
-_ENQUEUE = """
-local cur = redis.call('HGET', KEYS[1], ARGV[1])
-if cur == KEYS[2] and ARGV[3] == '0' and ARGV[4] ~= '1' then
-  if redis.call('LPOS', KEYS[2], ARGV[1]) then
-    return 0
-  end
-end
-if cur then
-  redis.call('LREM', cur, 0, ARGV[1])
-end
-redis.call('HSET', KEYS[1], ARGV[1], KEYS[2])
-if ARGV[4] == '1' then
-  redis.call('LPUSH', KEYS[2], ARGV[1])
-else
-  redis.call('RPUSH', KEYS[2], ARGV[1])
-end
-redis.call('SADD', KEYS[3], ARGV[2])
-return 1
-"""
-
-# Give popped keys back to the head of the lists they came from (a claim failed before Postgres
-# decided): ARGV is {key, list, key, list, ...} in pop order, pushed back in reverse so the order is
-# kept. A key re-queued meanwhile (its dedupe entry names a list that holds it) is left alone.
-_PUSH_BACK = """
-local n = 0
-for i = #ARGV - 1, 1, -2 do
-  local key, list = ARGV[i], ARGV[i + 1]
-  local cur = redis.call('HGET', KEYS[1], key)
-  if not cur or not redis.call('LPOS', cur, key) then
-    redis.call('LPUSH', list, key)
-    redis.call('HSET', KEYS[1], key, list)
-    n = n + 1
-  end
-end
-return n
-"""
-
-# Non-blocking pop across lists in the order given, and the dedupe entry removed in the same step.
-_POP = """
-for i = 2, #KEYS do
-  local v = redis.call('LPOP', KEYS[i])
-  if v then
-    if redis.call('HGET', KEYS[1], v) == KEYS[i] then
-      redis.call('HDEL', KEYS[1], v)
-    end
-    return {KEYS[i], v}
-  end
-end
-return false
-"""
-
-# The same pop for "any role", reading the role set in the same step (one round trip instead of
-# SMEMBERS + pop). The list order is :meth:`ValkeyBroker._lists_for`'s: for each priority, the known
-# roles sorted, the default role first when it is not among them. List names are built here from the
-# prefix in ARGV[1] (keys not declared in KEYS: fine on a single node, as the dedupe hash already is).
-_POP_ANY = """
-local roles = redis.call('SMEMBERS', KEYS[2])
-local seen = false
-for _, r in ipairs(roles) do
-  if r == ARGV[2] then seen = true end
-end
-table.sort(roles)
-if not seen then table.insert(roles, 1, ARGV[2]) end
-for p = 3, #ARGV do
-  for _, r in ipairs(roles) do
-    local list = ARGV[1] .. r .. ':' .. ARGV[p]
-    local v = redis.call('LPOP', list)
-    if v then
-      if redis.call('HGET', KEYS[1], v) == list then
-        redis.call('HDEL', KEYS[1], v)
-      end
-      return {list, v}
-    end
-  end
-end
-return false
-"""
-
-# Batched pops: up to ARGV[1] keys across the lists in the order given (best first), each dedupe
-# entry dropped in the same step. Returns a flat {list, key, list, key, ...}.
-_POP_MANY = """
-local n = tonumber(ARGV[1])
-local out = {}
-local got = 0
-for i = 2, #KEYS do
-  while got < n do
-    local v = redis.call('LPOP', KEYS[i])
-    if not v then break end
-    if redis.call('HGET', KEYS[1], v) == KEYS[i] then
-      redis.call('HDEL', KEYS[1], v)
-    end
-    out[#out + 1] = KEYS[i]
-    out[#out + 1] = v
-    got = got + 1
-  end
-  if got >= n then break end
-end
-return out
-"""
-
-# The batched pop for "any role": _POP_ANY's list order, up to ARGV[3] keys; priorities from ARGV[4].
-_POP_ANY_MANY = """
-local roles = redis.call('SMEMBERS', KEYS[2])
-local seen = false
-for _, r in ipairs(roles) do
-  if r == ARGV[2] then seen = true end
-end
-table.sort(roles)
-if not seen then table.insert(roles, 1, ARGV[2]) end
-local n = tonumber(ARGV[3])
-local out = {}
-local got = 0
-for p = 4, #ARGV do
-  for _, r in ipairs(roles) do
-    local list = ARGV[1] .. r .. ':' .. ARGV[p]
-    while got < n do
-      local v = redis.call('LPOP', list)
-      if not v then break end
-      if redis.call('HGET', KEYS[1], v) == list then
-        redis.call('HDEL', KEYS[1], v)
-      end
-      out[#out + 1] = list
-      out[#out + 1] = v
-      got = got + 1
-    end
-    if got >= n then return out end
-  end
-end
-return out
-"""
-
-# After a BLPOP: drop the dedupe entry only if it still points at the list the key came from.
-_FORGET = """
-if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then
-  return redis.call('HDEL', KEYS[1], ARGV[1])
-end
-return 0
-"""
-
-# Extend a lock we hold; also re-create it when it vanished (Valkey flushed or restarted): Postgres
-# already accepted the token, the lock key only mirrors it.
-_EXTEND = """
-local v = redis.call('GET', KEYS[1])
-if v == ARGV[1] or not v then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  return 1
-end
-return 0
-"""
-
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
-end
-return 0
-"""
-
-# Drop scheduled entries that are (still) due; one rescheduled later in the meantime stays.
-_UNSCHEDULE_DUE = """
-local n = 0
-for i = 1, #ARGV - 1 do
-  local s = redis.call('ZSCORE', KEYS[1], ARGV[i])
-  if s and tonumber(s) <= tonumber(ARGV[#ARGV]) then
-    n = n + redis.call('ZREM', KEYS[1], ARGV[i])
-  end
-end
-return n
-"""
-
-_ACQUIRE_LEADER = """
-local v = redis.call('GET', KEYS[1])
-if v == ARGV[1] then
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  return 1
-end
-if not v then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  return 1
-end
-return 0
-"""
+#: The Lua scripts of ``postgres/lua/`` (one file each; the comments at their top say what they do).
+SCRIPTS = (
+    "enqueue",
+    "push_back",
+    "pop",
+    "pop_any",
+    "pop_many",
+    "pop_any_many",
+    "forget",
+    "extend",
+    "release",
+    "acquire_leader",
+    "unschedule_due",
+)
 
 
 @contextlib.contextmanager
@@ -438,19 +262,8 @@ class ValkeyBroker:
             )
             self._blocking = aioredis.Redis(connection_pool=blocking_pool)
             client = self._client
-            self._scripts = {
-                "enqueue": client.register_script(_ENQUEUE),
-                "push_back": client.register_script(_PUSH_BACK),
-                "pop": client.register_script(_POP),
-                "pop_any": client.register_script(_POP_ANY),
-                "pop_many": client.register_script(_POP_MANY),
-                "pop_any_many": client.register_script(_POP_ANY_MANY),
-                "forget": client.register_script(_FORGET),
-                "extend": client.register_script(_EXTEND),
-                "release": client.register_script(_RELEASE),
-                "leader": client.register_script(_ACQUIRE_LEADER),
-                "unschedule_due": client.register_script(_UNSCHEDULE_DUE),
-            }
+            # registered once per open; each call is EVALSHA, loading the script on NOSCRIPT
+            self._scripts = {name: client.register_script(lua_script(name)) for name in SCRIPTS}
 
     async def close(self) -> None:
         """Close both pools. Idempotent."""
@@ -858,7 +671,7 @@ class ValkeyBroker:
     async def acquire_leader(self, holder: str, ttl: float) -> bool:
         """Become (or stay) the orchestrator leader for *ttl* seconds. True if *holder* leads."""
         with wrap_valkey_errors("leader"):
-            return bool(await self._scripts["leader"](keys=[self.keys.leader], args=[holder, _ms(ttl)]))
+            return bool(await self._scripts["acquire_leader"](keys=[self.keys.leader], args=[holder, _ms(ttl)]))
 
     async def release_leader(self, holder: str) -> bool:
         """Give up leadership if *holder* has it."""

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import timedelta
 
 import asyncpg
 import pytest
 
 from queue_service import exceptions
-from queue_service.models import TaskStatus, utcnow
+from queue_service.models import Task, TaskStatus, utcnow
 from queue_service.postgres.backend import PostgresValkeyBackend
 from queue_service.service import QueueService
 from tests.integration.pg_gate import Gate
@@ -165,6 +166,68 @@ async def test_sweep_and_completion_sharing_dependents_do_not_deadlock(
     assert sorted(report.dead_lettered) == sorted([f"web/{t1.key}", f"web/{t2.key}"])
     for key in (d1.key, d2.key):
         assert (await svc.get_task("web", key)).status is S.BLOCKED
+
+
+# -- claim_many / complete_many: rows locked in one order whatever the order of the items ---------
+
+
+@asynccontextmanager
+async def row_held(gate: Gate, key: str) -> AsyncIterator[None]:
+    """Hold task *key*'s row lock (FOR UPDATE) on a connection of its own until the block exits."""
+    conn = await asyncpg.connect(gate.dsn)
+    try:
+        async with conn.transaction():
+            await conn.execute("SELECT id FROM tasks WHERE project = 'web' AND key = $1 FOR UPDATE", key)
+            yield
+    finally:
+        await conn.close()
+
+
+async def test_complete_many_batches_sharing_dependents_lock_them_in_id_order(svc: QueueService, gate: Gate) -> None:
+    # D_low (older) and D_high each depend on one task of either batch; each batch lists first the
+    # task whose dependent is D_high, the other second. Locking dependents in item (or plan) order
+    # would have the batches take D_low and D_high in opposite orders: a deadlock.
+    x1, x2, y1, y2 = [await svc.create_task("web", {"title": n, "role": n}) for n in ("x1", "x2", "y1", "y2")]
+    d_low = await svc.create_task("web", {"title": "D_low", "depends_on": [x2.key, y1.key]})
+    d_high = await svc.create_task("web", {"title": "D_high", "depends_on": [x1.key, y2.key]})
+    tokens = {t.key: await claim_key(svc, t.key, role=t.role) for t in (x1, x2, y1, y2)}
+    async with row_held(gate, d_high.key):
+        batch_x = asyncio.create_task(
+            svc.complete_many("web", [(x1.key, tokens[x1.key], None), (x2.key, tokens[x2.key], None)])
+        )
+        await gate.settled(batch_x)  # waits for D_high ...
+        low_free = await row_is_free(gate, d_low.key)  # ... holding D_low already (id order)
+        batch_y = asyncio.create_task(
+            svc.complete_many("web", [(y2.key, tokens[y2.key], None), (y1.key, tokens[y1.key], None)])
+        )
+        await gate.settled(batch_y, blocked=2)
+    done = [*await batch_x, *await batch_y]
+    assert not low_free, "the batch waits for D_high without holding D_low: dependents not locked in id order"
+    assert all(isinstance(t, Task) and t.status is S.DONE for t in done), done
+    for d in (d_low, d_high):
+        assert await pending_deps(gate, d.key) == 0
+    claimed = {c.task.key for c in await svc.claim_many("web", "agent", limit=5, wait=5.0)}
+    assert claimed == {d_low.key, d_high.key}
+
+
+async def test_complete_many_retried_in_the_other_order_does_not_deadlock(svc: QueueService, gate: Gate) -> None:
+    # A client retries a batch (same tokens) while the first send still runs, items reversed. Rows
+    # locked in item order: the retry holds B and waits for A while the first holds A and waits
+    # for B. One order (by key) for every batch: the retry waits for A holding nothing.
+    a = await svc.create_task("web", {"title": "A"})
+    b = await svc.create_task("web", {"title": "B"})
+    claims = {c.task.key: c.lease.token for c in await svc.claim_many("web", "agent", limit=2)}
+    async with row_held(gate, a.key):
+        first = asyncio.create_task(svc.complete_many("web", [(a.key, claims[a.key], 1), (b.key, claims[b.key], 2)]))
+        await gate.settled(first)
+        retry = asyncio.create_task(svc.complete_many("web", [(b.key, claims[b.key], 2), (a.key, claims[a.key], 1)]))
+        await gate.settled(retry, blocked=2)
+        b_free = await row_is_free(gate, b.key)
+    done = await first
+    again = await retry
+    assert b_free, "the retry holds B while it waits for A: the first batch's next lock (B) closes a cycle"
+    assert [t.status for t in done if isinstance(t, Task)] == [S.DONE, S.DONE]
+    assert all(isinstance(r, exceptions.LeaseError) for r in again), again
 
 
 # -- soak: an edge writer holding a dependency's lock while it waits (deadlock, 500 on the other side) --

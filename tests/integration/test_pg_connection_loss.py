@@ -16,9 +16,9 @@ import pytest
 
 from queue_service import exceptions
 from queue_service.app import create_app
+from queue_service.postgres.asyncpg_pool import asyncpg_dsn
 from queue_service.postgres.backend import PostgresValkeyBackend
 from queue_service.postgres.errors import is_connection_failure, translate
-from queue_service.postgres.hotpath import asyncpg_dsn
 from queue_service.service import QueueService
 from tests.integration.pgvk import open_backend
 from tests.unit.api_support import http_client, running, settings
