@@ -252,7 +252,7 @@ class _Records(RecordStore):
 
     async def ready_tasks(self, project: str, roles: Sequence[str] | None = None, limit: int = 20) -> ReadyList:
         def op(txn: Txn) -> ReadyList:
-            tasks, total = txn.state.ready_ordered(roles, limit, txn.now)
+            tasks, total = txn.state.ready_listed(roles, limit, txn.now)
             return ReadyList(tasks=tasks, total=total, unblocks={t.key: txn.state.unblocks(t.key) for t in tasks})
 
         return await self.b.run(project, op, exclusive=False)

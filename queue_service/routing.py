@@ -17,6 +17,7 @@ by a strategy that picks another agent (the task is then offered to that agent f
 from __future__ import annotations
 
 import random
+from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -28,9 +29,11 @@ from queue_service.models import Preference, Project, Task
 __all__ = [
     "Candidate",
     "ClaimPlan",
+    "FairQueue",
     "Offer",
     "RoutingContext",
     "choose_agent",
+    "fair_order",
     "group_of",
     "limit_for",
     "plan_claims",
@@ -162,6 +165,59 @@ def choose_agent(strategy: str, task: Task, ctx: RoutingContext, outstanding: Ma
     return ctx.rng.choice(pool)
 
 
+class FairQueue:
+    """Ready candidates in fair-share order (see the module docstring): the top priority first and,
+    within it, the (role, group) served longest ago; within a group, the claimer's label preferences,
+    then tasks unblocked, then age. :meth:`served` records that a popped task was taken."""
+
+    def __init__(
+        self, candidates: Sequence[Candidate], turns: Mapping[tuple[str, str], int], labels: Mapping[str, str]
+    ) -> None:
+        self._turns = dict(turns)
+        self._next_turn = max(self._turns.values(), default=0) + 1
+        levels: dict[int, list[Candidate]] = {}
+        for c in candidates:
+            levels.setdefault(_order(c)[0], []).append(c)
+        self._levels = [levels[rank] for rank in sorted(levels, reverse=True)]
+        self._labels = labels
+        self._queues: dict[tuple[str, str], deque[Candidate]] = {}
+
+    def pop(self) -> tuple[tuple[str, str], Candidate] | None:
+        """The next candidate and its (role, group) slot, or None when every one was popped."""
+        while not self._queues:
+            if not self._levels:
+                return None
+            lines: dict[tuple[str, str], list[Candidate]] = {}
+            for c in self._levels.pop():
+                lines.setdefault((c.task.role, group_of(c.task)), []).append(c)
+            for key, members in lines.items():
+                members.sort(key=lambda c: (-preference_score(c.task.prefers, self._labels), *_order(c)))
+                self._queues[key] = deque(members)
+        slot = min(self._queues, key=lambda g: (self._turns.get(g, 0), self._queues[g][0].task.seq))
+        line = self._queues[slot]
+        cand = line.popleft()
+        if not line:
+            del self._queues[slot]
+        return slot, cand
+
+    def served(self, slot: tuple[str, str]) -> None:
+        """The task last popped from *slot* was taken: its group had its turn."""
+        self._turns[slot] = self._next_turn
+        self._next_turn += 1
+
+
+def fair_order(candidates: Sequence[Candidate], turns: Mapping[tuple[str, str], int], limit: int) -> list[Candidate]:
+    """The first *limit* of *candidates* in the order claims take them (every one taken in turn):
+    what ``ready`` lists and ``next`` shows (issue 11's one dispatch order)."""
+    fair = FairQueue(candidates, turns, {})
+    out: list[Candidate] = []
+    while len(out) < limit and (picked := fair.pop()) is not None:
+        slot, cand = picked
+        out.append(cand)
+        fair.served(slot)
+    return out
+
+
 def plan_claims(ctx: RoutingContext, candidates: Sequence[Candidate], want: int, spare: int = 0) -> ClaimPlan:
     """Choose up to *want* of *candidates* (ready tasks of the claim's roles, in dispatch order) for
     ``ctx.claimer``, by the rules in the module docstring. Mutates ``ctx`` counters as it goes.
@@ -182,30 +238,12 @@ def plan_claims(ctx: RoutingContext, candidates: Sequence[Candidate], want: int,
         if ctx.offer_live(offer):
             outstanding[offer.agent] = outstanding.get(offer.agent, 0) + 1
     cursors_before = dict(ctx.cursors)
-    turns = dict(ctx.turns)
-    next_turn = max(turns.values(), default=0) + 1
-    levels: dict[int, list[Candidate]] = {}
-    for c in candidates:
-        levels.setdefault(domain.dispatch_order(c.task, c.unblocks)[0], []).append(c)
-    for rank in sorted(levels):
-        queues: dict[tuple[str, str], list[Candidate]] = {}
-        for c in levels[rank]:
-            queues.setdefault((c.task.role, group_of(c.task)), []).append(c)
-        for line in queues.values():
-            line.sort(
-                key=lambda c: (-preference_score(c.task.prefers, me.labels), *domain.dispatch_order(c.task, c.unblocks))
-            )
-        while queues and len(plan.chosen) < total:
-            slot = min(queues, key=lambda g: (turns.get(g, 0), queues[g][0].task.seq))
-            cand = queues[slot].pop(0)
-            if not queues[slot]:
-                del queues[slot]
-            if _take(ctx, plan, cand.task, outstanding, may_offer=len(plan.chosen) < want):
-                plan.chosen.append(cand.task)
-                turns[slot] = next_turn
-                next_turn += 1
-        if len(plan.chosen) >= total:
-            break
+    fair = FairQueue(candidates, ctx.turns, me.labels)
+    while len(plan.chosen) < total and (picked := fair.pop()) is not None:
+        slot, cand = picked
+        if _take(ctx, plan, cand.task, outstanding, may_offer=len(plan.chosen) < want):
+            plan.chosen.append(cand.task)
+            fair.served(slot)
     plan.cursors = {r: n for r, n in ctx.cursors.items() if cursors_before.get(r) != n}
     return plan
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from queue_service import domain, exceptions
+from queue_service import domain, exceptions, routing
 from queue_service.backend import DispatchConfig
 from queue_service.models import (
     Claim,
@@ -859,6 +859,13 @@ class ProjectState:
         ready = [t for r in names for k in self.eligible.get(r, ()) if (t := self._ready_now(k, wanted, now))]
         ready.sort(key=lambda t: domain.dispatch_order(t, self.unblocks(t.key)))
         return ready[:limit], len(ready)
+
+    def ready_listed(self, roles: Sequence[str] | None, limit: int, now: datetime) -> tuple[list[Task], int]:
+        """The first *limit* ready tasks in the order claims take them (fair share included), and how
+        many are ready in all: what ``ready``/``next`` show (issue 11's one dispatch order)."""
+        ready, total = self.ready_ordered(roles, 1 << 62, now)
+        candidates = [routing.Candidate(t, self.unblocks(t.key)) for t in ready]
+        return [c.task for c in routing.fair_order(candidates, self.routing.turns, limit)], total
 
     def task_events(self, key: str, limit: int) -> list[Event]:
         """The task's newest events, newest first."""

@@ -187,7 +187,7 @@ class _Records(RecordStore):
 
     async def ready_tasks(self, project: str, roles: Sequence[str] | None = None, limit: int = 20) -> ReadyList:
         state = self.b.state(project)
-        tasks, total = state.ready_ordered(roles, limit, self.b.now())
+        tasks, total = state.ready_listed(roles, limit, self.b.now())
         return ReadyList(tasks=tasks, total=total, unblocks={t.key: state.unblocks(t.key) for t in tasks})
 
     async def task_events(self, project: str, key: str, limit: int = 20) -> list[Event]:

@@ -321,3 +321,16 @@ async def test_flatfile_registry_and_offers_survive_a_restart(tmp_path, dispatch
         assert await svc.claim("web", "a") is None  # the offer to b survived the restart
         got = await svc.claim("web", "b")
         assert got is not None and got.task.title == "t2" and got.task.group == "g"
+
+
+async def test_ready_lists_tasks_in_the_order_claims_take_them(svc: QueueService, web: str) -> None:
+    await svc.create_mission(web, {"id": "m2"})
+    await svc.create_tasks(web, [{"title": f"d{i}"} for i in range(3)])
+    await svc.create_tasks(web, [{"title": f"m{i}", "mission": "m2"} for i in range(3)])
+    await svc.create_task(web, {"title": "urgent", "priority": "P0"})
+    listed = await svc.ready(web, limit=5)
+    assert listed.total == 7
+    order = []
+    while (c := await svc.claim(web, "w")) is not None:
+        order.append(c.task.title)
+    assert [t.title for t in listed.tasks] == order[:5]
