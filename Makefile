@@ -36,10 +36,11 @@ fmt: install ## Format and auto-fix
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-lint: install ## ruff (lint + format check) and mypy --strict on the packages
+lint: install ## ruff (lint + format check), mypy --strict on the packages, import layers (lint-imports)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 test: install services-up browser lint ## Lint, type-check and run every test against real Postgres + Redis + chromium
 	$(BIN)/pytest $(PYTEST_ARGS)

@@ -1,8 +1,9 @@
 """FlatfileBackend: the whole Backend contract on JSON files in one data directory.
 
-Semantics come from :class:`queue_service.state.ProjectState` (the same state machine the in-memory
-backend runs), so the two cannot disagree; this module adds persistence, cross-process locking and
-wake-ups. Every operation runs one short critical section in a worker thread:
+Records and dispatch are :class:`queue_service.state_backend.StateMachineBackend`'s, over the same
+:class:`queue_service.state.ProjectState` the in-memory backend runs, so the two cannot disagree; this
+module adds persistence, cross-process locking and wake-ups. Every operation runs one short critical
+section in a worker thread:
 
     lock the project (flock) → replay journal lines other processes appended → plan_* →
     append the Changes as one line + fdatasync → apply → unlock → wake local waiters
@@ -14,9 +15,7 @@ See ``flatfile/journal.py`` for the file layout and crash-safety argument and
 from __future__ import annotations
 
 import asyncio
-import bisect
 import contextlib
-import copy
 import errno
 import functools
 import logging
@@ -24,10 +23,10 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Self, TypeVar
+from typing import Self, TypeVar
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from flatfile.atomic import ensure_dir
@@ -35,37 +34,12 @@ from flatfile.errors import wrap_errors
 from flatfile.journal import CompactionPolicy, Outcome, ProjectFiles, Txn, create_project_dir
 from flatfile.streams import FlatfileStreamStore
 from flatfile.tokens import TokenFile
-from queue_service import domain, exceptions
-from queue_service.agents import Agent
-from queue_service.agents_state import StateAgentRegistry
-from queue_service.backend import Backend, DispatchConfig, Dispatcher, EventStream, RecordStore
-from queue_service.models import (
-    SLUG_RE,
-    ApiToken,
-    Claim,
-    Event,
-    Lease,
-    Mission,
-    MissionCreate,
-    Note,
-    Project,
-    ProjectCreate,
-    ProjectSnapshot,
-    ProjectUpdate,
-    QueueStats,
-    ReadyList,
-    SweepReport,
-    Task,
-    TaskCreate,
-    TaskFilter,
-    TaskPage,
-    TaskStatus,
-    TaskUpdate,
-    utcnow,
-    validate_slug,
-)
+from queue_service import exceptions
+from queue_service.backend import EventStream
+from queue_service.dispatch_config import DispatchConfig
+from queue_service.models import SLUG_RE, Event, utcnow, validate_slug
 from queue_service.state import Changes, ProjectState
-from queue_service.testing import snapshot_of, state_from_snapshot
+from queue_service.state_backend import StateMachineBackend, TokenStore, events_after
 
 __all__ = ["DEFAULT_DATA_DIR", "FlatfileBackend"]
 
@@ -85,428 +59,6 @@ _WRITE_FAILURE_MEMORY = 30.0
 _PROBE_BYTES = 16 * 1024
 
 
-class _Signal:
-    """A re-armable broadcast: take ``current()`` before checking, wait on it after (no lost wake-ups)."""
-
-    def __init__(self) -> None:
-        self._event = asyncio.Event()
-
-    def current(self) -> asyncio.Event:
-        return self._event
-
-    def fire(self) -> None:
-        event, self._event = self._event, asyncio.Event()
-        event.set()
-
-
-def _expired_lease(state: ProjectState, now: datetime) -> bool:
-    # O(in-flight leases), not O(tasks): only then is the full plan_sweep worth running.
-    return any(
-        (exp := state.tasks[k].lease_expires_at) is not None and exp <= now for k in state.leased if k in state.tasks
-    )
-
-
-def _next_due(state: ProjectState, roles: Sequence[str] | None, now: datetime) -> float | None:
-    """Seconds until a backoff of *roles* comes due or a lease expires (both can make a task claimable)."""
-    best: float | None = None
-
-    def consider(at: datetime | None) -> None:
-        nonlocal best
-        if at is not None:
-            secs = max(0.0, (at - now).total_seconds())
-            best = secs if best is None else min(best, secs)
-
-    for role in roles or state.roles():
-        for key in state.eligible.get(role, ()):
-            not_before = state.tasks[key].not_before
-            if not_before is not None and not_before > now:
-                consider(not_before)
-    for key in state.leased:
-        task = state.tasks.get(key)
-        if task is not None and (not roles or task.role in roles):
-            consider(task.lease_expires_at)
-    return best
-
-
-class _Records(RecordStore):
-    def __init__(self, backend: FlatfileBackend) -> None:
-        self.b = backend
-
-    async def create_project(self, data: ProjectCreate) -> Project:
-        state, changes = ProjectState.new(data, self.b.now())
-        state.apply(changes)
-        await self.b.create_dir(state, f"create project {data.slug}")
-        return state.project
-
-    async def get_project(self, slug: str) -> Project:
-        return await self.b.read(slug, lambda s: s.project)
-
-    async def list_projects(self) -> list[Project]:
-        projects: list[Project] = []
-        for slug in await self.b.slugs():
-            try:
-                projects.append(await self.b.read(slug, lambda s: s.project))
-            except exceptions.ProjectNotFound:
-                continue  # removed meanwhile
-            except exceptions.CorruptData as exc:
-                # One damaged project must not take the others down: skip it, say so loudly.
-                self.b.problems[slug] = exc.message
-                logger.error("skipping project %s in list_projects: %s", slug, exc.message)
-                continue
-            self.b.problems.pop(slug, None)
-        return projects
-
-    async def update_project(self, slug: str, patch: ProjectUpdate) -> Project:
-        def op(txn: Txn) -> Project:
-            txn.commit(txn.state.plan_update_project(patch, txn.now))
-            return txn.state.project
-
-        return await self.b.write(slug, op)
-
-    async def create_mission(self, project: str, data: MissionCreate) -> Mission:
-        def op(txn: Txn) -> Mission:
-            txn.commit(txn.state.plan_create_mission(data, txn.now))
-            return txn.state.missions[data.id]
-
-        return await self.b.write(project, op)
-
-    async def get_mission(self, project: str, mission: str) -> Mission:
-        return await self.b.read(project, lambda s: s._require_mission(mission))
-
-    async def list_missions(self, project: str) -> list[Mission]:
-        missions = await self.b.read(project, lambda s: list(s.missions.values()))
-        return sorted(missions, key=lambda m: (m.id != "default", m.created_at))
-
-    async def update_mission(self, project: str, mission: str, data: MissionCreate) -> Mission:
-        def op(txn: Txn) -> Mission:
-            txn.commit(txn.state.plan_update_mission(mission, data, txn.now))
-            return txn.state.missions[mission]
-
-        return await self.b.write(project, op)
-
-    async def create_tasks(self, project: str, items: Sequence[TaskCreate]) -> list[Task]:
-        def op(txn: Txn) -> list[Task]:
-            changes, tasks = txn.state.plan_create_tasks(items, self.b.config, txn.now)
-            txn.commit(changes)
-            return [txn.state.tasks[t.key] for t in tasks]
-
-        return await self.b.write(project, op)
-
-    async def get_task(self, project: str, key: str) -> Task:
-        return await self.b.read(project, lambda s: s.require(key))
-
-    async def get_tasks(self, project: str, keys: Sequence[str]) -> list[Task]:
-        return await self.b.read(project, lambda s: s.get_tasks(keys))
-
-    async def list_tasks(
-        self, project: str, filters: TaskFilter | None = None, limit: int = 100, cursor: str | None = None
-    ) -> TaskPage:
-        return await self.b.run(
-            project, lambda txn: txn.state.list_tasks(filters or TaskFilter(), limit, cursor, txn.now), exclusive=False
-        )
-
-    async def update_task(
-        self, project: str, key: str, patch: TaskUpdate, expected_version: int | None = None, actor: str = "api"
-    ) -> Task:
-        def op(txn: Txn) -> Task:
-            changes, task = txn.state.plan_update_task(key, patch, expected_version, actor, txn.now)
-            txn.commit(changes)
-            return task
-
-        return await self.b.write(project, op)
-
-    async def cancel_task(self, project: str, key: str, reason: str | None = None, actor: str = "api") -> Task:
-        def op(txn: Txn) -> Task:
-            changes, task = txn.state.plan_cancel(key, reason, actor, txn.now)
-            txn.commit(changes)
-            return task
-
-        return await self.b.write(project, op)
-
-    async def add_note(self, project: str, key: str, author: str, text: str, token: str | None = None) -> Note:
-        def op(txn: Txn) -> Note:
-            changes, note = txn.state.plan_add_note(key, author, text, token, txn.now)
-            txn.commit(changes)
-            return note
-
-        return await self.b.write(project, op)
-
-    async def list_notes(self, project: str, key: str) -> list[Note]:
-        def op(state: ProjectState) -> list[Note]:
-            state.require(key)
-            return list(state.notes.get(key, []))
-
-        return await self.b.read(project, op)
-
-    async def blockers(self, project: str, key: str) -> list[Task]:
-        return await self.b.read(project, lambda s: s.blockers(key))
-
-    async def dependents(self, project: str, key: str) -> list[Task]:
-        return await self.b.read(project, lambda s: s.dependents_of(key))
-
-    async def dead_letter(self, project: str, limit: int = 100) -> list[Task]:
-        return await self.b.read(project, lambda s: s.dead_letter(limit))
-
-    async def stats(self, project: str) -> QueueStats:
-        return await self.b.run(project, lambda txn: txn.state.stats(txn.now), exclusive=False)
-
-    async def ready_tasks(self, project: str, roles: Sequence[str] | None = None, limit: int = 20) -> ReadyList:
-        def op(txn: Txn) -> ReadyList:
-            tasks, total = txn.state.ready_listed(roles, limit, txn.now)
-            return ReadyList(tasks=tasks, total=total, unblocks={t.key: txn.state.unblocks(t.key) for t in tasks})
-
-        return await self.b.run(project, op, exclusive=False)
-
-    async def task_events(self, project: str, key: str, limit: int = 20) -> list[Event]:
-        return await self.b.read(project, lambda s: s.task_events(key, limit))
-
-    async def list_events(self, project: str, after_id: int = 0, limit: int = 1000) -> list[Event]:
-        return await self.b.read(project, lambda s: _events_after(s, after_id, limit))
-
-    async def get_sync_state(self, project: str, path: str) -> dict[str, Any] | None:
-        return await self.b.read(project, lambda s: copy.deepcopy(s.sync_state.get(path)))
-
-    async def put_sync_state(
-        self, project: str, path: str, state: dict[str, Any], rows: Mapping[str, dict[str, Any] | None] | None = None
-    ) -> None:
-        # only the changed rows are copied and journaled (issue 17: cost grows with the change)
-        delta = {path: copy.deepcopy(dict(rows))} if rows else {}
-
-        def op(txn: Txn) -> None:
-            txn.commit(Changes(sync_state={path: copy.deepcopy(state)}, sync_rows=delta))
-
-        await self.b.write(project, op)
-
-    async def get_sync_rows(self, project: str, path: str) -> dict[str, dict[str, Any]]:
-        # entries are replaced, never mutated, by put_sync_state: a shallow copy is safe
-        return await self.b.read(project, lambda s: dict(s.sync_rows.get(path, {})))
-
-    async def add_api_token(self, token: ApiToken) -> None:
-        await self.b.blocking(lambda: self.b.tokens.add(token), "store an API token")
-
-    async def find_api_token(self, token_hash: str) -> ApiToken | None:
-        return await self.b.blocking(lambda: self.b.tokens.find(token_hash), "read API tokens")
-
-    async def count_api_tokens(self) -> int:
-        return await self.b.blocking(self.b.tokens.count, "read API tokens")
-
-    async def list_api_tokens(self) -> list[ApiToken]:
-        return await self.b.blocking(self.b.tokens.all, "read API tokens")
-
-    async def revoke_api_token(self, token_id: str) -> ApiToken:
-        return await self.b.blocking(lambda: self.b.tokens.revoke(token_id), "revoke an API token")
-
-    async def purge_api_tokens(self) -> int:
-        return await self.b.blocking(self.b.tokens.purge, "delete API tokens")
-
-    async def export_project(self, project: str) -> ProjectSnapshot:
-        return await self.b.read(project, snapshot_of)
-
-    async def import_project(self, snapshot: ProjectSnapshot) -> Project:
-        state, _ = state_from_snapshot(snapshot)
-        await self.b.create_dir(state, f"import project {snapshot.project.slug}")
-        return state.project
-
-
-def _events_after(state: ProjectState, after_id: int, limit: int) -> list[Event]:
-    start = bisect.bisect_right(state.events, after_id, key=lambda e: e.id)
-    return state.events[start : start + limit]
-
-
-class _Dispatch(Dispatcher):
-    def __init__(self, backend: FlatfileBackend) -> None:
-        self.b = backend
-
-    def _claim_once(
-        self, txn: Txn, agent: str, roles: Sequence[str] | None, lease: float, want_due: bool
-    ) -> tuple[Claim | None, float | None]:
-        state, now = txn.state, txn.now
-        # No central sweeper in flatfile mode: every claim first expires this project's dead leases.
-        if _expired_lease(state, now):
-            changes, _ = state.plan_sweep(self.b.config, now)
-            txn.commit(changes)
-        changes, claims = state.plan_claim_many(agent, roles, 1, lease, now, self.b.config)
-        txn.commit(changes)  # a registry-only change (implicit registration) too
-        if claims:
-            return claims[0], None
-        return None, _next_due(state, roles, now) if want_due else None
-
-    async def claim(
-        self,
-        project: str,
-        agent: str,
-        roles: Sequence[str] | None = None,
-        wait: float = 0.0,
-        lease_seconds: float | None = None,
-    ) -> Claim | None:
-        lease = domain.lease_length(lease_seconds, self.b.config.lease_seconds)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + max(0.0, wait)
-        signal = self.b.signal(project)
-        watching = False
-        try:
-            while True:
-                woken = signal.current()  # before the attempt: a commit during it still wakes us
-                claim, due = await self.b.run(
-                    project, lambda txn: self._claim_once(txn, agent, roles, lease, wait > 0), exclusive=True
-                )
-                if claim is not None:
-                    return claim
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    return None
-                if not watching:
-                    self.b.watch(project)
-                    watching = True
-                timeout = remaining if due is None else min(remaining, due + 0.001)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(woken.wait(), timeout)
-        finally:
-            if watching:
-                self.b.unwatch(project)
-
-    def _claim_many_once(
-        self, txn: Txn, agent: str, roles: Sequence[str] | None, limit: int, lease: float, want_due: bool
-    ) -> tuple[list[Claim], float | None]:
-        state, now = txn.state, txn.now
-        if _expired_lease(state, now):
-            changes, _ = state.plan_sweep(self.b.config, now)
-            txn.commit(changes)
-        changes, claims = state.plan_claim_many(agent, roles, limit, lease, now, self.b.config)
-        txn.commit(changes)  # the whole batch is one journal entry (or a registry-only change)
-        if claims:
-            return claims, None
-        return [], _next_due(state, roles, now) if want_due else None
-
-    async def claim_many(
-        self,
-        project: str,
-        agent: str,
-        roles: Sequence[str] | None = None,
-        limit: int = 10,
-        wait: float = 0.0,
-        lease_seconds: float | None = None,
-    ) -> list[Claim]:
-        """See :meth:`Dispatcher.claim_many`: one lock, one journal entry for the batch."""
-        lease = domain.lease_length(lease_seconds, self.b.config.lease_seconds)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + max(0.0, wait)
-        signal = self.b.signal(project)
-        watching = False
-        try:
-            while True:
-                woken = signal.current()  # before the attempt: a commit during it still wakes us
-                claims, due = await self.b.run(
-                    project,
-                    lambda txn: self._claim_many_once(txn, agent, roles, limit, lease, wait > 0),
-                    exclusive=True,
-                )
-                if claims:
-                    return claims
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    return []
-                if not watching:
-                    self.b.watch(project)
-                    watching = True
-                timeout = remaining if due is None else min(remaining, due + 0.001)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(woken.wait(), timeout)
-        finally:
-            if watching:
-                self.b.unwatch(project)
-
-    async def heartbeat(self, project: str, key: str, token: str, lease_seconds: float | None = None) -> Lease:
-        seconds = domain.lease_length(lease_seconds, self.b.config.lease_seconds)
-
-        def op(txn: Txn) -> Lease:
-            changes, lease = txn.state.plan_heartbeat(key, token, seconds, txn.now)
-            txn.commit(changes)
-            return lease
-
-        return await self.b.write(project, op)
-
-    async def complete(self, project: str, key: str, token: str, result: Any = None) -> Task:
-        def op(txn: Txn) -> Task:
-            changes, task = txn.state.plan_complete(key, token, result, txn.now)
-            txn.commit(changes)
-            return task
-
-        return await self.b.write(project, op)
-
-    async def complete_many(
-        self, project: str, items: Sequence[tuple[str, str, Any]]
-    ) -> list[Task | exceptions.QueueServiceError]:
-        """See :meth:`Dispatcher.complete_many`: one lock, one journal entry for the batch."""
-
-        def op(txn: Txn) -> list[Task | exceptions.QueueServiceError]:
-            changes, out = txn.state.plan_complete_many(items, txn.now)
-            txn.commit(changes)
-            return out
-
-        return await self.b.write(project, op)
-
-    async def fail(self, project: str, key: str, token: str, error: str, retryable: bool = True) -> Task:
-        def op(txn: Txn) -> Task:
-            changes, task = txn.state.plan_fail(key, token, error, retryable, self.b.config, txn.now)
-            txn.commit(changes)
-            return task
-
-        return await self.b.write(project, op)
-
-    async def release(self, project: str, key: str, token: str) -> Task:
-        def op(txn: Txn) -> Task:
-            changes, task = txn.state.plan_release(key, token, txn.now)
-            txn.commit(changes)
-            return task
-
-        return await self.b.write(project, op)
-
-    async def retry(self, project: str, key: str, actor: str = "api") -> Task:
-        def op(txn: Txn) -> Task:
-            changes, task = txn.state.plan_retry(key, actor, txn.now)
-            txn.commit(changes)
-            return task
-
-        return await self.b.write(project, op)
-
-    async def sweep(self) -> SweepReport:
-        expired: list[str] = []
-        dead: list[str] = []
-        released = 0
-
-        def op(txn: Txn) -> tuple[list[str], list[str], int]:
-            changes, keys = txn.state.plan_sweep(self.b.config, txn.now)
-            txn.commit(changes)
-            slug = txn.state.project.slug
-            return (
-                [f"{slug}/{k}" for k in keys],
-                [f"{slug}/{k}" for k in keys if changes.tasks[k].status is TaskStatus.FAILED],
-                sum(1 for k in changes.ready if k not in changes.tasks),
-            )
-
-        for slug in await self.b.slugs():
-            try:
-                e, d, r = await self.b.write(slug, op)
-            except exceptions.ProjectNotFound:
-                continue
-            except exceptions.CorruptData as exc:
-                self.b.problems[slug] = exc.message
-                logger.error("sweep skipped project %s: %s", slug, exc.message)
-                continue
-            expired += e
-            dead += d
-            released += r
-            if r:
-                self.b.signal(slug).fire()  # backoffs came due: waiting claimers should look again
-        return SweepReport(expired_leases=tuple(expired), released_backoffs=released, dead_lettered=tuple(dead))
-
-    async def queue_depths(self, project: str) -> dict[str, int]:
-        return await self.b.read(
-            project, lambda s: {role: s.ready_depth(role) for role in s.roles() if s.ready_depth(role)}
-        )
-
-
 class _Events(EventStream):
     def __init__(self, backend: FlatfileBackend) -> None:
         self.b = backend
@@ -521,7 +73,7 @@ class _Events(EventStream):
         try:
             while True:
                 woken = signal.current()
-                batch = await self.b.read(project, functools.partial(_events_after, after_id=last_id, limit=1000))
+                batch = await self.b.read(project, functools.partial(events_after, after_id=last_id, limit=1000))
                 for event in batch:
                     last_id = event.id
                     yield event
@@ -531,7 +83,7 @@ class _Events(EventStream):
             self.b.unwatch(project)
 
 
-class FlatfileBackend(Backend):
+class FlatfileBackend(StateMachineBackend):
     """JSON files under a data directory; safe for several processes on one machine.
 
     Args:
@@ -544,6 +96,8 @@ class FlatfileBackend(Backend):
     """
 
     name = "flatfile"
+    #: no central sweeper in flatfile mode: every claim first expires its project's dead leases
+    sweeps_on_claim = True
 
     def __init__(
         self,
@@ -561,20 +115,15 @@ class FlatfileBackend(Backend):
         self.compaction = compaction or CompactionPolicy()
         self.poll_interval = poll_interval
         self.tokens = TokenFile(self.data_dir)
-        #: slug -> message for projects that failed to load (list_projects and sweep skip them)
-        self.problems: dict[str, str] = {}
         self._files: dict[str, ProjectFiles] = {}
         self._files_lock = threading.Lock()
-        self._signals: dict[str, _Signal] = {}
         #: (monotonic time, message) of the last write that failed for lack of room; None after a success
         self._write_failure: tuple[float, str] | None = None
         self._interest: dict[str, int] = {}
         self._watchers: dict[str, asyncio.Task[None]] = {}
-        self.records = _Records(self)
-        self.dispatch = _Dispatch(self)
+        super().__init__()
         self.events = _Events(self)
         self.streams = FlatfileStreamStore(self.data_dir / "streams", self.dispatch, poll_interval=poll_interval)
-        self.agents = StateAgentRegistry(self._plan_agent, self._read_agents, lambda: self.config.agent_ready_seconds)
 
     @classmethod
     def from_url(cls, url: str, config: DispatchConfig | None = None) -> FlatfileBackend:
@@ -708,28 +257,13 @@ class FlatfileBackend(Backend):
             self.signal(slug).fire()
         return outcome.result
 
-    async def _plan_agent(self, slug: str, fn: Callable[[ProjectState, datetime], tuple[Changes, Agent]]) -> Agent:
-        def op(txn: Txn) -> Agent:
-            changes, result = fn(txn.state, txn.now)
-            txn.commit(changes)
-            return result
-
-        return await self.run(slug, op, exclusive=True)
-
-    async def _read_agents(self, slug: str, fn: Callable[[ProjectState, datetime], list[Agent]]) -> list[Agent]:
-        return await self.run(slug, lambda txn: fn(txn.state, txn.now), exclusive=False)
-
-    async def read(self, slug: str, fn: Callable[[ProjectState], R]) -> R:
-        """A read under the shared lock, on the caught-up state."""
-        return await self.run(slug, lambda txn: fn(txn.state), exclusive=False)
-
-    async def write(self, slug: str, fn: Callable[[Txn], R]) -> R:
-        """A write under the exclusive lock."""
-        return await self.run(slug, fn, exclusive=True)
-
-    async def create_dir(self, state: ProjectState, what: str) -> None:
-        """Write a new project's directory (create or import)."""
+    async def add_project(self, state: ProjectState, changes: Changes, what: str) -> None:
+        """Write a new project's directory (create or import); AlreadyExists if the slug is taken."""
         await self.blocking(lambda: create_project_dir(self.projects_dir, state), what)
+
+    async def token_op(self, fn: Callable[[TokenStore], R], what: str) -> R:
+        """Run *fn* on the token file in a worker thread."""
+        return await self.blocking(lambda: fn(self.tokens), what)
 
     async def slugs(self) -> list[str]:
         """Project directories present, sorted (temporary and foreign names skipped)."""
@@ -744,13 +278,6 @@ class FlatfileBackend(Backend):
         return await self.blocking(scan, "list projects")
 
     # -- wake-ups ---------------------------------------------------------------------------
-    def signal(self, slug: str) -> _Signal:
-        """The project's local wake-up broadcast (event-loop side)."""
-        sig = self._signals.get(slug)
-        if sig is None:
-            sig = self._signals[slug] = _Signal()
-        return sig
-
     def watch(self, slug: str) -> None:
         """Start (or keep) polling *slug* for commits by other processes."""
         self._interest[slug] = self._interest.get(slug, 0) + 1

@@ -36,9 +36,9 @@ from queue_service.api.limits import StreamSlots
 from queue_service.api.metrics import Metrics
 from queue_service.backend import Backend
 from queue_service.mcp_server.http import MCP_PATH, McpEndpoint
-from queue_service.orchestrator import Orchestrator
 from queue_service.service import QueueService
 from queue_service.settings import Settings, is_loopback
+from queue_service.sweeper import Sweeper
 from queue_service.ui import install_ui
 from queue_service.workspaces import WorkspacePolicy
 from workspace_sync.manager import WorkspaceSyncManager
@@ -48,9 +48,9 @@ __all__ = ["check_exposure", "create_app"]
 logger = logging.getLogger("queue_service.app")
 
 
-def _make_orchestrator(backend: Backend, interval: float) -> Orchestrator:
+def _make_orchestrator(backend: Backend, interval: float) -> Sweeper:
     """The orchestrator monitor (a seam for tests)."""
-    return Orchestrator(backend, interval)
+    return Sweeper(backend, interval)
 
 
 async def check_exposure(settings: Settings, backend: Backend) -> None:
@@ -83,7 +83,7 @@ def create_app(settings: Settings, backend: Backend | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         owned = backend is None
         be = backend or settings.build_backend()
-        orchestrator: Orchestrator | None = None
+        orchestrator: Sweeper | None = None
         workspace_sync: WorkspaceSyncManager | None = None
         mcp_running: contextlib.AbstractAsyncContextManager[None] | None = None
         try:

@@ -7,11 +7,13 @@ channels apart the same way):
   API tokens, snapshots. Every change bumps the object's ``version`` and writes an event in the same
   transaction.
 * :class:`Dispatcher` — claim with a fenced lease, heartbeat, complete, fail, release, retry, and the
-  orchestrator's periodic ``sweep``.
+  sweeper's periodic ``sweep``.
 * :class:`EventStream` — live events after commit (pub/sub), for SSE, sync and waiting claimers.
 
 :class:`Backend` owns the three and their lifecycle (``open``/``close``/``ping``). The contract tests
-in ``tests/contract`` check the sentences in these docstrings against every backend.
+in ``tests/contract`` check the sentences in these docstrings against every backend. This module holds
+only the interfaces: ``backend_factory.backend_from_url`` is the one place that names implementations.
+``DispatchConfig`` lives in ``dispatch_config`` (re-exported here).
 
 Shared rules for every method taking ``project``/``key``: an unknown project raises
 ``ProjectNotFound``, an unknown task ``TaskNotFound``. A method that raises leaves stored data
@@ -23,12 +25,11 @@ from __future__ import annotations
 
 import abc
 from collections.abc import AsyncIterator, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
 
 from queue_service import exceptions
 from queue_service.agents import AgentRegistry
+from queue_service.dispatch_config import DispatchConfig
 from queue_service.models import (
     ApiToken,
     Claim,
@@ -58,36 +59,7 @@ __all__ = [
     "Dispatcher",
     "EventStream",
     "RecordStore",
-    "backend_from_url",
 ]
-
-
-@dataclass(frozen=True)
-class DispatchConfig:
-    """Timing and limits for dispatch; tests shrink these to keep the suite fast."""
-
-    #: default lease length for a claim, seconds
-    lease_seconds: float = 30.0
-    #: how often agents are expected to heartbeat (clients default to a third of their lease); the
-    #: server does not use it: a task is reclaimable within lease + ``sweep_seconds`` of its last renewal
-    heartbeat_seconds: float = 10.0
-    #: first retry delay; doubles each attempt
-    backoff_base_seconds: float = 1.0
-    #: longest retry delay
-    backoff_max_seconds: float = 300.0
-    #: ±fraction of random spread on each retry delay
-    backoff_jitter: float = 0.1
-    #: a project/role whose ready depth exceeds this rejects new tasks (QueueFull)
-    max_queue_depth: int = 10_000
-    #: orchestrator sweep period, seconds
-    sweep_seconds: float = 1.0
-    #: default max_attempts for tasks created without one
-    default_max_attempts: int = 3
-    #: an agent is ready while seen (registered, heartbeat, claim) within this many seconds (issue 13)
-    agent_ready_seconds: float = 30.0
-    #: how long a task routed by a strategy waits for the agent it was offered to, seconds
-    offer_seconds: float = 10.0
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class RecordStore(abc.ABC):
@@ -504,41 +476,3 @@ class Backend(abc.ABC):
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
-
-
-def backend_from_url(
-    url: str,
-    *,
-    valkey_url: str | None = None,
-    config: DispatchConfig | None = None,
-    key_prefix: str | None = None,
-    stream_url: str | None = None,
-) -> Backend:
-    """Build the backend a URL names, importing it lazily.
-
-    ``postgresql+asyncpg://…`` (needs *valkey_url*; *key_prefix* defaults to ``mosaic:queue``) →
-    PostgresValkeyBackend; ``file://<dir>`` → FlatfileBackend; ``memory://`` → InMemoryBackend.
-    """
-    config = config or DispatchConfig()
-    scheme = urlsplit(url).scheme
-    if scheme.startswith("postgres"):
-        if not valkey_url:
-            raise exceptions.ConfigurationError(
-                "a Postgres backend needs a Valkey URL: set QUEUE_VALKEY_URL (or MOSAIC_VALKEY_URL)"
-            )
-        from queue_service.postgres.backend import PostgresValkeyBackend
-
-        if key_prefix:
-            return PostgresValkeyBackend(url, valkey_url, config=config, key_prefix=key_prefix, stream_url=stream_url)
-        return PostgresValkeyBackend(url, valkey_url, config=config, stream_url=stream_url)
-    if scheme == "file":
-        from flatfile.backend import FlatfileBackend
-
-        return FlatfileBackend.from_url(url, config=config)
-    if scheme == "memory":
-        from queue_service.testing import InMemoryBackend
-
-        return InMemoryBackend(config=config)
-    raise exceptions.ConfigurationError(
-        f"unsupported backend URL {url!r}: use postgresql+asyncpg://…, file://<dir> or memory://"
-    )

@@ -167,12 +167,21 @@ def backoff_delay(
     return timedelta(seconds=max(0.0, raw + r.uniform(-spread, spread)))
 
 
+#: the longest lease anyone may ask for, seconds (the API's bound; a lease token names at most this)
+MAX_LEASE_SECONDS = 86_400.0
+
+
 def lease_length(requested: float | None, default: float) -> float:
     """The lease to grant: *requested*, or *default* when None. Zero, negative or non-finite is a
-    ValidationError (422) on every backend: ``0`` must never silently mean "the default"."""
+    ValidationError (422) on every backend: ``0`` must never silently mean "the default"; so is a
+    requested lease longer than :data:`MAX_LEASE_SECONDS` (the API refuses it too)."""
     lease = float(default if requested is None else requested)
     if not math.isfinite(lease) or lease <= 0:
         raise exceptions.ValidationError(f"lease_seconds must be positive, got {requested}", value=requested)
+    if requested is not None and lease > MAX_LEASE_SECONDS:
+        raise exceptions.ValidationError(
+            f"lease_seconds must be at most {MAX_LEASE_SECONDS:g}, got {requested}", value=requested
+        )
     return lease
 
 
@@ -189,9 +198,11 @@ def new_lease_token(lease_seconds: float) -> str:
     The length rides in the token (``<random>.<seconds>``) so that a renewal by any call carrying the
     token (heartbeat without a length, a note) keeps the holder's own lease length on every backend,
     without a stored column: an agent's 30-minute lease is never shrunk to a worker's 30 seconds.
-    The token is compared whole, so altering the suffix only makes it invalid.
+    The token is compared whole, so altering the suffix only makes it invalid. A length the lease
+    rules refuse (:func:`lease_length`) raises ValidationError: no token is minted for it.
     """
-    return f"{secrets.token_urlsafe(24)}.{max(1, round(lease_seconds))}"
+    lease = lease_length(lease_seconds, lease_seconds)
+    return f"{secrets.token_urlsafe(24)}.{max(1, round(lease))}"
 
 
 def lease_length_of(token: str) -> float | None:

@@ -7,9 +7,6 @@ value), then delegates to the Backend. It never talks SQL, Valkey or files itsel
 from __future__ import annotations
 
 import json
-import os
-import socket
-import uuid
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -17,6 +14,7 @@ from typing import Any, Literal
 from queue_service import domain, exceptions
 from queue_service.agents import Agent, AgentRegister, validate_agent_id
 from queue_service.backend import Backend
+from queue_service.ids import new_agent_id
 from queue_service.models import (
     Claim,
     Event,
@@ -89,8 +87,9 @@ def _check_result(result: Any, field: str) -> Any:
 
 
 def _check_lease(lease_seconds: float | None) -> None:
-    if lease_seconds is not None and not 0 < lease_seconds <= 86_400:
-        raise exceptions.ValidationError(f"lease_seconds must be in (0, 86400], got {lease_seconds}")
+    # the backends apply the same rule at the seam; checking here first keeps the error before any read
+    if lease_seconds is not None:
+        domain.lease_length(lease_seconds, lease_seconds)
 
 
 def _with_seconds(claim: Claim | None, seconds: float) -> Claim | None:
@@ -98,16 +97,6 @@ def _with_seconds(claim: Claim | None, seconds: float) -> Claim | None:
     if claim is None or claim.lease.seconds is not None:
         return claim
     return claim.model_copy(update={"lease": claim.lease.model_copy(update={"seconds": float(seconds)})})
-
-
-def new_agent_id(name: str | None = None) -> str:
-    """An agent id unique per process start: ``[name@]host:pid:nonce``.
-
-    A restarted agent gets a new id, so it can never inherit (or be mistaken for) a dead
-    predecessor's claims.
-    """
-    base = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-    return f"{name}@{base}" if name else base
 
 
 #: names the service writes notes and events under: no caller may sign a note with one (issue 9)

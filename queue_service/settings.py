@@ -16,7 +16,9 @@ from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from queue_service import exceptions
-from queue_service.backend import Backend, DispatchConfig, backend_from_url
+from queue_service.backend import Backend
+from queue_service.backend_factory import backend_from_url
+from queue_service.dispatch_config import DispatchConfig
 from queue_service.streams import StreamConfig
 
 __all__ = ["Settings", "is_loopback"]
@@ -51,7 +53,8 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
 
-    lease_seconds: float = Field(default=30.0, gt=0)
+    #: at most a day, like every requested lease (domain.MAX_LEASE_SECONDS)
+    lease_seconds: float = Field(default=30.0, gt=0, le=86_400)
     heartbeat_seconds: float = Field(default=10.0, gt=0)
     backoff_base_seconds: float = Field(default=1.0, ge=0)
     backoff_max_seconds: float = Field(default=300.0, ge=0)
@@ -74,7 +77,7 @@ class Settings(BaseSettings):
     # --- round 2 (declared once here so parallel work does not collide; each is wired by its issue) ---
     #: lease for agent-facing claims (CLI claim/next/queue claim, MCP claim_next): LLM agents think in
     #: minutes, so their default lease is long; the worker helper and ``qs run`` keep ``lease_seconds``
-    agent_lease_seconds: float = Field(default=1800.0, gt=0)
+    agent_lease_seconds: float = Field(default=1800.0, gt=0, le=86_400)
     #: largest request body accepted (answered 413 ``payload_too_large`` past it)
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     #: largest task result (JSON-encoded) accepted

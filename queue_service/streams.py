@@ -20,17 +20,17 @@ import abc
 import re
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
-
-from pydantic import BaseModel
+from typing import Protocol
 
 from queue_service import domain, exceptions
 
-if TYPE_CHECKING:
-    from queue_service.backend import Dispatcher
+# the chunk and page models are wire bodies the typed client reads too: they live server-free
+from queue_service.models import Lease
+from queue_service.wire import DEFAULT_STREAM, StreamChunk, StreamPage
 
 __all__ = [
     "DEFAULT_STREAM",
+    "LeaseRenewer",
     "StreamChunk",
     "StreamConfig",
     "StreamPage",
@@ -39,7 +39,6 @@ __all__ = [
     "validate_stream_name",
 ]
 
-DEFAULT_STREAM = "default"
 _STREAM_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _NAME_PART = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 _CURSOR = re.compile(r"^[0-9]{1,20}(-[0-9]{1,20})?$")
@@ -59,23 +58,6 @@ class StreamConfig:
     retention_seconds: int = 7 * 24 * 3600
     #: followers open at once in this process
     max_followers: int = 256
-
-
-class StreamChunk(BaseModel):
-    """One published chunk, or (``done=True``, empty chunk) the end of the stream."""
-
-    id: str
-    chunk: str = ""
-    done: bool = False
-
-
-class StreamPage(BaseModel):
-    """What a read returns: chunks after the cursor, oldest first, and whether the stream ended."""
-
-    chunks: list[StreamChunk]
-    done: bool = False
-    #: the cursor to pass as ``after`` next time (the last id read, or the one given)
-    cursor: str
 
 
 def validate_stream_name(name: str) -> str:
@@ -110,10 +92,21 @@ def cursor_key(value: str) -> tuple[int, int]:
     return int(head), int(tail or 0)
 
 
+class LeaseRenewer(Protocol):
+    """What a stream store needs of the dispatcher: renewing the writer's lease (``Dispatcher.heartbeat``).
+
+    A protocol rather than the Dispatcher itself keeps this module below the Backend interface.
+    """
+
+    async def heartbeat(self, project: str, key: str, token: str, lease_seconds: float | None = None) -> Lease:
+        """Extend the lease; LeaseError for a wrong or expired token."""
+        ...
+
+
 class StreamStore(abc.ABC):
     """Per-task chunk streams: holder-only publish, replayable bounded reads, live follow."""
 
-    def __init__(self, dispatch: Dispatcher, config: StreamConfig | None = None) -> None:
+    def __init__(self, dispatch: LeaseRenewer, config: StreamConfig | None = None) -> None:
         self.dispatch = dispatch
         self.config = config or StreamConfig()
         self._followers = 0

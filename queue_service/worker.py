@@ -36,22 +36,21 @@ import time
 import traceback
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal, Protocol
 
 from queue_service import exceptions
-from queue_service.models import Claim, Lease, Task, TaskStatus
-
-if TYPE_CHECKING:
-    from queue_service.client import AsyncClient, Client
+from queue_service.models import Claim, Lease, Note, Task, TaskStatus
 
 __all__ = [
     "DEFAULT_LEASE_SECONDS",
     "AsyncJob",
     "AsyncWorker",
+    "AsyncWorkerClient",
     "Job",
     "Outcome",
     "PermanentError",
     "Worker",
+    "WorkerClient",
     "completed_with",
     "heartbeat_interval",
 ]
@@ -73,6 +72,62 @@ _FINISH_DELAY_MAX = 4.0
 
 class PermanentError(Exception):
     """Raise this (or a subclass) from a task to fail it at once, without retries."""
+
+
+class WorkerClient(Protocol):
+    """The calls a :class:`Worker` makes (``queue_service.client.Client`` has them).
+
+    The worker depends on this shape, not on the client module, so the client can build workers
+    without an import circle.
+    """
+
+    def claim(
+        self,
+        project: str,
+        agent: str | None = None,
+        *,
+        roles: Sequence[str] | None = None,
+        wait_seconds: float = 0.0,
+        lease_seconds: float | None = None,
+    ) -> Claim | None: ...
+    def heartbeat(self, project: str, key: str, token: str, *, lease_seconds: float | None = None) -> Lease: ...
+    def complete(self, project: str, key: str, token: str, result: Any = None) -> Task: ...
+    def fail(self, project: str, key: str, token: str, error: str, *, retryable: bool = True) -> Task: ...
+    def release(self, project: str, key: str, token: str) -> Task: ...
+    def get_task(self, project: str, key: str) -> Task: ...
+    def add_note(
+        self, project: str, key: str, text: str, *, author: str | None = None, token: str | None = None
+    ) -> Note: ...
+    def publish(
+        self, project: str, key: str, chunks: str | Sequence[str], token: str, *, stream: str = ...
+    ) -> list[str]: ...
+    def end_stream(self, project: str, key: str, token: str, *, stream: str = ...) -> None: ...
+
+
+class AsyncWorkerClient(Protocol):
+    """The calls an :class:`AsyncWorker` awaits (``queue_service.client.AsyncClient`` has them)."""
+
+    async def claim(
+        self,
+        project: str,
+        agent: str | None = None,
+        *,
+        roles: Sequence[str] | None = None,
+        wait_seconds: float = 0.0,
+        lease_seconds: float | None = None,
+    ) -> Claim | None: ...
+    async def heartbeat(self, project: str, key: str, token: str, *, lease_seconds: float | None = None) -> Lease: ...
+    async def complete(self, project: str, key: str, token: str, result: Any = None) -> Task: ...
+    async def fail(self, project: str, key: str, token: str, error: str, *, retryable: bool = True) -> Task: ...
+    async def release(self, project: str, key: str, token: str) -> Task: ...
+    async def get_task(self, project: str, key: str) -> Task: ...
+    async def add_note(
+        self, project: str, key: str, text: str, *, author: str | None = None, token: str | None = None
+    ) -> Note: ...
+    async def publish(
+        self, project: str, key: str, chunks: str | Sequence[str], token: str, *, stream: str = ...
+    ) -> list[str]: ...
+    async def end_stream(self, project: str, key: str, token: str, *, stream: str = ...) -> None: ...
 
 
 def _describe(exc: BaseException) -> str:
@@ -210,7 +265,7 @@ class Job(_JobBase):
     """A claimed task, used as ``with job: ...`` (see the module docstring for what exit does)."""
 
     def __init__(
-        self, client: Client, project: str, claim: Claim, interval: float, lease_seconds: float | None = None
+        self, client: WorkerClient, project: str, claim: Claim, interval: float, lease_seconds: float | None = None
     ) -> None:
         super().__init__(project, claim, interval, lease_seconds)
         self._client = client
@@ -304,7 +359,7 @@ class AsyncJob(_JobBase):
 
     def __init__(
         self,
-        client: AsyncClient,
+        client: AsyncWorkerClient,
         project: str,
         claim: Claim,
         interval: float,
@@ -433,7 +488,9 @@ class _WorkerBase:
 class Worker(_WorkerBase):
     """Claims tasks one at a time for *agent*; iterate for jobs, or :meth:`run` a function."""
 
-    def __init__(self, client: Client, project: str, agent: str, roles: Sequence[str] | None, **options: Any) -> None:
+    def __init__(
+        self, client: WorkerClient, project: str, agent: str, roles: Sequence[str] | None, **options: Any
+    ) -> None:
         super().__init__(project, agent, roles, **options)
         self._client = client
 
@@ -484,7 +541,7 @@ class AsyncWorker(_WorkerBase):
 
     def __init__(
         self,
-        client: AsyncClient,
+        client: AsyncWorkerClient,
         project: str,
         agent: str,
         roles: Sequence[str] | None,

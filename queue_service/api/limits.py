@@ -17,9 +17,9 @@ from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from queue_service import exceptions
+from queue_service.cursors import encode_cursor
 from queue_service.models import Task
 from queue_service.settings import Settings
-from queue_service.state import encode_cursor
 
 __all__ = [
     "SlotStreamingResponse",

@@ -1,14 +1,14 @@
 """Request and response bodies of the REST API that are not domain models.
 
 Domain objects (``Task``, ``Project``, ``Claim``…) and their inputs (``TaskCreate``…) live in
-``queue_service.models`` and are used as they are. This module imports only pydantic, so the typed
-client shares these definitions without pulling in FastAPI.
+``queue_service.models`` and are used as they are. The response bodies the typed client reads
+(``HealthStatus``, ``ResultsResponse``, ``TaskResult``) live in ``queue_service.wire`` and are
+re-exported here, so the client never imports the ``api`` package.
 """
 
 from __future__ import annotations
 
 import math
-from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
@@ -23,9 +23,9 @@ from queue_service.models import (
     Project,
     Task,
     TaskCreate,
-    TaskStatus,
     one_line,
 )
+from queue_service.wire import HealthStatus, ResultsResponse, TaskResult
 
 __all__ = [
     "MAX_BATCH",
@@ -171,38 +171,6 @@ class ResultsRequest(_Body):
     keys: list[KeyName] = Field(min_length=1, max_length=MAX_RESULT_KEYS)
 
 
-class TaskResult(_Out):
-    """Where one task stands and what it produced."""
-
-    key: str
-    status: TaskStatus
-    result: Any = None
-    last_error: str | None = None
-    attempts: int = 0
-    version: int
-    completed_at: datetime | None = None
-
-    @classmethod
-    def of(cls, task: Task) -> TaskResult:
-        """The result view of *task*."""
-        return cls(
-            key=task.key,
-            status=task.status,
-            result=task.result,
-            last_error=task.last_error,
-            attempts=task.attempts,
-            version=task.version,
-            completed_at=task.completed_at,
-        )
-
-
-class ResultsResponse(_Out):
-    """Results of the keys asked, in the order asked; keys that do not exist are in ``missing``."""
-
-    items: tuple[TaskResult, ...]
-    missing: tuple[str, ...] = ()
-
-
 # -- dispatch bodies --------------------------------------------------------------------------
 
 
@@ -265,14 +233,3 @@ class ReleaseRequest(_Body):
     """Give a claimed task back without counting an attempt."""
 
     token: Token
-
-
-# -- health -----------------------------------------------------------------------------------
-
-
-class HealthStatus(_Out):
-    """``/healthz`` and ``/readyz`` bodies."""
-
-    status: str
-    backend: str | None = None
-    version: str | None = None

@@ -1,8 +1,10 @@
 """What every CLI command shares: the operations protocol, the connection, output, and errors.
 
-Commands are written once against :class:`QueueOps`, a structural protocol that both
-:class:`~queue_service.service.QueueService` (local mode: the configured backend opened in this
-process) and :class:`~queue_service.client.AsyncClient` (remote mode: ``QUEUE_URL`` is set) satisfy.
+Commands are written once against :class:`QueueOps`, a structural protocol in QueueService's
+spelling: :class:`~queue_service.service.QueueService` satisfies it as it is (local mode: the
+configured backend opened in this process) and :class:`~queue_service.cli._remote.RemoteOps` over the
+typed :class:`~queue_service.client.AsyncClient` does (remote mode: ``QUEUE_URL`` is set); the
+client itself does not (it follows HTTP conventions: keyword options, ``retry_task``, ``ready_tasks``).
 :func:`open_ops` picks one; :func:`call` runs a command body against it on a fresh event loop.
 
 Per-project commands are registered with ``cls=ProjectCommand``: their project is the first
@@ -96,7 +98,7 @@ stdout = Console(highlight=False, soft_wrap=True)
 
 
 class QueueOps(RunnerOps, Protocol):
-    """The operations the CLI uses (the runner's plus these), as both QueueService and AsyncClient spell them."""
+    """The operations the CLI uses (the runner's plus these), as QueueService spells them (and RemoteOps)."""
 
     async def create_project(self, data: ProjectCreate | Mapping[str, Any], /) -> Project: ...
     async def list_projects(self) -> list[Project]: ...

@@ -50,8 +50,8 @@ def mcp(
 
 async def _serve(settings: Settings, project: str | None) -> None:
     from queue_service.mcp_server.server import serve_stdio
-    from queue_service.orchestrator import Orchestrator
     from queue_service.service import QueueService
+    from queue_service.sweeper import Sweeper
 
     backend = settings.build_backend()
     async with backend:
@@ -61,7 +61,7 @@ async def _serve(settings: Settings, project: str | None) -> None:
         if project is not None:
             await service.get_project(project)  # a typo fails here, once, not on every call
         # with no server running, someone has to take expired leases back
-        orchestrator = Orchestrator(backend, settings.sweep_seconds) if settings.orchestrator else None
+        orchestrator = Sweeper(backend, settings.sweep_seconds) if settings.orchestrator else None
         if orchestrator is not None:
             orchestrator.start()
         try:

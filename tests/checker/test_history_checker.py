@@ -18,19 +18,19 @@ import asyncpg
 import pytest
 import redis.asyncio as redis
 
-from queue_service.backend import Backend, DispatchConfig
+from queue_service.backend import Backend
 from queue_service.service import QueueService
 from queue_service.testing import InMemoryBackend
 from tests.checker.history import Chaos, RunStats, check_round, summarize
+from tests.fixtures.timing import fast
 from tests.integration.pg_gate import dsn_of
 from tests.integration.pgvk import open_backend
 
 #: Short leases and backoffs so expiry, backoff and dead-lettering all happen within a round.
-CONFIG = DispatchConfig(
+CONFIG = fast(
     lease_seconds=1.0,
     heartbeat_seconds=0.3,
     backoff_base_seconds=0.02,
-    backoff_max_seconds=0.2,
     backoff_jitter=0.1,
     max_queue_depth=100_000,
     sweep_seconds=0.2,

@@ -11,8 +11,8 @@ import pytest
 from queue_service import exceptions
 from queue_service.backend import Backend
 from queue_service.models import TaskStatus
-from queue_service.orchestrator import Orchestrator
 from queue_service.service import QueueService
+from queue_service.sweeper import Sweeper
 
 S = TaskStatus
 
@@ -57,7 +57,7 @@ async def test_reclaim_within_lease_plus_sweep_of_last_renewal(svc: QueueService
     await svc.heartbeat(web, claim.task.key, claim.lease.token, lease)
     renewed = time.monotonic()  # the holder goes silent now
     sweep = backend.config.sweep_seconds
-    async with Orchestrator(backend, interval=sweep):
+    async with Sweeper(backend, interval=sweep):
         rescued = await svc.claim(web, "rescuer", wait=10.0)
     elapsed = time.monotonic() - renewed
     print(f"reclaimed after {elapsed:.3f}s (lease {lease}s + sweep {sweep}s = {lease + sweep:.3f}s)")

@@ -9,17 +9,10 @@ from typing import Any
 
 from queue_service.backend import DispatchConfig
 from queue_service.postgres.backend import PostgresValkeyBackend
+from tests.fixtures import timing
 
 #: Sub-second timings: reclaim after a crash takes about lease + sweep + backoff ≈ 1 s.
-FAST = DispatchConfig(
-    lease_seconds=0.75,
-    heartbeat_seconds=0.5,
-    backoff_base_seconds=0.05,
-    backoff_max_seconds=0.5,
-    backoff_jitter=0.1,
-    max_queue_depth=100_000,
-    sweep_seconds=0.1,
-)
+FAST = timing.fast(lease_seconds=0.75, backoff_max_seconds=0.5, backoff_jitter=0.1, max_queue_depth=100_000)
 
 
 def fast(**changes: Any) -> DispatchConfig:

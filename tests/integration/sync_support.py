@@ -10,20 +10,12 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from queue_service.backend import DispatchConfig
 from queue_service.settings import Settings
+from tests.fixtures.timing import fast
 
 T = TypeVar("T")
 
-FAST = DispatchConfig(
-    lease_seconds=5.0,
-    heartbeat_seconds=1.0,
-    backoff_base_seconds=0.05,
-    backoff_max_seconds=0.2,
-    backoff_jitter=0.0,
-    max_queue_depth=5000,
-    sweep_seconds=0.1,
-)
+FAST = fast(lease_seconds=5.0, heartbeat_seconds=1.0)
 SAMPLES = Path(__file__).resolve().parents[1] / "data" / "samples"
 DEADLINE = 20.0
 

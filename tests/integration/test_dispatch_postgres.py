@@ -14,9 +14,9 @@ import pytest
 
 from queue_service import exceptions
 from queue_service.models import Event, TaskStatus
-from queue_service.orchestrator import Orchestrator
 from queue_service.postgres.backend import PostgresValkeyBackend
 from queue_service.service import QueueService
+from queue_service.sweeper import Sweeper
 from queue_service.testing import InMemoryBackend
 from tests.integration.pgvk import FAST, fast, open_backend
 
@@ -516,7 +516,7 @@ async def test_orchestrator_expires_leases_in_the_background(svc: QueueService, 
     t = await svc.create_task("web", {"title": "x"})
     c = await backend.dispatch.claim("web", "dies", lease_seconds=0.3)
     assert c is not None
-    async with Orchestrator(backend, interval=0.05) as orch:
+    async with Sweeper(backend, interval=0.05) as orch:
         c2 = await backend.dispatch.claim("web", "fresh", wait=3.0)
         assert c2 is not None
         assert c2.task.key == t.key
@@ -529,7 +529,7 @@ async def test_orchestrator_expires_leases_in_the_background(svc: QueueService, 
 
 async def test_orchestrator_survives_an_unavailable_backend(pg_url: str, valkey_prefix: str) -> None:
     async with open_backend(pg_url, "redis://127.0.0.1:1/0", valkey_prefix) as b:
-        orch = Orchestrator(b, interval=0.05)
+        orch = Sweeper(b, interval=0.05)
         orch.start()
         await asyncio.sleep(0.4)
         assert orch.running
@@ -546,7 +546,7 @@ async def test_orchestrator_is_generic_over_backends() -> None:
         await svc.create_task("web", {"title": "x"})
         c = await b.dispatch.claim("web", "dies", lease_seconds=0.1)
         assert c is not None
-        async with Orchestrator(b) as orch:
+        async with Sweeper(b) as orch:
             assert orch.interval == FAST.sweep_seconds
             for _ in range(50):
                 if (await svc.get_task("web", c.task.key)).attempts == 1:
@@ -554,7 +554,7 @@ async def test_orchestrator_is_generic_over_backends() -> None:
                 await asyncio.sleep(0.05)
         assert (await svc.get_task("web", c.task.key)).attempts == 1
         with pytest.raises(exceptions.ConfigurationError):
-            Orchestrator(b, interval=0)
+            Sweeper(b, interval=0)
 
 
 async def test_claim_validates_lease(svc: QueueService, backend: PostgresValkeyBackend) -> None:

@@ -18,14 +18,13 @@ import pytest
 from flatfile.backend import FlatfileBackend
 from flatfile.journal import CompactionPolicy, journal_name, snapshot_name
 from queue_service import exceptions, snapshot
-from queue_service.backend import DispatchConfig
 from queue_service.models import ApiToken, MissionCreate, ProjectCreate, TaskCreate, TaskStatus, TokenRole, utcnow
 from queue_service.service import QueueService
+from tests.fixtures.timing import fast
 
 AGENT = Path(__file__).parent / "flatfile_agents" / "agent.py"
-CONFIG = DispatchConfig(
-    lease_seconds=5.0, backoff_base_seconds=0.01, backoff_max_seconds=0.05, backoff_jitter=0.0, max_queue_depth=100_000
-)
+# a lease long enough for a loaded machine, quick backoffs, room for bulk tests
+CONFIG = fast(lease_seconds=5.0, backoff_base_seconds=0.01, backoff_max_seconds=0.05, max_queue_depth=100_000)
 
 
 def _backend(data: Path, **kwargs: object) -> FlatfileBackend:
@@ -75,7 +74,7 @@ def test_from_url_forms(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None
     assert b.poll_interval == 0.05
     with pytest.raises(exceptions.ConfigurationError):
         FlatfileBackend.from_url(f"file://{tmp_path}?compact_ratio=lots")
-    from queue_service.backend import backend_from_url
+    from queue_service.backend_factory import backend_from_url
 
     assert isinstance(backend_from_url(f"file://{tmp_path}"), FlatfileBackend)
 

@@ -20,13 +20,12 @@ import pytest
 
 from flatfile.backend import FlatfileBackend
 from queue_service import exceptions
-from queue_service.backend import DispatchConfig
 from queue_service.models import ProjectCreate, TaskCreate, TaskStatus
+from tests.fixtures.timing import fast
 
 AGENT = Path(__file__).parent / "flatfile_agents" / "agent.py"
-CONFIG = DispatchConfig(
-    lease_seconds=5.0, backoff_base_seconds=0.01, backoff_max_seconds=0.05, backoff_jitter=0.0, max_queue_depth=100_000
-)
+# a lease long enough for a loaded machine, quick backoffs, room for bulk tests
+CONFIG = fast(lease_seconds=5.0, backoff_base_seconds=0.01, backoff_max_seconds=0.05, max_queue_depth=100_000)
 S = TaskStatus
 
 

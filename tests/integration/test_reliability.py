@@ -26,9 +26,9 @@ import pytest
 import redis.asyncio as aioredis
 
 from queue_service.models import Event, TaskStatus
-from queue_service.orchestrator import Orchestrator
 from queue_service.postgres.backend import PostgresValkeyBackend
 from queue_service.service import QueueService
+from queue_service.sweeper import Sweeper
 from tests.integration.pgvk import fast, open_backend
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
@@ -124,7 +124,7 @@ async def test_sigkilled_agent_task_is_reclaimed_within_lease_plus_sweep(
     finally:
         await agent.kill()
     sweep = 0.1
-    async with Orchestrator(backend, interval=sweep):
+    async with Sweeper(backend, interval=sweep):
         c = await backend.dispatch.claim("web", "rescuer", wait=10.0, lease_seconds=30.0)
         reclaimed_after = time.monotonic() - killed_at
         assert c is not None
@@ -150,7 +150,7 @@ async def test_zombie_completion_is_refused_after_reclaim(
         claimed = await agent.wait_for("claimed")
         agent.proc.send_signal(signal.SIGSTOP)  # frozen mid-task (GC pause, laptop lid, debugger...)
         assert claimed["claimed"] == t.key
-        async with Orchestrator(backend, interval=0.1):
+        async with Sweeper(backend, interval=0.1):
             c = await backend.dispatch.claim("web", "rescuer", wait=10.0, lease_seconds=30.0)
             assert c is not None
             assert c.task.key == t.key
@@ -192,7 +192,7 @@ async def test_long_cpu_bound_task_with_heartbeats_is_never_handed_out_twice(
 
     try:
         await agent.wait_for("claimed")
-        async with Orchestrator(backend, interval=0.1):
+        async with Sweeper(backend, interval=0.1):
             rival_task = asyncio.create_task(rival())
             outcome = await agent.wait_for("completed", timeout=60.0)
             stop.set()
@@ -274,7 +274,7 @@ async def test_valkey_flush_mid_run_loses_nothing(pg_url: str, flushable_valkey_
                     flushed.set()
                     await backend.broker.client.flushdb()  # the whole (dedicated) database
 
-        async with Orchestrator(backend, interval=0.1) as orch:
+        async with Sweeper(backend, interval=0.1) as orch:
             await asyncio.gather(*(worker(i) for i in range(8)))
         assert flushed.is_set()
         assert orch.failures == 0

@@ -25,7 +25,8 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 
 from queue_service import exceptions
-from queue_service.backend import DispatchConfig, backend_from_url
+from queue_service.backend_factory import backend_from_url
+from queue_service.dispatch_config import DispatchConfig
 from queue_service.models import Task, TaskStatus
 from queue_service.runner import (
     CAPSULE_FILE,
@@ -40,15 +41,9 @@ from queue_service.runner import (
 from queue_service.service import QueueService
 from queue_service.testing import InMemoryBackend
 from queue_service.workspaces import WorkspacePolicy
+from tests.fixtures.timing import fast
 
-FAST = DispatchConfig(
-    lease_seconds=5.0,
-    heartbeat_seconds=1.0,
-    backoff_base_seconds=0.05,
-    backoff_max_seconds=0.2,
-    backoff_jitter=0.0,
-    sweep_seconds=0.1,
-)
+FAST = fast(lease_seconds=5.0, heartbeat_seconds=1.0, max_queue_depth=DispatchConfig().max_queue_depth)
 
 
 def write_pid(path: Path) -> str:

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.unit.test_cli_postgres import _db, cli_on, slug
+from tests.integration.test_cli_postgres import _db, cli_on, slug
 
 pytestmark = pytest.mark.postgres
 

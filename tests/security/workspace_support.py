@@ -28,14 +28,18 @@ from fastapi import FastAPI
 from flatfile.backend import FlatfileBackend
 from queue_service.app import create_app
 from queue_service.auth import new_token_record
-from queue_service.backend import Backend, DispatchConfig
+from queue_service.backend import Backend
 from queue_service.models import Project, ProjectCreate, TokenRole
 from queue_service.settings import Settings
 from queue_service.snapshot import comparable, dumps
+from tests.fixtures.timing import fast
 from workspace_sync.manager import WorkspaceSyncManager
 
 BASE = "http://127.0.0.1:8000"
-FAST = DispatchConfig(lease_seconds=5.0, heartbeat_seconds=1.0, max_queue_depth=5000, sweep_seconds=0.1)
+# the default backoff: these tests never wait for a retry
+FAST = fast(
+    lease_seconds=5.0, heartbeat_seconds=1.0, backoff_base_seconds=1.0, backoff_max_seconds=300.0, backoff_jitter=0.1
+)
 AUTHORIZED_KEYS = b"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOperatorKey operator@host\n"
 
 

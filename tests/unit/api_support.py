@@ -17,22 +17,13 @@ from fastapi import FastAPI
 
 from queue_service.app import create_app
 from queue_service.auth import new_token_record
-from queue_service.backend import DispatchConfig
 from queue_service.models import TokenRole
 from queue_service.settings import Settings
 from queue_service.testing import InMemoryBackend
+from tests.fixtures.timing import FAST
 
 T = TypeVar("T")
 
-FAST = DispatchConfig(
-    lease_seconds=2.0,
-    heartbeat_seconds=0.5,
-    backoff_base_seconds=0.05,
-    backoff_max_seconds=0.2,
-    backoff_jitter=0.0,
-    max_queue_depth=5000,
-    sweep_seconds=0.1,
-)
 BASE = "http://qs.test"
 
 

@@ -1,6 +1,6 @@
 """Issue 18: ``qs queue`` and ``qs backlog`` (the Mosaic queue/backlog CLI verbs) from the real CLI, in
-flatfile direct mode and on Postgres + Valkey; the lease token is kept locally (mode 0600) so
-``complete KEY --agent A`` needs no token."""
+flatfile direct mode; the lease token is kept locally (mode 0600) so ``complete KEY --agent A`` needs
+no token. The same scenario on Postgres + Valkey is in tests/integration/test_cli_postgres.py."""
 
 from __future__ import annotations
 
@@ -16,7 +16,6 @@ from typer.testing import CliRunner
 
 from queue_service.cli import app
 from queue_service.cli.mosaic_queue import lease_file
-from tests.unit.test_cli_postgres import cli_on, slug  # noqa: F401  (fixture)
 
 Invoke = Callable[..., Any]
 
@@ -95,15 +94,3 @@ def test_queue_and_backlog_verbs_flatfile(monkeypatch: pytest.MonkeyPatch, tmp_p
     monkeypatch.delenv("QUEUE_LEASE_DIR", raising=False)
     scenario(flatfile(monkeypatch, tmp_path), f"mq-{uuid.uuid4().hex[:8]}")
     assert (tmp_path / "state" / "queue-service" / "leases").is_dir()
-
-
-@pytest.mark.postgres
-def test_queue_and_backlog_verbs_postgres(
-    monkeypatch: pytest.MonkeyPatch,
-    tmp_path: Path,
-    pg_url: str,
-    valkey_url: str,
-    slug: str,  # noqa: F811
-) -> None:
-    monkeypatch.setenv("QUEUE_LEASE_DIR", str(tmp_path / "leases"))
-    scenario(cli_on(monkeypatch, pg_url, valkey_url), slug)

@@ -194,7 +194,7 @@ async def test_runner_with_a_clock_7s_behind_keeps_a_short_lease(
         def now(cls, tz: Any = None) -> SkewedDatetime:  # type: ignore[override]
             return cls.fromtimestamp((datetime.now(tz) - SKEW).timestamp(), tz)
 
-    monkeypatch.setattr("queue_service.runner.datetime", SkewedDatetime)
+    monkeypatch.setattr("queue_service.runner.session.datetime", SkewedDatetime)
     async with InMemoryBackend(config=FAST) as backend:
         svc = QueueService(backend)
         await svc.create_project({"slug": "web", "key_prefix": "WEB"})

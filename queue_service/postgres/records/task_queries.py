@@ -8,11 +8,11 @@ from datetime import timedelta
 from sqlalchemy import ColumnElement, and_, bindparam, func, not_, select
 
 from queue_service import routing
+from queue_service.cursors import decode_cursor, encode_cursor
 from queue_service.models import QueueStats, ReadyList, Task, TaskFilter, TaskPage, TaskStatus
 from queue_service.postgres import tables as t
 from queue_service.postgres.records.base import READY, TEXTS, PostgresRecordsBase, S, due, select_tasks
 from queue_service.postgres.rows import task_columns, task_from_row
-from queue_service.state import decode_cursor, encode_cursor
 
 __all__ = ["TaskQueries"]
 

@@ -10,7 +10,7 @@ import json
 import re
 from typing import Any, TextIO
 
-__all__ = ["echo_lines", "fit_result", "read_head", "stdout_budget"]
+__all__ = ["echo_lines", "feed_stdin", "fit_result", "read_head", "read_tail", "stdout_budget"]
 
 
 def stdout_budget(max_result_bytes: int) -> int:
@@ -82,3 +82,36 @@ def fit_result(result: dict[str, Any], max_bytes: int) -> dict[str, Any]:
         result = {**result, "stdout": text, "stdout_truncated": True}
         size = len(json.dumps(result, ensure_ascii=False).encode())
     return result
+
+
+async def feed_stdin(stream: asyncio.StreamWriter, payload: bytes) -> None:
+    """Write *payload* to a child's stdin and close it (a child that does not read it is fine)."""
+    try:
+        stream.write(payload)
+        await stream.drain()
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # the child does not read stdin: fine
+    finally:
+        stream.close()
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            await stream.wait_closed()
+
+
+async def read_tail(
+    stream: asyncio.StreamReader, limit: int, echo: TextIO | None = None, prefix: str = ""
+) -> tuple[str, bool]:
+    """The last *limit* bytes of a stream as text, and whether anything was cut off."""
+    buf = bytearray()
+    pending = bytearray()
+    truncated = False
+    while chunk := await stream.read(65536):
+        echo_lines(echo, prefix, pending, chunk)
+        buf += chunk
+        if len(buf) > limit:
+            del buf[: len(buf) - limit]
+            truncated = True
+    echo_lines(echo, prefix, pending, b"", final=True)
+    if truncated:
+        while buf and 0x80 <= buf[0] <= 0xBF:  # do not start in the middle of a UTF-8 character
+            del buf[0]
+    return buf.decode("utf-8", errors="replace"), truncated

@@ -1,6 +1,6 @@
 """``qs run`` publishes each child's stdout/stderr lines to the task's stream (issue 14).
 
-:class:`StreamTee` stands where the runner's echo target stands (``run_output.echo_lines`` writes
+:class:`StreamTee` stands where the runner's echo target stands (``output.echo_lines`` writes
 prefixed lines to it): it passes the text on to the real echo (if any) and queues each line, without
 its ``KEY| `` / ``KEY! `` prefix, for :class:`LinePublisher`, which sends them in batches as the lease
 holder and ends the stream before the task is settled. A failed publish is logged and its lines

@@ -8,6 +8,7 @@ import contextlib
 import json
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -177,3 +178,13 @@ def test_flatfile_to_postgres_round_trip_is_byte_identical(
     second = pg("export", slug).stdout
     assert second != first
     assert snapshot.comparable(second) == snapshot.comparable(first)
+
+
+def test_queue_and_backlog_verbs_postgres(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, pg_url: str, valkey_url: str, slug: str
+) -> None:
+    """Issue 18's ``qs queue``/``qs backlog`` scenario (tests/unit/test_cli_mosaic_queue.py) on Postgres + Valkey."""
+    from tests.unit.test_cli_mosaic_queue import scenario
+
+    monkeypatch.setenv("QUEUE_LEASE_DIR", str(tmp_path / "leases"))
+    scenario(cli_on(monkeypatch, pg_url, valkey_url), slug)

@@ -1,4 +1,4 @@
-"""The orchestrator monitor: a background loop running ``backend.dispatch.sweep()`` periodically.
+"""The sweeper: a background loop running ``backend.dispatch.sweep()`` periodically (the orchestrator monitor).
 
 It is generic over any :class:`~queue_service.backend.Backend` (every backend implements ``sweep``)
 and safe to run in several replicas at once, because ``sweep`` is idempotent. ``serve`` starts one per
@@ -17,12 +17,12 @@ from queue_service import exceptions
 from queue_service.backend import Backend
 from queue_service.models import SweepReport
 
-__all__ = ["Orchestrator"]
+__all__ = ["Sweeper"]
 
 logger = logging.getLogger(__name__)
 
 
-class Orchestrator:
+class Sweeper:
     """Run ``backend.dispatch.sweep()`` every *interval* seconds in the background.
 
     Args:
@@ -40,7 +40,7 @@ class Orchestrator:
         self.backend = backend
         self.interval = float(interval if interval is not None else backend.config.sweep_seconds)
         if self.interval <= 0:
-            raise exceptions.ConfigurationError(f"orchestrator interval must be positive, got {self.interval}")
+            raise exceptions.ConfigurationError(f"sweep interval must be positive, got {self.interval}")
         self.sweeps = 0
         self.failures = 0
         self.last_report: SweepReport | None = None
@@ -115,7 +115,7 @@ class Orchestrator:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), timeout=delay)
 
-    async def __aenter__(self) -> Orchestrator:
+    async def __aenter__(self) -> Sweeper:
         self.start()
         return self
 

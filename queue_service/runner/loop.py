@@ -14,14 +14,12 @@ discarded — a zombie never completes a task someone else now holds. Exit 0 com
 the tail of stdout as the result; any other exit is a retryable failure carrying the tail of stderr.
 SIGINT/SIGTERM stop the children and release their tasks (no attempt counted).
 
-Coord parity: the work directory's ``.mosaic/orchestrator/`` holds ``session.lock`` (one runner per
-workspace; JSON with ``session_id`` ``sess-NNN``, ``runtime``, ``pid``, ``started_at``,
-``project_path``) and the ``next-task.json`` capsule (the task about to run). A lock whose pid is no
-longer running is stale and taken over; a live one makes the runner refuse to start.
-``sessions.jsonl`` beside them records every session (it is where ``NNN`` comes from).
+The session files (``session.lock``, ``next-task.json``) are written by ``runner.session``, the
+child's environment is built by ``runner.child``, its output captured by ``runner.output`` and
+published by ``runner.stream``; this module is the run loop.
 
-The runner only needs :class:`RunnerOps`, which both QueueService (local mode) and the REST
-AsyncClient satisfy.
+The runner only needs :class:`RunnerOps`, which QueueService (local mode) satisfies as it is and
+the REST client through ``cli._remote.RemoteOps`` (remote mode).
 """
 
 from __future__ import annotations
@@ -34,97 +32,46 @@ import os
 import shlex
 import shutil
 import signal
-import socket
 import time
-import unicodedata
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol, TextIO, cast
 
-import filelock
-
 from queue_service import exceptions
 from queue_service.agents import Agent
-from queue_service.coord_capsule import coord_fields
+from queue_service.ids import new_agent_id
 from queue_service.models import Claim, Lease, Mission, Project, Task, TaskFilter, TaskPage, TaskStatus
-from queue_service.run_output import echo_lines, fit_result, read_head, stdout_budget
-from queue_service.run_stream import LinePublisher, StreamTee
-from queue_service.service import new_agent_id
+from queue_service.runner.child import child_environment
+from queue_service.runner.output import feed_stdin, fit_result, read_head, read_tail, stdout_budget
+from queue_service.runner.session import (
+    CAPSULE_FILE,
+    SessionLock,
+    end_capsule,
+    orchestrator_dir,
+    task_capsule,
+    write_capsule,
+)
+from queue_service.runner.stream import LinePublisher, StreamTee
 from queue_service.worker import DEFAULT_LEASE_SECONDS, heartbeat_interval
 
 __all__ = [
-    "CAPSULE_FILE",
-    "LOCK_FILE",
-    "SESSIONS_FILE",
+    "EXIT_TASK_FAILED",
     "RunSummary",
     "Runner",
     "RunnerOps",
     "RunnerOptions",
-    "SessionLock",
-    "SessionLocked",
     "TaskOutcome",
-    "orchestrator_dir",
-    "pid_alive",
 ]
 
 logger = logging.getLogger("queue_service.runner")
 
-#: characters escaped in log lines: controls (newline, ESC…), format characters (bidi overrides),
-#: line and paragraph separators
-_UNPRINTABLE_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp"})
-
-
-def escape_control(text: str) -> str:
-    """*text* with every control/format/separator character written as ``\\xNN``/``\\uNNNN``."""
-    if text.isprintable():
-        return text
-    out = []
-    for ch in text:
-        if unicodedata.category(ch) in _UNPRINTABLE_CATEGORIES:
-            code = ord(ch)
-            out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}")
-        else:
-            out.append(ch)
-    return "".join(out)
-
-
-class _EscapeControlCharacters(logging.Filter):
-    """Task titles, keys and error texts come from other people: one record is one log line."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        escaped = escape_control(message)
-        if escaped != message:
-            record.msg, record.args = escaped, None
-        return True
-
-
-logger.addFilter(_EscapeControlCharacters())
-
-#: the service's own configuration and credentials, never given to children unless named in pass_env
-_PRIVATE_ENV_PREFIXES = ("QUEUE_", "MOSAIC_")
-#: ...except the service address, which an agent needs to call back (not a secret)
-_PUBLIC_ENV = frozenset({"QUEUE_URL"})
-
-
-def child_environment(environ: dict[str, str] | os._Environ[str], pass_env: Sequence[str] = ()) -> dict[str, str]:
-    """The runner's environment minus the service's private variables (see the module doc)."""
-    keep = set(pass_env) | _PUBLIC_ENV
-    return {k: v for k, v in environ.items() if k in keep or not k.startswith(_PRIVATE_ENV_PREFIXES)}
-
-
-LOCK_FILE = "session.lock"
-CAPSULE_FILE = "next-task.json"
 #: ``run``'s exit code when a task it ran failed (see RunSummary.exit_code)
 EXIT_TASK_FAILED = 4
-SESSIONS_FILE = "sessions.jsonl"
-_GUARD_FILE = ".session.lock.guard"
 
 
 class RunnerOps(Protocol):
-    """What the runner needs from the service (QueueService or the REST AsyncClient)."""
+    """What the runner needs from the service (QueueService, or RemoteOps over the REST AsyncClient)."""
 
     async def get_project(self, slug: str, /) -> Project: ...
     async def register_agent(self, project: str, data: Mapping[str, Any], /) -> Agent: ...
@@ -153,169 +100,6 @@ class RunnerOps(Protocol):
         cursor: str | None = None,
         /,
     ) -> TaskPage: ...
-
-
-class SessionLocked(exceptions.Conflict):
-    """Another live runner holds this workspace's session.lock."""
-
-    code = "session_locked"
-
-
-def orchestrator_dir(workspace: Path) -> Path:
-    """``<workspace>/.mosaic/orchestrator`` (coord's layout)."""
-    return workspace / ".mosaic" / "orchestrator"
-
-
-def _now_iso() -> str:
-    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether a process with this pid is running on this machine (zombies count as dead)."""
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # exists, owned by someone else
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return True
-    return state not in {"Z", "X"}
-
-
-def _atomic_write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with tmp.open("w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=2, ensure_ascii=False)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _session_number(session_id: object) -> int:
-    if isinstance(session_id, str) and session_id.startswith("sess-"):
-        with contextlib.suppress(ValueError):
-            return int(session_id[5:])
-    return 0
-
-
-class SessionLock:
-    """The workspace's ``session.lock``: at most one live runner per workspace."""
-
-    def __init__(self, directory: Path, info: dict[str, Any]) -> None:
-        self.directory = directory
-        self.info = info
-
-    @property
-    def path(self) -> Path:
-        """The lock file."""
-        return self.directory / LOCK_FILE
-
-    @property
-    def session_id(self) -> str:
-        """``sess-NNN``."""
-        return str(self.info["session_id"])
-
-    @classmethod
-    def acquire(cls, directory: Path, *, runtime: str, project_path: Path, **extra: Any) -> SessionLock:
-        """Take the lock, or raise SessionLocked if a live runner holds it.
-
-        A lock left by a dead process (killed runner, reboot) is taken over. ``NNN`` is one more than
-        the highest session recorded in ``sessions.jsonl`` or the stale lock.
-        """
-        try:
-            directory.mkdir(parents=True, exist_ok=True)
-            # The guard serialises the read-check-write below between runners starting at once.
-            with filelock.FileLock(str(directory / _GUARD_FILE), timeout=30):
-                return cls._acquire_locked(directory, runtime=runtime, project_path=project_path, **extra)
-        except filelock.Timeout:
-            raise exceptions.BackendError(f"timed out waiting for {directory / _GUARD_FILE}") from None
-        except OSError as exc:
-            raise exceptions.BackendError(f"cannot write the session lock in {directory}: {exc}") from exc
-
-    @classmethod
-    def _acquire_locked(cls, directory: Path, *, runtime: str, project_path: Path, **extra: Any) -> SessionLock:
-        path = directory / LOCK_FILE
-        highest = 0
-        old: dict[str, Any] | None = None
-        if path.exists():
-            try:
-                loaded = json.loads(path.read_text(encoding="utf-8"))
-                old = loaded if isinstance(loaded, dict) else {}
-            except (OSError, ValueError):
-                old = {}  # unreadable: nobody can prove it is alive; treat as stale
-            pid = old.get("pid")
-            host = old.get("hostname")
-            if isinstance(pid, int) and host not in (None, socket.gethostname()):
-                raise SessionLocked(
-                    f"{path} belongs to a runner on host {host} (pid {pid}); it cannot be checked from here. "
-                    "Delete the file if that runner is gone.",
-                    path=str(path),
-                )
-            if isinstance(pid, int) and pid_alive(pid):
-                raise SessionLocked(
-                    f"another runner is active in this workspace: {old.get('session_id')} (pid {pid}, "
-                    f"runtime {old.get('runtime')}, started {old.get('started_at')}); stop it first "
-                    f"(lock: {path})",
-                    path=str(path),
-                    session_id=old.get("session_id"),
-                    pid=pid,
-                )
-            highest = _session_number(old.get("session_id"))
-        history = directory / SESSIONS_FILE
-        if history.exists():
-            for line in history.read_text(encoding="utf-8").splitlines():
-                with contextlib.suppress(ValueError, AttributeError):
-                    highest = max(highest, _session_number(json.loads(line).get("session_id")))
-        info: dict[str, Any] = {
-            "session_id": f"sess-{highest + 1:03d}",
-            "runtime": runtime,
-            "pid": os.getpid(),
-            "started_at": _now_iso(),
-            "project_path": str(project_path),
-            "hostname": socket.gethostname(),
-            **extra,
-        }
-        _atomic_write_json(path, info)
-        with history.open("a", encoding="utf-8") as fh:
-            record = {"event": "started", **info}
-            if old is not None:
-                record["took_over"] = old.get("session_id")
-            fh.write(json.dumps(record, ensure_ascii=False) + "\n")
-        lock = cls(directory, info)
-        if old is not None:
-            logger.warning(
-                "took over a stale %s from %s (pid %s is not running)", LOCK_FILE, old.get("session_id"), old.get("pid")
-            )
-        return lock
-
-    def release(self, **summary: Any) -> None:
-        """Remove the lock if it is still ours, and record the session's end."""
-        try:
-            with filelock.FileLock(str(self.directory / _GUARD_FILE), timeout=30):
-                try:
-                    current = json.loads(self.path.read_text(encoding="utf-8"))
-                except (OSError, ValueError):
-                    current = None
-                if (
-                    isinstance(current, dict)
-                    and current.get("session_id") == self.session_id
-                    and current.get("pid") == self.info["pid"]
-                ):
-                    self.path.unlink(missing_ok=True)
-                with (self.directory / SESSIONS_FILE).open("a", encoding="utf-8") as fh:
-                    record = {"event": "ended", "session_id": self.session_id, "ended_at": _now_iso(), **summary}
-                    fh.write(json.dumps(record, ensure_ascii=False) + "\n")
-        except (OSError, filelock.Timeout) as exc:
-            logger.warning("could not release %s: %s", self.path, exc)
 
 
 @dataclass(frozen=True)
@@ -676,45 +460,30 @@ class Runner:
             # the capsule is advisory: a failed read must not stop the task
             logger.warning("could not read the mission of %s for %s: %s", claim.task.key, CAPSULE_FILE, exc)
             mission, mission_tasks = None, [claim.task]
-        capsule = coord_fields(
+        capsule = task_capsule(
             project=self.options.project,
             runtime=self._runtime,
-            project_path=self._workspace,
+            workspace=self._workspace,
+            session_id=self._session,
+            agent=self.agent,
+            claim=claim,
             mission=mission,
-            task=claim.task,
             mission_tasks=mission_tasks,
         )
-        capsule.update(
-            {
-                "session_id": self._session,
-                "agent": self.agent,
-                "claimed_at": _now_iso(),
-                "lease_expires_at": claim.lease.expires_at.isoformat(),
-                "task": claim.task.model_dump(mode="json"),
-            }
-        )
-        try:
-            _atomic_write_json(orchestrator_dir(self._workspace) / CAPSULE_FILE, capsule)
-        except OSError as exc:
-            logger.warning("could not write %s: %s", CAPSULE_FILE, exc)
+        write_capsule(self._workspace, capsule)
 
     def _write_end_capsule(self, summary: RunSummary) -> None:
         """The session ended: next-task.json says so (no task is about to run), with what it did."""
-        capsule = {
-            "session_id": self._session,
-            "project": self.options.project,
-            "project_path": str(self._workspace),
-            "agent": self.agent,
-            "ended_at": _now_iso(),
-            "stop_reason": summary.stop_reason,
-            "task": None,
-            "last_task": summary.outcomes[-1].key if summary.outcomes else None,
-            "counts": {k: summary.count(k) for k in ("completed", "retry", "failed", "released", "lost")},
-        }
-        try:
-            _atomic_write_json(orchestrator_dir(self._workspace) / CAPSULE_FILE, capsule)
-        except OSError as exc:
-            logger.warning("could not write %s: %s", CAPSULE_FILE, exc)
+        capsule = end_capsule(
+            project=self.options.project,
+            workspace=self._workspace,
+            session_id=self._session,
+            agent=self.agent,
+            stop_reason=summary.stop_reason,
+            last_task=summary.outcomes[-1].key if summary.outcomes else None,
+            counts={k: summary.count(k) for k in ("completed", "retry", "failed", "released", "lost")},
+        )
+        write_capsule(self._workspace, capsule)
 
     def _child_env(self, task: Task, token: str) -> dict[str, str]:
         env = child_environment(os.environ, self.options.pass_env)
@@ -893,9 +662,9 @@ class Runner:
         echo: TextIO = cast(TextIO, StreamTee(self.options.echo, publisher, (f"{key}| ", f"{key}! ")))
         readers = [
             asyncio.create_task(read_head(proc.stdout, stdout_budget(self.options.max_result_bytes), echo, f"{key}| ")),
-            asyncio.create_task(_tail(proc.stderr, self.options.tail_chars, echo, f"{key}! ")),
+            asyncio.create_task(read_tail(proc.stderr, self.options.tail_chars, echo, f"{key}! ")),
         ]
-        feeder = asyncio.create_task(_feed(proc.stdin, payload))
+        feeder = asyncio.create_task(feed_stdin(proc.stdin, payload))
         try:
             rc = await proc.wait()
             # A grandchild that kept our pipes open must not hold the task forever.
@@ -930,35 +699,3 @@ async def _finish_background(task: asyncio.Task[None], done: asyncio.Event, time
             await task
     except Exception as exc:  # a background loop's own failure must not hide the run's result
         logger.warning("background task failed: %s", exc)
-
-
-async def _feed(stream: asyncio.StreamWriter, payload: bytes) -> None:
-    try:
-        stream.write(payload)
-        await stream.drain()
-    except (BrokenPipeError, ConnectionResetError):
-        pass  # the child does not read stdin: fine
-    finally:
-        stream.close()
-        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-            await stream.wait_closed()
-
-
-async def _tail(
-    stream: asyncio.StreamReader, limit: int, echo: TextIO | None = None, prefix: str = ""
-) -> tuple[str, bool]:
-    """The last *limit* bytes of a stream as text, and whether anything was cut off."""
-    buf = bytearray()
-    pending = bytearray()
-    truncated = False
-    while chunk := await stream.read(65536):
-        echo_lines(echo, prefix, pending, chunk)
-        buf += chunk
-        if len(buf) > limit:
-            del buf[: len(buf) - limit]
-            truncated = True
-    echo_lines(echo, prefix, pending, b"", final=True)
-    if truncated:
-        while buf and 0x80 <= buf[0] <= 0xBF:  # do not start in the middle of a UTF-8 character
-            del buf[0]
-    return buf.decode("utf-8", errors="replace"), truncated
