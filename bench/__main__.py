@@ -1,6 +1,6 @@
 """``python -m bench [suite ...] [--quick] [--runs N] [--json PATH]``: print the benchmark tables.
 
-With no suite named, every suite runs (``records dispatch rest flatfile sync ui routing``). ``--quick`` shrinks
+With no suite named, every suite runs (``records dispatch rest flatfile sync ui streams routing``). ``--quick`` shrinks
 every size for a ~1-minute smoke run. Raw numbers go to ``bench/results/<timestamp>.json`` (gitignored)
 unless ``--no-json``.
 """
@@ -31,6 +31,7 @@ SUITES = {
     "flatfile": "bench.flatfile",
     "sync": "bench.sync",
     "ui": "bench.ui",
+    "streams": "bench.streams",
     "routing": "bench.routing",
 }
 

@@ -99,7 +99,7 @@ async def measure_idle(rows: int, errors: int, idle: float, edits: int) -> dict[
         async with FlatfileBackend(data, config=DispatchConfig(max_queue_depth=10 * rows)) as backend:
             svc = QueueService(backend)
             slug = await _project(svc, workspace, rows)
-            async with WorkspaceSyncManager(svc, settings, projects=[slug]) as manager:
+            async with WorkspaceSyncManager(svc, _options(settings), projects=[slug]) as manager:
 
                 async def rendered() -> bool:
                     return f"| B-{rows} |" in _text(path)
@@ -181,7 +181,7 @@ async def measure_latency(kind: str, tasks: int, edits: int) -> dict[str, Any]:
         async with _backend(kind, Path(tmp)) as backend:
             svc = QueueService(backend)
             slug = await _project(svc, workspace, tasks)
-            async with WorkspaceSyncManager(svc, settings, projects=[slug]) as manager:
+            async with WorkspaceSyncManager(svc, _options(settings), projects=[slug]) as manager:
 
                 async def rendered() -> bool:
                     return f"| B-{tasks} |" in _text(path)
@@ -246,3 +246,10 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def _options(settings: Any) -> Any:
+    """The sync options the bench's settings name (workspace_sync never reads Settings itself)."""
+    from workspace_sync.options import SyncOptions
+
+    return SyncOptions(rescan_seconds=settings.sync_rescan_seconds, debounce_seconds=settings.sync_debounce_seconds)

@@ -102,7 +102,7 @@ async def measure_sync_latency(
                 except FileNotFoundError:
                     return False
 
-            async with WorkspaceSyncManager(svc, settings, projects=[slug]) as manager:
+            async with WorkspaceSyncManager(svc, _options(settings), projects=[slug]) as manager:
                 await until(lambda: file_has(f"| B-{tasks} |"), "the first render")
                 await manager.wait_idle()
                 to_db: list[float] = []
@@ -160,3 +160,10 @@ def run_sync_latency(edits: int = 100, **options: Any) -> dict[str, Any]:
 
 if __name__ == "__main__":
     print(json.dumps(run_sync_latency(), indent=2))
+
+
+def _options(settings: Any) -> Any:
+    """The sync options the bench's settings name (workspace_sync never reads Settings itself)."""
+    from workspace_sync.options import SyncOptions
+
+    return SyncOptions(rescan_seconds=settings.sync_rescan_seconds, debounce_seconds=settings.sync_debounce_seconds)

@@ -5,6 +5,10 @@
 directory); files are opened with ``O_NOFOLLOW`` and every path part is validated, so a name can
 never leave the directory. Past ``retention_chunks`` lines plus half again, the file is rewritten
 (atomically, by rename) keeping the newest ``retention_chunks``. Followers poll the file size.
+
+Nothing reads a whole file per call: ids grow by one per line, so an append reads only the last and
+first lines (the next id, and how many lines the file holds), a read from a cursor finds its start by
+binary search over byte offsets, and a waiting follower looks at the last line only.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import os
 import re
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from queue_service import exceptions
 from queue_service.streams import StreamChunk, StreamPage, StreamStore, cursor_key
@@ -24,6 +28,8 @@ from queue_service.streams import StreamChunk, StreamPage, StreamStore, cursor_k
 __all__ = ["FlatfileStreamStore"]
 
 _PART = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+#: bytes read at a time when seeking through a stream file
+_BLOCK = 8192
 
 
 class FlatfileStreamStore(StreamStore):
@@ -41,27 +47,89 @@ class FlatfileStreamStore(StreamStore):
         return self.root / project / key / f"{stream}.jsonl"
 
     @staticmethod
-    def _parse(raw: bytes) -> list[StreamChunk]:
-        out: list[StreamChunk] = []
-        for line in raw.splitlines():
-            if not line.endswith(b"}"):
-                continue  # a torn last line of a writer that died mid-write
-            try:
-                rec = json.loads(line)
-            except ValueError:
-                continue
-            out.append(StreamChunk(id=str(rec["i"]), chunk=rec.get("c", ""), done=bool(rec.get("done"))))
-        return out
+    def _record(line: bytes) -> StreamChunk | None:
+        """One stored line as a chunk; None for a torn or damaged line (skipped, never fatal)."""
+        line = line.strip()
+        if not line.endswith(b"}"):
+            return None  # a torn last line of a writer that died mid-write
+        try:
+            rec = json.loads(line)
+            return StreamChunk(id=str(int(rec["i"])), chunk=rec.get("c", ""), done=bool(rec.get("done")))
+        except (ValueError, KeyError, TypeError):
+            return None
 
-    def _read_file(self, path: Path) -> bytes:
+    @classmethod
+    def _last(cls, fh: BinaryIO, size: int) -> StreamChunk | None:
+        """The newest record, reading backwards from the end (not the whole file)."""
+        pos, buf = size, b""
+        while pos > 0:
+            step = min(_BLOCK, pos)
+            pos -= step
+            fh.seek(pos)
+            buf = fh.read(step) + buf
+            lines = buf.split(b"\n")
+            # lines[0] may be cut at the block edge unless the file starts there
+            for line in reversed(lines[1:] if pos > 0 else lines):
+                rec = cls._record(line)
+                if rec is not None:
+                    return rec
+            buf = lines[0]
+        return None
+
+    @classmethod
+    def _first(cls, fh: BinaryIO) -> StreamChunk | None:
+        fh.seek(0)
+        for line in fh:
+            rec = cls._record(line)
+            if rec is not None:
+                return rec
+        return None
+
+    @classmethod
+    def _start_of(cls, fh: BinaryIO, size: int, after: tuple[int, int]) -> int:
+        """A byte offset at or before the first line whose id is after *after* (binary search: ids only
+        grow within a file, so a read from a cursor costs O(log n) seeks plus what it returns)."""
+        lo, hi = 0, size
+        while hi - lo > _BLOCK:
+            mid = (lo + hi) // 2
+            fh.seek(mid)
+            fh.readline()  # to the next line start
+            start = fh.tell()
+            rec = cls._record(fh.readline()) if start < hi else None
+            if rec is not None and cursor_key(rec.id) <= after:
+                lo = fh.tell()  # that line and every one before it are not wanted
+            else:
+                hi = mid
+        return lo
+
+    def _read_sync(self, path: Path, after: tuple[int, int], limit: int) -> list[StreamChunk]:
         try:
             fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
         except FileNotFoundError:
-            return b""
+            return []
+        except OSError as exc:
+            raise exceptions.BackendError(f"cannot open stream file {path.name}: {exc.strerror}") from exc
+        out: list[StreamChunk] = []
+        with os.fdopen(fd, "rb") as fh:
+            size = os.fstat(fd).st_size
+            fh.seek(self._start_of(fh, size, after))  # always a line start
+            for line in fh:
+                rec = self._record(line)
+                if rec is not None and cursor_key(rec.id) > after:
+                    out.append(rec)
+                    if len(out) >= limit:
+                        break
+        return out
+
+    def _last_sync(self, path: Path) -> StreamChunk | None:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        except FileNotFoundError:
+            return None
         except OSError as exc:
             raise exceptions.BackendError(f"cannot open stream file {path.name}: {exc.strerror}") from exc
         with os.fdopen(fd, "rb") as fh:
-            return fh.read()
+            return self._last(fh, os.fstat(fd).st_size)
 
     def _append_sync(self, path: Path, chunks: list[str], done: bool) -> list[str]:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -69,13 +137,18 @@ class FlatfileStreamStore(StreamStore):
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             with open(fd, "rb", closefd=False) as fh:
-                fh.seek(0)
-                items = self._parse(fh.read())
-            if items and items[-1].done:
+                size = os.fstat(fd).st_size
+                last = self._last(fh, size)
+                first = self._first(fh) if last is not None else None
+                torn = False
+                if size:
+                    fh.seek(size - 1)
+                    torn = fh.read(1) != b"\n"
+            if last is not None and last.done:
                 if done and not chunks:
-                    return [items[-1].id]
+                    return [last.id]
                 raise exceptions.InvalidTransition(f"stream {path.stem!r} is done", stream=path.stem)
-            nxt = int(items[-1].id) + 1 if items else 1
+            nxt = int(last.id) + 1 if last is not None else 1
             ids: list[str] = []
             lines: list[bytes] = []
             for text in chunks:
@@ -85,13 +158,15 @@ class FlatfileStreamStore(StreamStore):
             if done:
                 ids.append(str(nxt))
                 lines.append(json.dumps({"i": nxt, "done": True}).encode())
-            os.write(fd, b"".join(line + b"\n" for line in lines))
+            # a torn last line (a writer died mid-write) is ended first, so it cannot swallow ours
+            os.write(fd, (b"\n" if torn else b"") + b"".join(line + b"\n" for line in lines))
             keep = self.config.retention_chunks
-            total = len(items) + len(lines)
-            if total > keep + keep // 2:
+            # ids are consecutive within a file: its length without reading it
+            held = (int(last.id) - int(first.id) + 1) if last is not None and first is not None else 0
+            if held + len(lines) > keep + keep // 2:
                 with open(fd, "rb", closefd=False) as fh:
                     fh.seek(0)
-                    raw = fh.read().splitlines(keepends=True)
+                    raw = [line for line in fh.read().splitlines(keepends=True) if self._record(line) is not None]
                 tmp = path.with_name(f".{path.name}.{os.getpid()}.{time.monotonic_ns()}")
                 tfd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
                 with os.fdopen(tfd, "wb") as out:
@@ -110,9 +185,7 @@ class FlatfileStreamStore(StreamStore):
 
     async def _read(self, project: str, key: str, stream: str, cursor: str, limit: int) -> StreamPage:
         path = self._path(project, key, stream)
-        items = self._parse(await asyncio.to_thread(self._read_file, path))
-        after = cursor_key(cursor)
-        out = [c for c in items if cursor_key(c.id) > after][:limit]
+        out = await asyncio.to_thread(self._read_sync, path, cursor_key(cursor), limit)
         last = out[-1] if out else None
         return StreamPage(chunks=out, done=bool(last and last.done), cursor=last.id if last else cursor)
 
@@ -129,8 +202,8 @@ class FlatfileStreamStore(StreamStore):
                 sig = (0, 0)
             if sig != seen:
                 seen = sig
-                items = self._parse(await asyncio.to_thread(self._read_file, path))
-                if items and cursor_key(items[-1].id) > after:
+                newest = await asyncio.to_thread(self._last_sync, path)
+                if newest is not None and cursor_key(newest.id) > after:
                     return True
             if time.monotonic() >= deadline:
                 return False

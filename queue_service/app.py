@@ -42,6 +42,7 @@ from queue_service.sweeper import Sweeper
 from queue_service.ui import install_ui
 from queue_service.workspaces import WorkspacePolicy
 from workspace_sync.manager import WorkspaceSyncManager
+from workspace_sync.options import SyncOptions
 
 __all__ = ["check_exposure", "create_app"]
 
@@ -111,7 +112,12 @@ def create_app(settings: Settings, backend: Backend | None = None) -> FastAPI:
                 orchestrator.start()
             if settings.sync:
                 # TASKS.md <-> database for every project with a workspace (workspace_sync.manager)
-                workspace_sync = WorkspaceSyncManager(service, settings)
+                workspace_sync = WorkspaceSyncManager(
+                    service,
+                    SyncOptions(
+                        rescan_seconds=settings.sync_rescan_seconds, debounce_seconds=settings.sync_debounce_seconds
+                    ),
+                )
                 await workspace_sync.start()
                 app.state.workspace_sync = workspace_sync
             logger.info("queue-service ready on backend %s", be.name)

@@ -120,6 +120,10 @@ class Principal:
     name: str | None = None
     #: False when auth is off (no tokens stored): every request is allowed
     authenticated: bool = True
+    #: set for a caller whose only credential is the live lease of this one task (``X-Queue-Lease-Token``,
+    #: issue 11): it may work on that task and create tasks discovered from it, nothing else
+    lease_key: str | None = None
+    lease_token: str | None = None
 
     @classmethod
     def open(cls) -> Principal:
@@ -130,6 +134,11 @@ class Principal:
     def from_token(cls, token: ApiToken) -> Principal:
         """The caller holding *token*."""
         return cls(role=token.role, project=token.project, token_id=token.id, name=token.name)
+
+    @classmethod
+    def for_lease(cls, project: str, key: str, token: str, holder: str) -> Principal:
+        """The holder of *key*'s live lease, with the rights of an agent on that task only."""
+        return cls(role=TokenRole.AGENT, project=project, name=holder, lease_key=key, lease_token=token)
 
     @property
     def actor(self) -> str:
@@ -148,8 +157,12 @@ class Principal:
             return True
         return project == self.project
 
-    def check(self, action: Action, project: str | None) -> None:
-        """Raise Forbidden unless :meth:`allows`."""
+    def check(self, action: Action, project: str | None, key: str | None = None) -> None:
+        """Raise Forbidden unless :meth:`allows` (and, for a lease holder, unless *key* is its task)."""
+        if self.lease_key is not None and key is not None and key != self.lease_key:
+            raise exceptions.Forbidden(
+                f"this lease token is for task {self.lease_key}, not {key}", action=action.name.lower(), project=project
+            )
         if not self.allows(action, project):
             scope = f"project {project!r}" if project is not None else "the whole service"
             raise exceptions.Forbidden(

@@ -15,7 +15,7 @@ from typing import Annotated, Any, TypeVar
 import pydantic
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
-from queue_service import exceptions
+from queue_service import exceptions, tracing
 
 __all__ = [
     "CANONICAL_STATUS_WORDS",
@@ -388,9 +388,30 @@ Label = Annotated[str, AfterValidator(_check_label), AfterValidator(one_line)]
 Title = Annotated[str, AfterValidator(_strip_nonempty), AfterValidator(one_line), Field(max_length=500)]
 #: free text that lands in one TASKS.md cell or heading (names, assignee, milestone)
 OneLine = Annotated[str, AfterValidator(one_line)]
+#: routing requirements of a task (issue 13's ``requires``; issue 18 reads/writes ``requires["model"]``); the
+#: same rule as the routing branch's agent labels: names one token, values one line
+LABEL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,63}$")
+MAX_REQUIRES = 32
+
+
+def _check_requires(value: dict[str, str]) -> dict[str, str]:
+    if len(value) > MAX_REQUIRES:
+        raise ValueError(f"at most {MAX_REQUIRES} labels, got {len(value)}")
+    for name, wanted in value.items():
+        if not LABEL_NAME_RE.fullmatch(name):
+            raise ValueError(f"invalid label name {name[:80]!r}: letters, digits and . _ : / -, at most 64 characters")
+        if not wanted or len(wanted) > 200 or _LINE_BREAK_RE.search(wanted):
+            raise ValueError(f"label {name[:80]!r}: the value must be one line of 1-200 characters")
+    return value
+
+
+Requires = Annotated[dict[str, str], AfterValidator(_check_requires)]
 StatusField = Annotated[TaskStatus, BeforeValidator(parse_status)]
 PriorityField = Annotated[Priority, BeforeValidator(_parse_priority)]
 AwareDatetime = Annotated[datetime, AfterValidator(_aware)]
+#: W3C trace context (issue 14; validated in queue_service.tracing)
+TraceParent = Annotated[str, Field(max_length=tracing.MAX_TRACEPARENT), AfterValidator(tracing.check_traceparent)]
+TraceState = Annotated[str, Field(max_length=tracing.MAX_TRACESTATE), AfterValidator(tracing.check_tracestate)]
 LabelMap = Annotated[dict[str, str], AfterValidator(_check_label_map)]
 ConcurrencyKey = Annotated[str, AfterValidator(_check_concurrency_key)]
 RoutingMap = Annotated[dict[str, str], AfterValidator(_check_routing)]
@@ -632,6 +653,8 @@ class Task(_Frozen):
     depends_on: tuple[str, ...] = ()
     labels: tuple[str, ...] = ()
     extra: dict[str, str] = Field(default_factory=dict)
+    #: labels an agent must have to get this task (``{"model": "opus"}``; TASKS.md's agent column)
+    requires: dict[str, str] = Field(default_factory=dict)
     attempts: int = 0
     max_attempts: int = 3
     not_before: datetime | None = None
@@ -646,8 +669,9 @@ class Task(_Frozen):
     updated_at: datetime
     started_at: datetime | None = None
     completed_at: datetime | None = None
-    #: labels an agent must carry to be handed this task (issue 13)
-    requires: dict[str, str] = Field(default_factory=dict)
+    #: the producer's W3C trace context, handed to whoever claims the task (issue 14)
+    traceparent: str | None = None
+    tracestate: str | None = None
     #: weighted label preferences: matching agents are offered it first
     prefers: tuple[Preference, ...] = ()
     #: tasks sharing a key are capped by the project's ``concurrency_limits`` while in progress
@@ -675,11 +699,13 @@ class TaskCreate(_Input):
     depends_on: list[DepRef] = Field(default_factory=list, max_length=1000)
     labels: list[Label] = Field(default_factory=list, max_length=100)
     extra: dict[str, str] = Field(default_factory=dict)
+    requires: Requires = Field(default_factory=dict)
     max_attempts: int = Field(default=3, ge=1, le=1000)
     not_before: AwareDatetime | None = None
     idempotency_key: str | None = Field(default=None, max_length=200)
-    #: labels an agent must carry to be handed this task (issue 13)
-    requires: LabelMap = Field(default_factory=dict)
+    #: W3C trace context of the producer (REST headers of the same names, CLI ``TRACEPARENT``)
+    traceparent: TraceParent | None = None
+    tracestate: TraceState | None = None
     prefers: list[Preference] = Field(default_factory=list, max_length=32)
     concurrency_key: ConcurrencyKey | None = None
     #: fair-share group (team, user, ...); default: the task's mission
@@ -689,6 +715,12 @@ class TaskCreate(_Input):
     @classmethod
     def _dedupe(cls, value: list[str]) -> list[str]:
         return list(dict.fromkeys(value))
+
+    @pydantic.model_validator(mode="after")
+    def _state_needs_parent(self) -> TaskCreate:
+        if self.tracestate is not None and self.traceparent is None:
+            raise ValueError("tracestate: needs a traceparent (the W3C trace context it belongs to)")
+        return self
 
     @pydantic.field_validator("status")
     @classmethod
@@ -710,10 +742,10 @@ class TaskUpdate(_Input):
     depends_on: list[TaskKey] | None = Field(default=None, max_length=1000)
     labels: list[Label] | None = None
     extra: dict[str, str] | None = None
+    requires: Requires | None = None
     max_attempts: int | None = Field(default=None, ge=1, le=1000)
     not_before: AwareDatetime | None = None
     blocked_reason: str | None = Field(default=None, max_length=2000)
-    requires: LabelMap | None = None
     prefers: list[Preference] | None = Field(default=None, max_length=32)
     concurrency_key: ConcurrencyKey | None = None
     group: OneLine | None = Field(default=None, min_length=1, max_length=200)

@@ -6,12 +6,13 @@ value), then delegates to the Backend. It never talks SQL, Valkey or files itsel
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from queue_service import domain, exceptions
+from queue_service import domain, exceptions, tracing
 from queue_service.agents import Agent, AgentRegister, validate_agent_id
 from queue_service.backend import Backend
 from queue_service.ids import new_agent_id
@@ -32,18 +33,20 @@ from queue_service.models import (
     TaskCreate,
     TaskFilter,
     TaskPage,
+    TaskStatus,
     TaskUpdate,
     find_nul,
     validate_key,
     validate_slug,
     validated,
 )
-from queue_service.streams import DEFAULT_STREAM, StreamChunk, StreamPage
+from queue_service.streams import DEFAULT_STREAM, StreamChunk, StreamPage, parse_cursor
 from queue_service.workspaces import WorkspacePolicy
 
 __all__ = [
     "DEFAULT_AGENT_LEASE_SECONDS",
     "SERVICE_AUTHORS",
+    "STREAM_FINAL_STATUSES",
     "LeaseProfile",
     "QueueService",
     "check_author",
@@ -57,6 +60,8 @@ DEFAULT_AGENT_LEASE_SECONDS = 1800.0
 LeaseProfile = Literal["worker", "agent"]
 
 MAX_BATCH = 10_000
+#: a task in one of these has no lease holder any more: its streams get no more output (issue 14)
+STREAM_FINAL_STATUSES = frozenset({TaskStatus.DONE, TaskStatus.NEEDS_QA, TaskStatus.FAILED, TaskStatus.CANCELLED})
 MAX_PAGE = 1000
 
 
@@ -130,6 +135,8 @@ class QueueService:
         self.workspaces = workspaces or WorkspacePolicy(root=workspace_root)
         self.workspace_root = self.workspaces.root
         self.agent_lease_seconds = float(agent_lease_seconds)
+        #: how long a quiet stream follower waits before it checks whether the task finished
+        self.stream_check_seconds = 1.0
         #: called with the slug after a project is created or patched here (workspace sync starts its
         #: file at once instead of at the next rescan; issue 17)
         self.project_listeners: list[Callable[[str], None]] = []
@@ -254,7 +261,21 @@ class QueueService:
                 if len(items) == 1:
                     raise
                 raise type(exc)(f"task #{i}: {exc.message}", index=i, **exc.details) from None
-        return await self.backend.records.create_tasks(validate_slug(project), creates)
+        slug = validate_slug(project)
+        with tracing.enqueue_spans(slug, creates):
+            return await self.backend.records.create_tasks(slug, creates)
+
+    async def create_discovered_task(
+        self, project: str, data: TaskCreate | Mapping[str, Any], discovered_from: str, token: str
+    ) -> Task:
+        """Create a task its holder found while working on *discovered_from* (issue 11): the lease
+        *token* on that task is checked and renewed first (LeaseError if it is not the live lease);
+        the new task records ``extra.discovered_from``."""
+        slug, key = validate_slug(project), validate_key(discovered_from)
+        await self.heartbeat(slug, key, token)
+        item = validated(TaskCreate, data)
+        item = item.model_copy(update={"extra": {**item.extra, "discovered_from": key}})
+        return await self.create_task(slug, item)
 
     async def get_task(self, project: str, key: str) -> Task:
         """Return one task."""
@@ -398,7 +419,10 @@ class QueueService:
         if lease_profile == "agent":
             return await self.claim_next(project, agent, roles, lease_seconds, wait)
         self._check_claim_args(agent, wait, lease_seconds)
+        started = tracing.now_ns()
         got = await self.backend.dispatch.claim(validate_slug(project), agent, roles or None, wait, lease_seconds)
+        if got is not None:
+            tracing.record_claims(project, agent, [got.task], started)
         return _with_seconds(got, lease_seconds if lease_seconds is not None else self.backend.config.lease_seconds)
 
     async def claim_next(
@@ -415,9 +439,12 @@ class QueueService:
         self._check_claim_args(agent, wait, lease_seconds)
         lease = self.agent_lease(lease_seconds)
         slug, names = validate_slug(project), list(roles) if roles else None
+        started = tracing.now_ns()
         got = await self.backend.dispatch.claim_next(slug, agent, names, lease)
         if got is None and wait > 0:
             got = await self.backend.dispatch.claim(slug, agent, names, wait, lease)
+        if got is not None:
+            tracing.record_claims(slug, agent, [got.task], started)
         return _with_seconds(got, lease)
 
     async def claim_many(
@@ -433,9 +460,11 @@ class QueueService:
         if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE:
             raise exceptions.ValidationError(f"limit must be an integer between 1 and {MAX_PAGE}, got {limit!r}")
         self._check_claim_args(agent, wait, lease_seconds)
+        started = tracing.now_ns()
         claims = await self.backend.dispatch.claim_many(
             validate_slug(project), agent, roles or None, limit, wait, lease_seconds
         )
+        tracing.record_claims(project, agent, [c.task for c in claims], started)
         seconds = lease_seconds if lease_seconds is not None else self.backend.config.lease_seconds
         return [c for c in (_with_seconds(c, seconds) for c in claims) if c is not None]
 
@@ -450,10 +479,13 @@ class QueueService:
         for i, (key, token, result) in enumerate(items):
             checked.append((validate_key(key), token, _check_result(result, f"items[{i}].result")))
         slug = validate_slug(project)
+        started = tracing.now_ns()
         out = await self.backend.dispatch.complete_many(slug, checked)
         for i, got in enumerate(out):
             if isinstance(got, exceptions.LeaseError) and not got.details.get("reason"):
                 out[i] = await self._explain(slug, checked[i][0], got)
+            elif isinstance(got, Task):
+                tracing.record_finish("queue.complete", got, started)
         return out
 
     async def heartbeat(self, project: str, key: str, token: str, lease_seconds: float | None = None) -> Lease:
@@ -473,19 +505,25 @@ class QueueService:
         """Complete a claimed task."""
         _check_result(result, "result")
         slug, key = validate_slug(project), validate_key(key)
+        started = tracing.now_ns()
         try:
-            return await self.backend.dispatch.complete(slug, key, token, result)
+            task = await self.backend.dispatch.complete(slug, key, token, result)
         except exceptions.LeaseError as exc:
             raise await self._explain(slug, key, exc) from None
+        tracing.record_finish("queue.complete", task, started)
+        return task
 
     async def fail(self, project: str, key: str, token: str, error: str, retryable: bool = True) -> Task:
         """Fail a claimed task."""
         _check_text("error", error)
         slug, key = validate_slug(project), validate_key(key)
+        started = tracing.now_ns()
         try:
-            return await self.backend.dispatch.fail(slug, key, token, error, retryable)
+            task = await self.backend.dispatch.fail(slug, key, token, error, retryable)
         except exceptions.LeaseError as exc:
             raise await self._explain(slug, key, exc) from None
+        tracing.record_finish("queue.fail", task, started, error)
+        return task
 
     async def release(self, project: str, key: str, token: str) -> Task:
         """Give a claimed task back."""
@@ -547,15 +585,65 @@ class QueueService:
     async def read_stream(
         self, project: str, key: str, after: str | None = None, stream: str = DEFAULT_STREAM, limit: int = 1000
     ) -> StreamPage:
-        """Retained chunks of a task's stream after the cursor. Raises TaskNotFound for an unknown task."""
+        """Retained chunks of a task's stream after the cursor. Raises TaskNotFound for an unknown task.
+
+        ``done`` is also true once the task has finished (:data:`STREAM_FINAL_STATUSES`) and this
+        page reaches the end of what was published, whether or not the holder sent ``done``.
+        """
         slug, key = validate_slug(project), validate_key(key)
-        await self.backend.records.get_task(slug, key)
-        return await self.backend.streams.read(slug, key, after, stream, limit)
+        # the status is read before the chunks: whatever the holder published before finishing is in the page
+        task = await self.backend.records.get_task(slug, key)
+        page = await self.backend.streams.read(slug, key, after, stream, limit)
+        if not page.done and task.status in STREAM_FINAL_STATUSES and len(page.chunks) < min(limit, 10_000):
+            page = page.model_copy(update={"done": True})
+        return page
 
     async def follow_stream(
         self, project: str, key: str, after: str | None = None, stream: str = DEFAULT_STREAM, idle_seconds: float = 15.0
-    ) -> AsyncIterator[StreamChunk | None]:
-        """Chunks after the cursor, then live ones, ending with the done marker; None = idle tick."""
+    ) -> AsyncGenerator[StreamChunk | None, None]:
+        """Chunks after the cursor, then live ones, ending with the done marker; None = idle tick.
+
+        A task that finishes (completed, failed, cancelled, or handed to review) without its holder
+        sending ``done`` ends its followers too: once the stream has been quiet for
+        ``stream_check_seconds`` and the task is finished, the rest is read and a done marker (with
+        the id of the last chunk read) is yielded.
+        """
         slug, key = validate_slug(project), validate_key(key)
         await self.backend.records.get_task(slug, key)
-        return self.backend.streams.follow(slug, key, after, stream, idle_seconds=idle_seconds)
+        return self._follow_until_finished(slug, key, parse_cursor(after), stream, idle_seconds)
+
+    async def _follow_until_finished(
+        self, project: str, key: str, cursor: str, stream: str, idle_seconds: float
+    ) -> AsyncGenerator[StreamChunk | None, None]:
+        check = max(0.01, min(idle_seconds, self.stream_check_seconds))
+        quiet = 0.0
+        inner = self.backend.streams.follow(project, key, cursor, stream, idle_seconds=check)
+        async with contextlib.aclosing(inner):
+            async for item in inner:
+                if item is not None:
+                    cursor, quiet = item.id, 0.0
+                    yield item
+                    continue
+                if await self._task_finished(project, key):
+                    while True:  # what was published before it finished, then the end
+                        page = await self.backend.streams.read(project, key, cursor, stream, 1000)
+                        for chunk in page.chunks:
+                            yield chunk
+                        cursor = page.cursor
+                        if page.done:
+                            return
+                        if not page.chunks:
+                            break
+                    yield StreamChunk(id=cursor, done=True)
+                    return
+                quiet += check
+                if quiet >= idle_seconds:
+                    quiet = 0.0
+                    yield None
+
+    async def _task_finished(self, project: str, key: str) -> bool:
+        try:
+            task = await self.backend.records.get_task(project, key)
+        except exceptions.BackendUnavailable:
+            return False  # keep following; the stream itself reports a lasting outage
+        return task.status in STREAM_FINAL_STATUSES

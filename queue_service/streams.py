@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import abc
 import re
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -169,7 +169,7 @@ class StreamStore(abc.ABC):
         stream: str = DEFAULT_STREAM,
         *,
         idle_seconds: float = 15.0,
-    ) -> AsyncIterator[StreamChunk | None]:
+    ) -> AsyncGenerator[StreamChunk | None, None]:
         """Every chunk after the cursor, then live ones, ending after the done marker (yielded).
 
         Yields ``None`` after *idle_seconds* without news (for keep-alives). Raises QueueFull when

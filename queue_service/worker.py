@@ -38,7 +38,7 @@ from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, Seque
 from types import TracebackType
 from typing import Any, Literal, Protocol
 
-from queue_service import exceptions
+from queue_service import exceptions, tracing
 from queue_service.models import Claim, Lease, Note, Task, TaskStatus
 
 __all__ = [
@@ -227,6 +227,8 @@ class _JobBase:
         self.final: Task | None = None
         self._interval = interval
         self._heartbeat: _Heartbeat | None = None
+        #: the ``queue.process`` span (OpenTelemetry), current while the job is open
+        self._trace: tracing.ProcessSpan | None = None
 
     @property
     def key(self) -> str:
@@ -256,6 +258,16 @@ class _JobBase:
         if self._heartbeat is not None:
             self._heartbeat.stop()
 
+    def _start_trace(self) -> None:
+        self._trace = tracing.ProcessSpan(self.task)
+        self._trace.attach()
+
+    def _end_trace(self, exc: BaseException | None) -> None:
+        if self._trace is not None:
+            failed = self.outcome in ("failed", "lost") or (exc is not None and self.outcome != "completed")
+            self._trace.end((exc or self.outcome or "failed") if failed else None)
+            self._trace = None
+
     @staticmethod
     def _is_interrupt(exc: BaseException) -> bool:
         return isinstance(exc, KeyboardInterrupt | SystemExit | GeneratorExit | asyncio.CancelledError)
@@ -274,11 +286,18 @@ class Job(_JobBase):
         self._start_heartbeat(
             lambda: self._client.heartbeat(self.project, self.key, self.token, lease_seconds=self.lease_seconds)
         )
+        self._start_trace()
         return self
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> bool:
+        try:
+            return self._exit(exc)
+        finally:
+            self._end_trace(exc)
+
+    def _exit(self, exc: BaseException | None) -> bool:
         self._stop_heartbeat()
         if self.outcome is not None:
             return False
@@ -372,11 +391,18 @@ class AsyncJob(_JobBase):
 
     async def __aenter__(self) -> AsyncJob:
         self._start_heartbeat(self._beat)
+        self._start_trace()
         return self
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> bool:
+        try:
+            return await self._exit(exc)
+        finally:
+            self._end_trace(exc)
+
+    async def _exit(self, exc: BaseException | None) -> bool:
         await asyncio.to_thread(self._stop_heartbeat)
         if self.outcome is not None:
             return False

@@ -36,7 +36,7 @@ from queue_service.models import DEFAULT_MISSION, Mission, Project, tasks_file_p
 if TYPE_CHECKING:
     from queue_service.settings import Settings
 
-__all__ = ["Confined", "WorkspacePolicy", "locate_tasks_file", "locate_workspace"]
+__all__ = ["COORD_TASKS_FILE", "Confined", "WorkspacePolicy", "locate_tasks_file", "locate_workspace", "tasks_file_of"]
 
 #: longest file name the kernel accepts (a longer segment raises ENAMETOOLONG)
 SEGMENT_MAX_BYTES = 255
@@ -44,6 +44,8 @@ SEGMENT_MAX_BYTES = 255
 MAX_DEPTH = 16
 #: name of the TASKS.md of a project's default mission
 DEFAULT_TASKS_FILE = "TASKS.md"
+#: where coord keeps TASKS.md (issue 18; see workspace_sync.layout for how the default mission finds it)
+COORD_TASKS_FILE = "docs/TASKS.md"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -250,9 +252,22 @@ def locate_workspace(policy: WorkspacePolicy, project: Project, projects: Iterab
     return Confined(base, tuple(parts))
 
 
-def locate_tasks_file(policy: WorkspacePolicy, workspace: Confined, mission: Mission) -> Confined | str:
-    """Where a *stored* mission's TASKS.md is, below its located workspace, or why it may not be synced."""
-    relative = DEFAULT_TASKS_FILE if mission.id == DEFAULT_MISSION else mission.tasks_file
+def tasks_file_of(mission: Mission) -> str:
+    """The stored relative TASKS.md of *mission*: the default mission's is ``TASKS.md`` unless it was pinned
+    to another file (``docs/TASKS.md`` by coord-layout discovery, issue 18)."""
+    if mission.id == DEFAULT_MISSION and not mission.tasks_file:
+        return DEFAULT_TASKS_FILE
+    return mission.tasks_file
+
+
+def locate_tasks_file(
+    policy: WorkspacePolicy, workspace: Confined, mission: Mission, relative: str | None = None
+) -> Confined | str:
+    """Where a *stored* mission's TASKS.md is, below its located workspace, or why it may not be synced.
+
+    *relative* overrides the mission's stored file (the discovered one, ``workspace_sync.layout``).
+    """
+    relative = relative or tasks_file_of(mission)
     problem = tasks_file_problem(relative)
     if problem:
         return problem + "; sync disabled"

@@ -539,11 +539,12 @@ class Cycle:
         extra = dict(data.extra)
         if data.notes:
             extra["notes"] = data.notes
+        status = data.status or TaskStatus.NOT_STARTED
         item: dict[str, Any] = {
             "title": data.title,
             "description": data.details or "",
-            "status": (data.status or TaskStatus.NOT_STARTED).value,
-            "assignee": data.assignee,
+            "status": status.value,
+            **m.agent_fields(status, {}, data.assignee),  # a not-started row's agent is a model (issue 18)
             "mission": self.mission.id,
             "milestone": data.milestone,
             "depends_on": list(data.depends_on),

@@ -41,12 +41,14 @@ from queue_service.models import (
     utcnow,
 )
 from queue_service.service import QueueService
-from queue_service.workspaces import Confined
+from queue_service.workspaces import Confined, tasks_file_of
 from workspace_sync import history as hist
 from workspace_sync import merge as m
 from workspace_sync import safe_files
+from workspace_sync.companions import CoordCompanions
 from workspace_sync.cycle import SYNC_ACTOR, Cycle, SyncReport, TableShape, error_entry, table_shape
 from workspace_sync.format import MarkerKind, RowData, TasksDocument, parse, render_document
+from workspace_sync.layout import coord_workspace_of
 from workspace_sync.writer import SyncLock, content_hash
 
 __all__ = [
@@ -75,13 +77,14 @@ _INCREMENTAL_MAX = 2_000
 
 
 def mission_path(workspace: Path | str, mission: Mission) -> Path:
-    """The TASKS.md of *mission*: ``<workspace>/TASKS.md`` for the default one, else ``<workspace>/<tasks_file>``.
+    """The stored TASKS.md of *mission*: ``<workspace>/<tasks_file>`` (``TASKS.md`` for the default one unless
+    pinned elsewhere; discovery is :mod:`workspace_sync.layout`).
 
     The result is absolute and normalised (it is also the key of the file's stored sync state). ``~``
     is never expanded (issue 9): stored workspaces are absolute paths.
     """
     root = Path(workspace)
-    path = root / "TASKS.md" if mission.id == DEFAULT_MISSION else root / mission.tasks_file
+    path = root / tasks_file_of(mission)
     return Path(os.path.normpath(path.absolute()))
 
 
@@ -149,6 +152,9 @@ class FileSync:
         self.max_bytes = max_bytes
         self.strict_coord = strict_coord
         self.lock = SyncLock(self.target, timeout=lock_timeout)
+        # coord's layout (docs/TASKS.md): the manifest and mission.json are kept with this file (issue 18)
+        coord = coord_workspace_of(self.target)
+        self.companions = None if coord is None else CoordCompanions(service, project, mission, coord)
         self._mutex = asyncio.Lock()
         #: how many times this object wrote the file
         self.writes = 0
@@ -187,6 +193,16 @@ class FileSync:
         return any(
             e.task == key and e.kind not in m.HUMAN_EVENT_KINDS and (e.version or 0) > entry["v"] for e in self._events
         )
+
+    def watched_paths(self) -> list[str]:
+        """The files whose events ask this file's worker for a cycle."""
+        return [str(self.path), *(self.companions.watched_paths() if self.companions else ())]
+
+    def disk_unchanged(self) -> bool:
+        """Every watched file is as the last completed cycle left it (a file event changed nothing); blocks."""
+        if self.last_hash is None or self.file_hash() != self.last_hash:
+            return False
+        return self.companions is None or self.companions.disk_unchanged()
 
     def _write_unless_changed(self, data: bytes, expected_hash: str | None) -> bool:
         """Write *data* atomically unless the file no longer has *expected_hash* (None: it did not exist)."""
@@ -262,7 +278,11 @@ class FileSync:
                 return await self._problem(problem)
             try:
                 async with self.lock.hold():
+                    if self.companions is not None:
+                        await self.companions.before()
                     report = await self._cycle(force or accept_file, accept_file)
+                    if self.companions is not None and report.problem is None:
+                        await self.companions.after(report.skipped)
             except safe_files.UnsafeFile as exc:
                 return await self._problem(exc.message)
             self.last_report = report

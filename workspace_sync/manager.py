@@ -2,11 +2,11 @@
 
 :class:`WorkspaceSyncManager` is what ``serve`` starts (and ``queue-service sync PROJECT --watch``):
 
-* a *supervisor* that, every ``settings.sync_rescan_seconds``, lists the projects with a workspace
+* a *supervisor* that, every ``options.rescan_seconds``, lists the projects with a workspace
   and their missions, starts a worker per TASKS.md (stopping those whose project/mission/path went
   away), watches their directories, and asks every worker for a rescan cycle;
 * a watchdog observer on the parent directories (:mod:`workspace_sync.watcher`); a file event asks
-  the file's worker for a cycle after ``settings.sync_debounce_seconds`` of quiet, unless the file's
+  the file's worker for a cycle after ``options.debounce_seconds`` of quiet, unless the file's
   content hash is the one we wrote last (our own write);
 * a subscription per project to the service's live events; a task change asks for a cycle at once
   (events caused by our own writes are recognised by task version and skipped).
@@ -25,12 +25,14 @@ from pathlib import Path
 from typing import Any
 
 from queue_service import exceptions
-from queue_service.models import Project
+from queue_service.models import Mission, Project
 from queue_service.service import QueueService
-from queue_service.settings import Settings
-from queue_service.workspaces import Confined, locate_tasks_file, locate_workspace
+from queue_service.workspaces import Confined, locate_workspace
 from workspace_sync import safe_files
+from workspace_sync.companions import companion_status
 from workspace_sync.engine import FileSync, SyncReport, mission_path, public_status
+from workspace_sync.layout import locate_mission_files
+from workspace_sync.options import SyncOptions
 from workspace_sync.watcher import DirectoryWatcher
 
 __all__ = ["WorkspaceSyncManager", "sync_once", "sync_status"]
@@ -59,15 +61,20 @@ async def sync_status(service: QueueService, project: str) -> dict[str, Any]:
         located = locate_workspace(service.workspaces, proj, await service.list_projects())
         if isinstance(located, str):
             out["disabled"] = located
-        for mission in await service.list_missions(project):
-            path = mission_path(proj.workspace, mission)
+        missions = await service.list_missions(project)
+        if isinstance(located, str):
+            found: list[tuple[Mission, Confined | str]] = [(m, located) for m in missions]
+        else:
+            found = await locate_mission_files(service, service.workspaces, proj.slug, located, missions, pin=False)
+        for mission, target in found:
+            path = mission_path(proj.workspace, mission) if isinstance(target, str) else target.path
             state = await service.get_sync_state(project, str(path)) or {}
-            target = located if isinstance(located, str) else locate_tasks_file(service.workspaces, located, mission)
             if isinstance(target, str):
                 files.append(public_status(mission.id, path, state, problem=target))
             else:
                 # it reads the file (is an edit pending?): off the event loop
                 files.append(await asyncio.to_thread(public_status, mission.id, path, state, target))
+                files.extend(await companion_status(service, proj.slug, mission, target))
     return out
 
 
@@ -86,8 +93,8 @@ async def sync_once(service: QueueService, *, lock_timeout: float = 2.0) -> list
         if isinstance(located, str):
             logger.warning("workspace sync of project %s is disabled: %s", project.slug, located)
             continue
-        for mission in await service.list_missions(project.slug):
-            target = locate_tasks_file(service.workspaces, located, mission)
+        missions = await service.list_missions(project.slug)
+        for mission, target in await locate_mission_files(service, service.workspaces, project.slug, located, missions):
             if isinstance(target, str):
                 logger.warning("workspace sync of %s/%s is disabled: %s", project.slug, mission.id, target)
                 continue
@@ -155,10 +162,8 @@ class _Worker:
             reasons, self.reasons = self.reasons, set()
             if not reasons:
                 continue
-            if reasons == {"file"} and self.sync.last_hash is not None:
-                current = await asyncio.to_thread(self.sync.file_hash)
-                if current == self.sync.last_hash:
-                    continue  # our own write (or a touch that changed nothing)
+            if reasons == {"file"} and await asyncio.to_thread(self.sync.disk_unchanged):
+                continue  # our own write (or a touch that changed nothing)
             await self._cycle()
 
     async def _cycle(self) -> None:
@@ -186,27 +191,25 @@ class WorkspaceSyncManager:
 
     Args:
         service: the QueueService facade.
-        settings: ``sync_rescan_seconds`` and ``sync_debounce_seconds`` are read (the workspace rules come
-            from ``service.workspaces``).
+        options: pacing and rendering (:class:`~workspace_sync.options.SyncOptions`, built by the caller
+            from its own settings; the workspace rules come from ``service.workspaces``).
         projects: sync only these project slugs (``queue-service sync PROJECT --watch``).
         polling: force watchdog's polling observer (default: inotify, polling only as a fallback).
-        strict_coord: render fresh files with exactly coord's nine columns.
     """
 
     def __init__(
         self,
         service: QueueService,
-        settings: Settings,
+        options: SyncOptions | None = None,
         *,
         projects: list[str] | None = None,
         polling: bool = False,
-        strict_coord: bool = False,
     ) -> None:
         self.service = service
-        self.settings = settings
+        self.options = options or SyncOptions()
         self.projects = projects
         self.polling = polling
-        self.strict_coord = strict_coord
+        self.strict_coord = self.options.strict_coord
         self._workers: dict[tuple[str, str], _Worker] = {}
         self._by_path: dict[str, _Worker] = {}
         self._subscriptions: dict[str, asyncio.Task[None]] = {}
@@ -300,7 +303,7 @@ class WorkspaceSyncManager:
 
     # -- internals ---------------------------------------------------------------------------------
     async def _supervise(self) -> None:
-        interval = self.settings.sync_rescan_seconds
+        interval = self.options.rescan_seconds
         while True:
             try:
                 await self._discover()
@@ -350,14 +353,16 @@ class WorkspaceSyncManager:
             if wanted.get(key) != worker.sync.target:
                 await worker.stop()
                 del self._workers[key]
-                self._by_path.pop(str(worker.sync.path), None)
+                for watched in worker.sync.watched_paths():
+                    self._by_path.pop(watched, None)
         for key, target in wanted.items():
             path = target.path
             if key not in self._workers:
                 sync = FileSync(self.service, key[0], key[1], path, strict_coord=self.strict_coord, target=target)
-                worker = _Worker(sync, self.settings.sync_debounce_seconds)
+                worker = _Worker(sync, self.options.debounce_seconds)
                 self._workers[key] = worker
-                self._by_path[str(path)] = worker
+                for watched in sync.watched_paths():
+                    self._by_path[watched] = worker
                 worker.start()
                 worker.trigger("rescan")
             self._watch(path.parent)
@@ -383,8 +388,7 @@ class WorkspaceSyncManager:
             missions = await self.service.list_missions(project.slug)
         except exceptions.NotFound:
             return
-        for mission in missions:
-            target = locate_tasks_file(policy, located, mission)
+        for mission, target in await locate_mission_files(self.service, policy, project.slug, located, missions):
             key = f"disabled:{project.slug}:{mission.id}"
             if isinstance(target, str):
                 self._log_problem(key, f"project {project.slug} mission {mission.id}: {target}")

@@ -26,7 +26,7 @@ from collections.abc import Iterable, Mapping
 from enum import Enum
 from typing import Any
 
-from queue_service.models import DEFAULT_ROLE, Task
+from queue_service.models import DEFAULT_ROLE, Task, TaskStatus
 from workspace_sync.format import RowData, normalise_details
 
 __all__ = [
@@ -37,6 +37,8 @@ __all__ = [
     "Conflict",
     "MergeResult",
     "Values",
+    "agent_cell",
+    "agent_fields",
     "merge_row",
     "merge_sets",
     "row_values",
@@ -130,12 +132,33 @@ def same(field: str, a: Any, b: Any) -> bool:
     return (a if a != "" else None) == (b if b != "" else None)
 
 
+def agent_cell(task: Task) -> str | None:
+    """What TASKS.md's agent column shows (issue 18): for a not-started task the model that should run it
+    (``requires["model"]``, None = any); otherwise the holder / the agent who had it (``assignee``), or
+    the model when no agent is known (a row marked done by hand keeps showing its model)."""
+    model = task.requires.get("model") or None
+    if task.status is TaskStatus.NOT_STARTED:
+        return model
+    return task.assignee or model
+
+
+def agent_fields(status: TaskStatus | str, current: Mapping[str, str], value: str | None) -> dict[str, Any]:
+    """The task fields an agent cell *value* sets on a row of *status*: ``requires.model`` while not started
+    (other ``requires`` labels kept), else ``assignee``."""
+    if TaskStatus(status) is TaskStatus.NOT_STARTED:
+        requires = {k: v for k, v in current.items() if k != "model"}
+        if value:
+            requires["model"] = value
+        return {"requires": requires}
+    return {"assignee": value}
+
+
 def task_values(task: Task) -> Values:
     """The value map of a database task (every field, every extra column)."""
     values: Values = {
         "status": task.status.value,
         "title": task.title,
-        "assignee": task.assignee or None,
+        "assignee": agent_cell(task),
         "priority": task.priority.value,
         "role": task.role,
         "depends_on": list(task.depends_on),
@@ -266,6 +289,8 @@ def update_from_values(task: Task, patch: Mapping[str, Any]) -> dict[str, Any]:
             update["description"] = value or ""
         elif field in SET_FIELDS:
             update[field] = list(value or ())
+        elif field == "assignee":
+            update.update(agent_fields(patch.get("status", task.status), task.requires, value))
         else:
             update[field] = value
     if extra_changed:
@@ -279,7 +304,7 @@ def rowdata_from_task(task: Task) -> RowData:
         key=task.key,
         status=task.status,
         title=task.title,
-        assignee=task.assignee or None,
+        assignee=agent_cell(task),
         priority=task.priority,
         # the default role is implied: a fresh file gets no role column unless some task has another one
         role=None if task.role == DEFAULT_ROLE else task.role,

@@ -33,6 +33,7 @@ __all__ = [
     "UnsafeFile",
     "directory_problem",
     "ensure_directory",
+    "entry_exists",
     "is_regular_file",
     "open_lock_file",
     "read_file",
@@ -178,6 +179,24 @@ def is_regular_file(target: Confined) -> bool:
     try:
         st = os.stat(target.parts[-1], dir_fd=dir_fd, follow_symlinks=False)
         return stat.S_ISREG(st.st_mode)
+    except OSError:
+        return False
+    finally:
+        os.close(dir_fd)
+
+
+def entry_exists(target: Confined) -> bool:
+    """Whether something (file, directory, link) is at *target*, looked up without following any link.
+
+    False when a directory on the way is missing, a link, or unreadable (layout discovery only).
+    """
+    try:
+        dir_fd = _open_directory(target, len(target.parts) - 1)
+    except (OSError, UnsafeFile):
+        return False
+    try:
+        os.stat(target.parts[-1], dir_fd=dir_fd, follow_symlinks=False)
+        return True
     except OSError:
         return False
     finally:

@@ -1,8 +1,9 @@
 """Agents and routing (issue 13): the agent registry, offers, round-robin cursors, group turns, and
-the routing fields of tasks (``tasks.routing``) and projects (``routing``, ``concurrency_limits``).
+the routing fields of tasks (``tasks.routing``: prefers, concurrency_key, group; ``requires`` is
+``tasks.requires`` from ``0008_task_requires``) and projects (``routing``, ``concurrency_limits``).
 
 Revision ID: 0006_agent_routing
-Revises: 0004_mission_quality_gates
+Revises: 0005_trace_context
 Create Date: 2026-11-29 15:20:00
 """
 
@@ -14,7 +15,7 @@ from alembic import op
 from sqlalchemy.dialects import postgresql
 
 revision: str = "0006_agent_routing"
-down_revision: str | Sequence[str] | None = "0004_mission_quality_gates"
+down_revision: str | Sequence[str] | None = "0005_trace_context"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -101,7 +101,8 @@ def require(action: Action) -> Callable[[Request, Principal], Awaitable[Principa
 
     async def check(request: Request, principal: PrincipalDep) -> Principal:
         project = request.path_params.get("project")
-        principal.check(action, project if isinstance(project, str) else None)
+        key = request.path_params.get("key")
+        principal.check(action, project if isinstance(project, str) else None, key if isinstance(key, str) else None)
         return principal
 
     return check

@@ -29,7 +29,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from queue_service import exceptions
-from queue_service.api import errors
+from queue_service.api import errors, lease_auth
 from queue_service.settings import Settings, is_loopback
 
 __all__ = [
@@ -273,6 +273,12 @@ class EdgeMiddleware:
             if scheme.lower() == "bearer" and value.strip():
                 credential = value.strip()
         try:
+            if credential is None and await authenticator.enabled():
+                # no bearer: the live lease of one task may stand in for it (issue 11, api.lease_auth)
+                holder = await lease_auth.lease_principal(scope, headers, getattr(state, "service", None))
+                if holder is not None:
+                    scope[PRINCIPAL_SCOPE_KEY] = holder
+                    return None
             scope[PRINCIPAL_SCOPE_KEY] = await authenticator.authenticate(credential)
         except exceptions.QueueServiceError as exc:
             return errors.domain_error_response(exc)

@@ -90,6 +90,9 @@ async def _sse(
             page = await service.read_stream(project, key, after, stream)
             for item in page.chunks:
                 yield format_chunk(item)
+            if page.done and not (page.chunks and page.chunks[-1].done):
+                # the task finished without its holder ending the stream: end it for the reader
+                yield format_chunk(StreamChunk(id=page.cursor, done=True))
             if page.done or not page.chunks:
                 return
             after = page.cursor

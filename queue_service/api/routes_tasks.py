@@ -7,11 +7,12 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Response, status
 
-from queue_service import exceptions
+from queue_service import exceptions, tracing
 from queue_service.api import limits
 from queue_service.api.deps import (
     AdminDep,
     KeyPath,
+    PrincipalDep,
     ProjectPath,
     ReadDep,
     ServiceDep,
@@ -30,8 +31,9 @@ from queue_service.api.schemas import (
     TaskList,
     TaskResult,
 )
-from queue_service.models import Note, QueueStats, Task, TaskCreate, TaskPage, TaskUpdate
-from queue_service.service import check_author
+from queue_service.auth import Action, Principal
+from queue_service.models import KEY_RE, MAX_KEY_LEN, Note, QueueStats, Task, TaskCreate, TaskPage, TaskUpdate
+from queue_service.service import QueueService, check_author
 
 __all__ = ["etag", "parse_if_match", "router"]
 
@@ -69,20 +71,120 @@ def parse_if_match(value: str | None) -> int | None:
     return int(text)
 
 
+TraceParentHeader = Annotated[
+    str | None,
+    Header(alias="traceparent", max_length=tracing.MAX_TRACEPARENT, description="W3C trace context of the producer"),
+]
+TraceStateHeader = Annotated[
+    str | None, Header(alias="tracestate", max_length=tracing.MAX_TRACESTATE, description="W3C vendor trace state")
+]
+
+
+def trace_headers(traceparent: str | None, tracestate: str | None) -> dict[str, str]:
+    """The validated ``traceparent``/``tracestate`` request headers as task fields ({} without them).
+
+    Raises:
+        ValidationError: naming the header that is not W3C trace context.
+    """
+    if traceparent is None:
+        if tracestate is not None:
+            raise exceptions.ValidationError("tracestate header needs a traceparent header", header="tracestate")
+        return {}
+    for name, value, problem_of in (
+        ("traceparent", traceparent, tracing.traceparent_problem),
+        ("tracestate", tracestate, tracing.tracestate_problem),
+    ):
+        problem = problem_of(value) if value is not None else None
+        if problem:
+            raise exceptions.ValidationError(f"{name} header: {problem}", header=name)
+    fields = {"traceparent": traceparent}
+    if tracestate is not None:
+        fields["tracestate"] = tracestate
+    return fields
+
+
+def _traced(item: TaskCreate, fields: dict[str, str]) -> TaskCreate:
+    # the body's own trace context wins over the request's headers
+    if not fields or item.traceparent is not None:
+        return item
+    return item.model_copy(update=fields)
+
+
+async def _may_create(
+    service: QueueService, principal: Principal, project: str, discovered_from: str | None, lease_token: str | None
+) -> None:
+    """Admins create tasks; the holder of a task may too, for work found while doing it (issue 11):
+    an agent token or a lease token (``X-Queue-Lease-Token``) with ``?discovered_from=KEY`` and the
+    live lease on KEY, which this renews."""
+    if discovered_from is None:
+        principal.check(Action.ADMIN, project)
+        return
+    if principal.allows(Action.ADMIN, project) and lease_token is None:
+        await service.get_task(project, discovered_from)  # a typo names no task: refuse
+        return
+    principal.check(Action.WORK, project, discovered_from)
+    token = lease_token or principal.lease_token
+    if token is None:
+        raise exceptions.Forbidden(
+            f"this {principal.role.value} token may create a task only with discovered_from=KEY and your lease "
+            "on KEY in the X-Queue-Lease-Token header",
+            role=principal.role.value,
+            action="admin",
+            project=project,
+        )
+    if (principal.lease_key, principal.lease_token) != (discovered_from, token):  # the edge renewed that one
+        await service.heartbeat(project, discovered_from, token)
+
+
 @router.post("/tasks", response_model=Task, status_code=status.HTTP_201_CREATED)
 async def create_task(
-    project: ProjectPath, body: TaskCreate, response: Response, service: ServiceDep, _: AdminDep
+    project: ProjectPath,
+    body: TaskCreate,
+    response: Response,
+    service: ServiceDep,
+    principal: PrincipalDep,
+    traceparent: TraceParentHeader = None,
+    tracestate: TraceStateHeader = None,
+    discovered_from: Annotated[
+        str | None,
+        Query(
+            pattern=KEY_RE.pattern,
+            max_length=MAX_KEY_LEN,
+            description="the task you hold and found this work in (with X-Queue-Lease-Token, agents may create)",
+        ),
+    ] = None,
+    lease_token: Annotated[
+        str | None, Header(alias="X-Queue-Lease-Token", max_length=200, description="your lease on discovered_from")
+    ] = None,
 ) -> Task:
-    """Create one task (an existing ``idempotency_key`` returns the task created before)."""
-    task = await service.create_task(project, body)
+    """Create one task (an existing ``idempotency_key`` returns the task created before). A W3C
+    ``traceparent``/``tracestate`` (body fields, else request headers) is stored on the task.
+
+    Admins create any task. The holder of task KEY (agent token or lease token) may create a task it
+    discovered while working on KEY: ``?discovered_from=KEY`` plus its lease in ``X-Queue-Lease-Token``
+    (renewed by the call); the new task records ``extra.discovered_from``.
+    """
+    await _may_create(service, principal, project, discovered_from, lease_token)
+    if discovered_from is not None:
+        body = body.model_copy(update={"extra": {**body.extra, "discovered_from": discovered_from}})
+    task = await service.create_task(project, _traced(body, trace_headers(traceparent, tracestate)))
     response.headers["ETag"] = etag(task)
     return task
 
 
 @router.post("/tasks/batch", response_model=TaskList, status_code=status.HTTP_201_CREATED)
-async def create_tasks(project: ProjectPath, body: TaskBatch, service: ServiceDep, _: AdminDep) -> TaskList:
-    """Create many tasks, all or nothing; ``depends_on: ["#0"]`` names the first task of the batch."""
-    return TaskList(items=tuple(await service.create_tasks(project, body.tasks)))
+async def create_tasks(
+    project: ProjectPath,
+    body: TaskBatch,
+    service: ServiceDep,
+    _: AdminDep,
+    traceparent: TraceParentHeader = None,
+    tracestate: TraceStateHeader = None,
+) -> TaskList:
+    """Create many tasks, all or nothing; ``depends_on: ["#0"]`` names the first task of the batch.
+    Trace context headers apply to every task without its own."""
+    fields = trace_headers(traceparent, tracestate)
+    return TaskList(items=tuple(await service.create_tasks(project, [_traced(t, fields) for t in body.tasks])))
 
 
 @router.get("/tasks", response_model=TaskPage)
@@ -170,7 +272,8 @@ async def add_note(project: ProjectPath, key: KeyPath, body: NoteCreate, state: 
         check_author(body.author)
         if principal.authenticated and body.author.strip() != principal.actor:
             author = f"{body.author.strip()} [{principal.actor}]"
-    return await state.service.add_note(project, key, author, body.text, body.token)
+    # a lease-token caller's note is written as the holder even without ``token`` in the body
+    return await state.service.add_note(project, key, author, body.text, body.token or principal.lease_token)
 
 
 @router.get("/tasks/{key}/notes", response_model=NoteList)

@@ -89,6 +89,12 @@ class RemoteOps:
         """See QueueService.create_tasks."""
         return await self.client.create_tasks(project, items)
 
+    async def create_discovered_task(
+        self, project: str, data: TaskCreate | Mapping[str, Any], discovered_from: str, token: str, /
+    ) -> Task:
+        """See QueueService.create_discovered_task."""
+        return await self.client.create_task(project, data, discovered_from=discovered_from, token=token)
+
     async def get_task(self, project: str, key: str, /) -> Task:
         """See QueueService.get_task."""
         return await self.client.get_task(project, key)

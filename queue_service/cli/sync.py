@@ -50,10 +50,15 @@ def _print_status(status: dict[str, Any]) -> None:
         state = "synced " + str(entry.get("synced_at")) if entry.get("synced") else "never synced"
         if entry.get("pending"):
             state += "; the file changed since (edits pending: run `qs sync` or start the server)"
-        tasks = plural(entry["tasks"], "task")
-        stdout.print(f"  {entry['path']} (mission {entry['mission']}): {state}, {tasks}", markup=False)
+        if entry.get("kind") == "manifest":  # coord's MISSION-MANIFEST.md (issue 18)
+            count = plural(entry.get("milestones", 0), "milestone")
+        else:
+            count = plural(entry["tasks"], "task")
+        stdout.print(f"  {entry['path']} (mission {entry['mission']}): {state}, {count}", markup=False)
         if entry.get("problem"):
             stdout.print(f"    problem: {entry['problem']}", markup=False)
+        if entry.get("note"):
+            stdout.print(f"    note: {entry['note']}", markup=False)
         for error in entry.get("errors", []):
             key = f" [{error['key']}]" if error.get("key") else ""
             stdout.print(f"    error {error['line']}:{error['column']}{key}: {error['message']}", markup=False)
@@ -141,10 +146,12 @@ def sync(
 
     async def body(conn: Connection) -> dict[str, Any]:
         from queue_service.service import QueueService
-        from queue_service.workspaces import locate_tasks_file, locate_workspace
+        from queue_service.workspaces import locate_workspace
         from workspace_sync import safe_files
         from workspace_sync.engine import FileSync, SyncReport, mission_path
+        from workspace_sync.layout import locate_mission_files
         from workspace_sync.manager import WorkspaceSyncManager, sync_status
+        from workspace_sync.options import SyncOptions
 
         service = conn.ops
         if not isinstance(service, QueueService):
@@ -161,9 +168,12 @@ def sync(
             )
         if watch:
             settings = conn.settings or Settings()
-            manager = WorkspaceSyncManager(
-                service, settings, projects=[project], polling=polling, strict_coord=strict_coord
+            options = SyncOptions(
+                rescan_seconds=settings.sync_rescan_seconds,
+                debounce_seconds=settings.sync_debounce_seconds,
+                strict_coord=strict_coord,
             )
+            manager = WorkspaceSyncManager(service, options, projects=[project], polling=polling)
             stop = asyncio.Event()
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):
@@ -181,8 +191,8 @@ def sync(
             with contextlib.suppress(OSError, safe_files.UnsafeFile):
                 await asyncio.to_thread(safe_files.ensure_directory, located)
         reports = []
-        for mission in await service.list_missions(project):
-            target = locate_tasks_file(service.workspaces, located, mission)
+        missions = await service.list_missions(project)
+        for mission, target in await locate_mission_files(service, service.workspaces, project, located, missions):
             if isinstance(target, str):
                 path = mission_path(proj.workspace, mission)
                 reports.append(SyncReport(path=str(path), problem=target).to_dict())

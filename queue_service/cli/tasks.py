@@ -11,7 +11,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from queue_service import exceptions
+from queue_service import exceptions, tracing
 from queue_service.cli._core import (
     Connection,
     FieldsOpt,
@@ -35,7 +35,7 @@ from queue_service.cli._core import (
     write_json,
 )
 from queue_service.cli.agents import parse_labels
-from queue_service.models import Note, Task, TaskPage
+from queue_service.models import Note, Task, TaskPage, validate_key
 
 __all__ = ["task_app"]
 
@@ -107,6 +107,16 @@ def task_add(
         str | None,
         typer.Option("--from", help="Add many tasks at once from a JSON array or JSON lines file ('-' = stdin)."),
     ] = None,
+    discovered_from: Annotated[
+        str | None,
+        typer.Option(help="Found while working on this task: your lease on it (--token) lets an agent add it."),
+    ] = None,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            envvar="QUEUE_LEASE_TOKEN", help="Your lease on --discovered-from; renews it (env QUEUE_LEASE_TOKEN)."
+        ),
+    ] = None,
     requires: Annotated[
         list[str] | None,
         typer.Option("--requires", help="A label NAME=VALUE an agent must carry to get it (repeat)."),
@@ -121,6 +131,7 @@ def task_add(
     names the batch's first task).
 
     Example: qs task add web "Write the login page" --depends-on WEB-1
+    A child of qs run adds what it found: qs task add "Fix the parser" --discovered-from "$QUEUE_TASK_KEY"
     """
     if from_file is not None:
         if title is not None:
@@ -149,7 +160,20 @@ def task_add(
         }
         items = [{k: v for k, v in item.items() if v is not None}]
 
+    # TRACEPARENT/TRACESTATE (set by a tracing caller, or by `qs run` for its children) continue the
+    # caller's trace in the agent that runs the task; a task's own fields win
+    trace_fields = tracing.producer_fields(os.environ)
+    items = [tracing.with_producer_context(item, trace_fields) for item in items]
+
+    if discovered_from is not None and from_file is not None:
+        raise exceptions.ValidationError("--discovered-from adds one task, not a --from batch")
+
     async def body(conn: Connection) -> list[Task]:
+        if discovered_from is not None and token:
+            return [await conn.ops.create_discovered_task(project, items[0], discovered_from, token)]
+        if discovered_from is not None:
+            extra = {**items[0].get("extra", {}), "discovered_from": validate_key(discovered_from)}
+            items[0] = {**items[0], "extra": extra}
         return await conn.ops.create_tasks(project, items)
 
     tasks = call(ctx, body)

@@ -193,9 +193,17 @@ class AsyncClient(BaseClient):
         return await self.send(api.get_mission(project, mission))
 
     # -- tasks ------------------------------------------------------------------------------
-    async def create_task(self, project: str, data: TaskCreate | Mapping[str, Any] | str) -> Task:
-        """Create one task (*data* may be just its title)."""
-        return await self.send(api.create_task(project, data))
+    async def create_task(
+        self,
+        project: str,
+        data: TaskCreate | Mapping[str, Any] | str,
+        *,
+        discovered_from: str | None = None,
+        token: str | None = None,
+    ) -> Task:
+        """Create one task (*data* may be just its title). With *discovered_from* and *token* (your
+        lease on that task), an agent creates the work it found there (``extra.discovered_from``)."""
+        return await self.send(api.create_task(project, data, discovered_from, token))
 
     async def create_tasks(self, project: str, items: Iterable[TaskCreate | Mapping[str, Any]]) -> list[Task]:
         """Create many tasks, all or nothing (``depends_on: ["#0"]`` names the batch's first task)."""

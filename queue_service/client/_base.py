@@ -14,7 +14,15 @@ from queue_service import exceptions
 from queue_service.ids import new_agent_id
 from queue_service.version import __version__
 
-__all__ = ["DEFAULT_TIMEOUT", "DEFAULT_URL", "BaseClient", "Request", "RetryPolicy", "ServiceUnreachable"]
+__all__ = [
+    "DEFAULT_TIMEOUT",
+    "DEFAULT_URL",
+    "LEASE_HEADER",
+    "BaseClient",
+    "Request",
+    "RetryPolicy",
+    "ServiceUnreachable",
+]
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 DEFAULT_TIMEOUT = 30.0
@@ -43,6 +51,10 @@ class RetryPolicy:
             return min(self.max_delay, max(0.0, retry_after))
         raw = min(self.max_delay, self.base_delay * 2 ** (attempt - 1))
         return float(raw * random.uniform(0.5, 1.0))
+
+
+#: a lease token standing in for an API token on its own task (issue 11; ``api.lease_auth`` on the server)
+LEASE_HEADER = "X-Queue-Lease-Token"
 
 
 @dataclass
@@ -143,6 +155,10 @@ class BaseClient:
         """The ``httpx`` request arguments of one try of *request*."""
         request.tries += 1
         headers = {**self._headers, **request.headers}
+        token = request.json.get("token") if isinstance(request.json, dict) else None
+        if "Authorization" not in headers and isinstance(token, str):
+            # no API token (a child of `qs run`): the lease stands in for one on its own task (issue 11)
+            headers.setdefault(LEASE_HEADER, token)
         if request.method != "GET" and request.json is None:
             # the service refuses state changes that are not JSON, body or not (a browser cannot
             # send this header cross-site without asking first)

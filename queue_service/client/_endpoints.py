@@ -13,9 +13,9 @@ import httpx
 import pydantic
 import pydantic_core
 
-from queue_service import exceptions
+from queue_service import exceptions, tracing
 from queue_service.agents import Agent, AgentRegister
-from queue_service.client._base import DEFAULT_TIMEOUT, Request
+from queue_service.client._base import DEFAULT_TIMEOUT, LEASE_HEADER, Request
 from queue_service.models import (
     Claim,
     Lease,
@@ -207,15 +207,30 @@ def get_mission(project: str, mission: str) -> Request[Mission]:
 # -- tasks --------------------------------------------------------------------------------------
 
 
-def create_task(project: str, data: TaskCreate | Mapping[str, Any] | str) -> Request[Task]:
-    # ``create_task(project, "title")`` is a task with just that title
-    body = _dump({"title": data} if isinstance(data, str) else data)
+def create_task(
+    project: str,
+    data: TaskCreate | Mapping[str, Any] | str,
+    discovered_from: str | None = None,
+    token: str | None = None,
+) -> Request[Task]:
+    # ``create_task(project, "title")`` is a task with just that title; with OpenTelemetry, the
+    # caller's current trace continues in the agent that runs the task (issue 14)
+    body = tracing.with_producer_context(
+        _dump({"title": data} if isinstance(data, str) else data), tracing.current_fields()
+    )
     keyed = bool(body.get("idempotency_key"))
-    return Request("POST", f"/v1/projects/{_p(project)}/tasks", one(Task), body, idempotent=keyed)
+    request = Request("POST", f"/v1/projects/{_p(project)}/tasks", one(Task), body, idempotent=keyed)
+    if discovered_from is not None:
+        # found while holding *discovered_from*: the lease there authorises it (issue 11)
+        request.params = {"discovered_from": discovered_from}
+    if token is not None:
+        request.headers[LEASE_HEADER] = token
+    return request
 
 
 def create_tasks(project: str, tasks: Iterable[TaskCreate | Mapping[str, Any]]) -> Request[list[Task]]:
-    bodies = [_dump(item) for item in tasks]
+    trace_fields = tracing.current_fields()
+    bodies = [tracing.with_producer_context(_dump(item), trace_fields) for item in tasks]
     keyed = bool(bodies) and all(t.get("idempotency_key") for t in bodies)
     path = f"/v1/projects/{_p(project)}/tasks/batch"
     return Request("POST", path, items(Task), {"tasks": bodies}, idempotent=keyed)

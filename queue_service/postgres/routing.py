@@ -88,6 +88,7 @@ def _candidate(row: Any, project: str) -> routing.Candidate:
         priority=Priority(row["priority"]),
         mission=row["mission"],
         status=TaskStatus.NOT_STARTED,
+        requires=dict(row["requires"] or {}),
         **routing_fields(row["routing"]),
     )
     return routing.Candidate(task, int(row["unblocks"]))

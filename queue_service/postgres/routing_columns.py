@@ -1,7 +1,8 @@
 """How the routing fields of tasks and projects (issue 13) sit in Postgres columns.
 
-A task's ``requires``, ``prefers``, ``concurrency_key`` and ``group`` travel in one JSONB column,
-``tasks.routing`` (NULL when none is set, which is most tasks): one column keeps every row mapper a
+A task's ``prefers``, ``concurrency_key`` and ``group`` travel in one JSONB column, ``tasks.routing``
+(NULL when none is set, which is most tasks); ``requires`` has its own column, ``tasks.requires``
+(migration ``0008_task_requires``, shared with issue 18's TASKS.md agent column): one column keeps every row mapper a
 one-line change, and the claim statements read the parts they need with ``->>``. A project's
 ``routing`` and ``concurrency_limits`` are two JSONB columns of ``projects``.
 """
@@ -16,19 +17,16 @@ from queue_service.models import Preference
 __all__ = ["ROUTING_FIELDS", "routing_column", "routing_fields"]
 
 #: the Task fields stored in ``tasks.routing``
-ROUTING_FIELDS = ("requires", "prefers", "concurrency_key", "group")
+ROUTING_FIELDS = ("prefers", "concurrency_key", "group")
 
 
 def routing_column(
-    requires: Mapping[str, str] | None,
     prefers: Sequence[Preference] | None,
     concurrency_key: str | None,
     group: str | None,
 ) -> dict[str, Any] | None:
     """The ``tasks.routing`` value for these fields (None when all are empty)."""
     value: dict[str, Any] = {}
-    if requires:
-        value["requires"] = dict(requires)
     if prefers:
         value["prefers"] = [{"labels": dict(p.labels), "weight": p.weight} for p in prefers]
     if concurrency_key is not None:
@@ -41,9 +39,8 @@ def routing_column(
 def routing_fields(value: Mapping[str, Any] | None) -> dict[str, Any]:
     """The Task fields stored in a ``tasks.routing`` value (defaults for NULL)."""
     if not value:
-        return {"requires": {}, "prefers": (), "concurrency_key": None, "group": None}
+        return {"prefers": (), "concurrency_key": None, "group": None}
     return {
-        "requires": dict(value.get("requires") or {}),
         "prefers": tuple(
             Preference.model_construct(labels=dict(p["labels"]), weight=int(p["weight"]))
             for p in value.get("prefers") or ()

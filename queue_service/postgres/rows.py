@@ -55,6 +55,7 @@ def task_from_row(row: Any) -> Task:
         depends_on=tuple(r["depends_on"] or ()),
         labels=tuple(r["labels"] or ()),
         extra=dict(r["extra"] or {}),
+        requires=dict(r["requires"] or {}),
         attempts=r["attempts"],
         max_attempts=r["max_attempts"],
         not_before=r["not_before"],
@@ -69,6 +70,8 @@ def task_from_row(row: Any) -> Task:
         updated_at=r["updated_at"],
         started_at=r["started_at"],
         completed_at=r["completed_at"],
+        traceparent=r["traceparent"],
+        tracestate=r["tracestate"],
         **routing_fields(r["routing"]),
     )
 

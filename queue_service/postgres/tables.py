@@ -218,6 +218,8 @@ class TaskRow(Base):
     milestone: Mapped[str | None] = mapped_column(Text)
     labels: Mapped[list[str]] = mapped_column(ARRAY(Text), server_default=text("'{}'"))
     extra: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default=text("'{}'"))
+    #: routing requirements (``{"model": "opus"}``; issues 13/18, migration 0008_task_requires)
+    requires: Mapped[dict[str, str]] = mapped_column(JSONB, server_default=text("'{}'"))
     attempts: Mapped[int] = mapped_column(Integer, server_default=text("0"))
     max_attempts: Mapped[int] = mapped_column(Integer, server_default=text("3"))
     not_before: Mapped[datetime | None] = mapped_column(_TZ)
@@ -235,7 +237,10 @@ class TaskRow(Base):
     updated_at: Mapped[datetime] = mapped_column(_TZ, server_default=func.now())
     started_at: Mapped[datetime | None] = mapped_column(_TZ)
     completed_at: Mapped[datetime | None] = mapped_column(_TZ)
-    #: issue 13 (migration 0006): requires/prefers/concurrency_key/group, NULL when none is set
+    #: the producer's W3C trace context (issue 14, migration 0005)
+    traceparent: Mapped[str | None] = mapped_column(Text)
+    tracestate: Mapped[str | None] = mapped_column(Text)
+    #: issue 13 (migration 0006): prefers/concurrency_key/group, NULL when none is set
     #: (see :mod:`queue_service.postgres.routing_columns`)
     routing: Mapped[dict[str, Any] | None] = mapped_column(JSONB(none_as_null=True), nullable=True)
 

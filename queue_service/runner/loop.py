@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TextIO, cast
 
-from queue_service import exceptions
+from queue_service import exceptions, tracing
 from queue_service.agents import Agent
 from queue_service.ids import new_agent_id
 from queue_service.models import Claim, Lease, Mission, Project, Task, TaskFilter, TaskPage, TaskStatus
@@ -485,8 +485,9 @@ class Runner:
         )
         write_capsule(self._workspace, capsule)
 
-    def _child_env(self, task: Task, token: str) -> dict[str, str]:
-        env = child_environment(os.environ, self.options.pass_env)
+    def _child_env(self, task: Task, token: str, span: tracing.ProcessSpan) -> dict[str, str]:
+        # TRACEPARENT/TRACESTATE: the task's trace context (issue 14), never the runner's own
+        env = tracing.child_env(child_environment(os.environ, self.options.pass_env), span)
         env.update(
             {
                 "QUEUE_PROJECT": self.options.project,
@@ -510,6 +511,8 @@ class Runner:
         started = time.monotonic()
         self._active += 1
         self._last_busy = started
+        span = tracing.ProcessSpan(task)
+        rc: int | None = None
         try:
             await self._write_capsule(claim)
             try:
@@ -519,7 +522,7 @@ class Runner:
                     stdout=asyncio.subprocess.PIPE,
                     stderr=asyncio.subprocess.PIPE,
                     cwd=self._workspace,
-                    env=self._child_env(task, token),
+                    env=self._child_env(task, token, span),
                     start_new_session=True,
                 )
             except OSError as exc:
@@ -555,6 +558,7 @@ class Runner:
             seconds = time.monotonic() - started
             await self._settle(running, rc, out, err, seconds)
         finally:
+            span.end(None if rc == 0 else f"exit code {rc}" if rc is not None else "not run")
             self._active -= 1
             self._last_busy = time.monotonic()
 

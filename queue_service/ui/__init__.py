@@ -17,7 +17,7 @@ from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.staticfiles import StaticFiles
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
-from queue_service.ui import actions, live, pages
+from queue_service.ui import actions, live, output, pages
 from queue_service.ui.session import LoginRequired
 
 __all__ = ["STATIC_URL", "install_ui"]
@@ -28,7 +28,7 @@ _STATIC_DIR = Path(__file__).parent / "static"
 
 async def _login_required(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, LoginRequired)
-    if request.url.path.endswith("/events"):
+    if request.url.path.endswith(("/events", "/stream")):
         # an EventSource cannot follow a login redirect: a plain 401 stops it
         return Response(exc.reason, status_code=401, media_type="text/plain")
     target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
@@ -40,6 +40,7 @@ def install_ui(app: FastAPI) -> None:
     app.include_router(pages.router)
     app.include_router(actions.router)
     app.include_router(live.router)
+    app.include_router(output.router)
     app.mount(STATIC_URL, StaticFiles(directory=_STATIC_DIR), name="ui-static")
     app.add_exception_handler(LoginRequired, _login_required)
 

@@ -118,8 +118,9 @@ def launch_options() -> dict[str, Any]:
 
 
 def fail_until_dead(client: Client, project: str, key: str, role: str, errors: list[str]) -> None:
-    """Claim *key* (the only ready task in *role*) and fail it once per error."""
-    for error in errors:
+    """Claim *key* (the only ready task in *role*) and fail it once per error (each attempt publishes
+    a line of output first, for the task page's live output)."""
+    for attempt, error in enumerate(errors, start=1):
         claim = None
         for _ in range(100):
             claim = client.claim(project, roles=[role])
@@ -127,6 +128,7 @@ def fail_until_dead(client: Client, project: str, key: str, role: str, errors: l
                 break
             time.sleep(0.05)
         assert claim is not None and claim.task.key == key, claim
+        client.publish(project, key, [f"attempt {attempt}: fetching the feed", f"error: {error}"], claim.lease.token)
         client.fail(project, key, claim.lease.token, error)
 
 

@@ -73,6 +73,33 @@ def test_completing_through_the_api_moves_the_card_without_reload(
     assert page.evaluate(NO_RELOAD), "the page was reloaded"
 
 
+def test_task_page_shows_the_live_output_without_reload(page: Page, server: Server, project: str) -> None:
+    with server.client() as c:
+        task = c.create_task(project, {"title": "Chatty build"})
+        claim = c.claim(project, "agent-1")
+        assert claim is not None
+        token = claim.lease.token
+        c.publish(project, task.key, "compiling 1/3", token)
+        open_live(page, f"{server.url}/ui/p/{project}/tasks/{task.key}")
+        lines = page.get_by_test_id("stream-lines")
+        expect(lines).to_have_text("compiling 1/3\n")  # replayed: published before the page opened
+        expect(page.get_by_test_id("stream-state")).to_have_text("live")
+        c.publish(project, task.key, ["compiling 2/3", "<b>warning</b>: unused import"], token)
+        expect(lines).to_contain_text("<b>warning</b>: unused import")
+        # a change to the task refreshes the page's live part; the output keeps what it showed
+        c.add_note(project, task.key, "halfway there", token=token)
+        expect(page.get_by_test_id("notes")).to_contain_text("halfway there")
+        c.publish(project, task.key, "compiling 3/3", token)
+        expect(lines).to_contain_text("compiling 3/3")
+        # finished without ending the stream: the page's follower ends anyway
+        c.complete(project, task.key, token, {"ok": True})
+    expect(page.get_by_test_id("stream-state")).to_have_text("ended")
+    expect(lines).to_have_text("compiling 1/3\ncompiling 2/3\n<b>warning</b>: unused import\ncompiling 3/3\n")
+    assert lines.locator("b").count() == 0, "a chunk was inserted as HTML"
+    expect(page.get_by_test_id("stream-empty")).to_be_hidden()
+    assert page.evaluate(NO_RELOAD), "the page was reloaded"
+
+
 def test_retry_a_dead_lettered_task_from_the_ui(page: Page, server: Server, project: str) -> None:
     with server.client() as c:
         task = c.create_task(project, {"title": "Flaky import", "role": "etl", "max_attempts": 1})

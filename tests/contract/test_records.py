@@ -437,3 +437,41 @@ async def test_mission_quality_gates(svc: QueueService, web: str) -> None:
     )
     await svc.import_project(moved)
     assert (await svc.get_mission("web3", "launch")).quality_gates == ("pytest",)
+
+
+async def test_task_requires(svc: QueueService, web: str) -> None:
+    """Issue 18 (the field of issue 13): a task's ``requires`` labels are stored, patched, bounded and
+    carried by export/import; TASKS.md's agent column of a not-started row is ``requires["model"]``."""
+    task = await svc.create_task(web, {"title": "routed", "requires": {"model": "opus"}})
+    assert task.requires == {"model": "opus"}
+    assert (await svc.get_task(web, task.key)).requires == {"model": "opus"}
+    plain = await svc.create_task(web, {"title": "anyone"})
+    assert plain.requires == {}
+    kept = await svc.update_task(web, task.key, {"title": "routed!"})
+    assert kept.requires == {"model": "opus"}
+    changed = await svc.update_task(web, task.key, {"requires": {"model": "haiku", "gpu": "true"}})
+    assert changed.requires == {"model": "haiku", "gpu": "true"}
+    before = await _dump(svc, web)
+    for bad in (
+        {"bad name": "x"},
+        {"model": ""},
+        {"model": "two\nlines"},
+        {"model": "y" * 201},
+        {f"k{i}": "v" for i in range(33)},
+    ):
+        with pytest.raises(exceptions.ValidationError):
+            await svc.update_task(web, task.key, {"requires": bad})
+        with pytest.raises(exceptions.ValidationError):
+            await svc.create_task(web, {"title": "bad", "requires": bad})
+    assert await _dump(svc, web) == before
+    snap = await svc.export_project(web)
+    moved = snap.model_copy(
+        update={
+            "project": snap.project.model_copy(update={"slug": "web4"}),
+            "missions": tuple(x.model_copy(update={"project": "web4"}) for x in snap.missions),
+            "tasks": tuple(x.model_copy(update={"project": "web4"}) for x in snap.tasks),
+            "events": (),
+        }
+    )
+    await svc.import_project(moved)
+    assert (await svc.get_task("web4", task.key)).requires == {"model": "haiku", "gpu": "true"}

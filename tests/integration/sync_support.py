@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 
 from queue_service.settings import Settings
 from tests.fixtures.timing import fast
+from workspace_sync.options import SyncOptions
 
 T = TypeVar("T")
 
@@ -30,6 +31,12 @@ def sync_settings(**overrides: Any) -> Settings:
     }
     values.update(overrides)
     return Settings(**values)
+
+
+def sync_options(**overrides: Any) -> SyncOptions:
+    """:class:`SyncOptions` from :func:`sync_settings` (the manager never reads Settings itself)."""
+    settings = sync_settings(**overrides)
+    return SyncOptions(rescan_seconds=settings.sync_rescan_seconds, debounce_seconds=settings.sync_debounce_seconds)
 
 
 async def eventually(check: Callable[[], Awaitable[T | None] | T | None], what: str, timeout: float = DEADLINE) -> T:

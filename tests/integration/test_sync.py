@@ -33,7 +33,7 @@ from tests.integration.sync_support import (
     line_before,
     row_line,
     set_cell,
-    sync_settings,
+    sync_options,
 )
 from workspace_sync.engine import FileSync
 from workspace_sync.format import COORD_COLUMNS
@@ -60,7 +60,7 @@ def workspace(tmp_path: Path) -> Path:
 @contextlib.asynccontextmanager
 async def running(svc: QueueService, **settings: Any) -> AsyncIterator[WorkspaceSyncManager]:
     polling = bool(settings.pop("polling", False))
-    manager = WorkspaceSyncManager(svc, sync_settings(**settings), polling=polling)
+    manager = WorkspaceSyncManager(svc, sync_options(**settings), polling=polling)
     async with manager:
         yield manager
 
@@ -149,7 +149,8 @@ async def test_new_plus_row_is_created_and_its_key_written_back(svc: QueueServic
         task = await svc.get_task("web", "WEB-2")
         assert "| + |" not in text
     assert task.title == "Write the login page"
-    assert task.assignee == "sonnet"
+    # a not-started row's agent is the model that should run it (issue 18)
+    assert (task.requires, task.assignee) == ({"model": "sonnet"}, None)
     assert task.priority.value == "P1"
     assert task.depends_on == ("WEB-1",)
     assert task.extra["notes"] == "from the file"
@@ -285,7 +286,7 @@ async def test_broken_row_is_neither_applied_nor_dropped(
         assert status[0]["key"] == "WEB-1"
         assert message in status[0]["message"]
         # the rest of the file is untouched by the failure: the other row still syncs
-        await svc.update_task("web", "WEB-2", {"assignee": "bob"})
+        await svc.update_task("web", "WEB-2", {"requires": {"model": "bob"}})  # agent column of a not-started row
         text = await shows(path, "bob")
         assert row_line(text, "WEB-1") == typed
         # fixing the row clears the marker and the error
@@ -364,7 +365,7 @@ async def test_no_write_loop(svc: QueueService, workspace: Path) -> None:
         await manager.wait_idle()
         writes = fs.writes
         # a change in the database: exactly one write, however many cycles follow
-        await svc.update_task("web", "WEB-1", {"assignee": "carol"})
+        await svc.update_task("web", "WEB-1", {"requires": {"model": "carol"}})
         await shows(path, "carol")
         cycles = fs.cycles
         await eventually(lambda: fs.cycles >= cycles + 3, "three more cycles (rescans)")
@@ -603,7 +604,7 @@ async def test_flatfile_backend_syncs_both_ways(tmp_path: Path, workspace: Path)
             editor_save(path, set_cell(text, "WEB-1", STATUS, "done") + "| + | todo | Next | — | P2 | WEB-1 | — |\n")
             await task_is(svc, "WEB-1", status=TaskStatus.DONE)
             await shows(path, "| WEB-2 |")
-            await svc.update_task("web", "WEB-2", {"assignee": "dora"})
+            await svc.update_task("web", "WEB-2", {"requires": {"model": "dora"}})
             await shows(path, "dora")
 
             async def in_base() -> bool:

@@ -306,7 +306,7 @@ async def test_stale_buffer_with_a_plus_row_creates_the_task_once(svc: QueueServ
         editor_save(path, buffer)
         await shows(path, "| WEB-2 |")
         await manager.wait_idle()
-        await svc.update_task("web", "WEB-1", {"assignee": "carol"})  # something else moves on
+        await svc.update_task("web", "WEB-1", {"requires": {"model": "carol"}})  # something else moves on
         await shows(path, "carol")
         await manager.wait_idle()
         editor_save(path, buffer)  # the editor still had the `+` row

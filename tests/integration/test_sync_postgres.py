@@ -21,7 +21,7 @@ from tests.integration.sync_support import (
     eventually,
     row_line,
     set_cell,
-    sync_settings,
+    sync_options,
 )
 from workspace_sync.manager import WorkspaceSyncManager, sync_status
 
@@ -50,7 +50,7 @@ async def test_end_to_end_on_postgres(svc: QueueService, tmp_path: Path) -> None
         files = (await sync_status(svc, "checkout"))["files"]
         return bool(files[0]["synced"])
 
-    async with WorkspaceSyncManager(svc, sync_settings()) as manager:
+    async with WorkspaceSyncManager(svc, sync_options()) as manager:
         await eventually(synced, "the adoption")
         await manager.wait_idle()
         assert path.read_bytes() == original

@@ -164,7 +164,7 @@ async def test_task_page_shows_deps_both_ways_attempts_and_history(app: FastAPI)
     assert "looked at it" in one and "note_added" in one and "created" in one
     assert 'href="/ui/p/web/tasks/WEB-2"' in one  # blocks WEB-2
     assert 'href="/ui/p/web/tasks/WEB-1"' in two  # blocked by WEB-1
-    assert 'data-testid="live-output"' in one and "not built yet" in one
+    assert 'data-testid="live-output"' in one and 'data-stream-url="/ui/p/web/tasks/WEB-1/stream"' in one
     assert 'data-testid="retry"' in one
 
 

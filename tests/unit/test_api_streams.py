@@ -121,3 +121,25 @@ def _app_with(mem: InMemoryBackend, **overrides: Any) -> FastAPI:
     from queue_service.app import create_app
 
     return create_app(make_settings(**overrides), backend=mem)
+
+
+async def test_sse_ends_with_done_when_the_task_completes_without_it(
+    app: FastAPI, http: httpx.AsyncClient, project: str
+) -> None:
+    key, token = await _claimed(http)
+
+    async def work() -> None:
+        r = await http.post(f"{P}/{key}/stream", json={"token": token, "chunk": "a"})
+        assert r.status_code == 200
+        r = await http.post(f"{P}/{key}/complete", json={"token": token, "result": {"ok": True}})
+        assert r.status_code == 200, r.text
+
+    # the live follower gets the chunk, then the final `event: done`, and the response ends
+    status, events = await read_sse(app, f"{P}/{key}/stream", count=3, after_start=work, timeout=30)
+    assert status == 200
+    assert [data for _, data in events] == [{"chunk": "a"}, {}]
+    # late readers, following or not, get the same ending
+    for params in ({"follow": "true"}, {"follow": "false"}):
+        got = frames((await http.get(f"{P}/{key}/stream", params=params)).text)
+        assert [f["event"] for f in got] == ["chunk", "done"], params
+        assert got[1]["id"] == got[0]["id"]

@@ -18,6 +18,7 @@ __all__ = [
     "DEFAULT_COLUMNS",
     "FIELD_ALIASES",
     "NONE_CELL",
+    "AUTO_AGENT_WORDS",
     "NONE_WORDS",
     "Column",
     "SplitRow",
@@ -38,6 +39,8 @@ __all__ = [
 NONE_CELL = "—"
 #: Cell texts that mean "no value" (after stripping the padding).
 NONE_WORDS = frozenset({"", "-", "—", "–"})
+#: agent cells that mean "any agent" (coord writes ``— (auto)``; issue 18), compared in lower case
+AUTO_AGENT_WORDS = frozenset({"auto", "(auto)", "— (auto)", "- (auto)", "– (auto)", "—(auto)", "-(auto)"})
 
 #: Header (normalised: lower case, spaces and dashes as ``_``) → RowData field. Anything else is an extra column.
 FIELD_ALIASES: dict[str, str] = {

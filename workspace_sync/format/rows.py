@@ -112,7 +112,7 @@ def read_row(
         elif field == "extra":
             extra[name] = text
         elif field == "assignee":
-            assignee = text
+            assignee = None if text.lower() in _cells.AUTO_AGENT_WORDS else text
         elif field == "notes":
             notes = text
         elif field == "depends_on":

@@ -220,6 +220,7 @@ class TaskCreation(PostgresRecordsBase):
                     "milestone": item.milestone,
                     "labels": list(item.labels),
                     "extra": dict(item.extra),
+                    "requires": dict(item.requires),
                     "attempts": 0,
                     "max_attempts": item.max_attempts,
                     "not_before": item.not_before,
@@ -231,7 +232,9 @@ class TaskCreation(PostgresRecordsBase):
                     "updated_at": now,
                     "started_at": now if item.status is S.IN_PROGRESS else None,
                     "completed_at": now if item.status is S.DONE else None,
-                    "routing": routing_column(item.requires, item.prefers, item.concurrency_key, item.group),
+                    "traceparent": item.traceparent,
+                    "tracestate": item.tracestate,
+                    "routing": routing_column(item.prefers, item.concurrency_key, item.group),
                 }
             )
         created: dict[str, Task] = {}

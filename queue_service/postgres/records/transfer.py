@@ -215,12 +215,13 @@ class TransferRecords(PostgresRecordsBase):
     def _import_row(project: str, task: Task) -> dict[str, Any]:
         data = task.model_dump(exclude={"depends_on", "project", *ROUTING_FIELDS})
         data.update(
-            routing=routing_column(task.requires, task.prefers, task.concurrency_key, task.group),
+            routing=routing_column(task.prefers, task.concurrency_key, task.group),
             project=project,
             status=task.status.value,
             priority=task.priority.value,
             labels=list(task.labels),
             extra=dict(task.extra),
+            requires=dict(task.requires),
             # The token never leaves the old backend, so the lease cannot continue here.
             lease_holder=None,
             lease_expires_at=None,

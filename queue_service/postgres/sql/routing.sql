@@ -30,7 +30,7 @@ DELETE FROM agents a WHERE a.project = $1 AND a.implicit AND a.id <> $2
 -- $4 of each (role, priority, group), with how many not-done tasks each unblocks.
 -- $1 project, $2 roles (NULL: any), $3 the agent's labels, $4 per group, $5 limit.
 WITH ready AS (
-    SELECT t.id, t.key, t.role, t.priority, t.seq, t.mission, t.routing,
+    SELECT t.id, t.key, t.role, t.priority, t.seq, t.mission, t.routing, t.requires,
            row_number() OVER (
                PARTITION BY t.role, t.priority, coalesce(t.routing->>'group', t.mission) ORDER BY t.seq
            ) AS rn
@@ -38,9 +38,9 @@ WITH ready AS (
     WHERE t.project = $1 AND t.status = 'not-started' AND t.pending_deps = 0
       AND (t.not_before IS NULL OR t.not_before <= statement_timestamp())
       AND ($2::text[] IS NULL OR t.role = ANY($2::text[]))
-      AND (t.routing IS NULL OR t.routing->'requires' IS NULL OR $3::jsonb @> (t.routing->'requires'))
+      AND $3::jsonb @> t.requires
 )
-SELECT r.key, r.role, r.priority, r.seq, r.mission, r.routing,
+SELECT r.key, r.role, r.priority, r.seq, r.mission, r.routing, r.requires,
        (SELECT count(*) FROM task_dependencies d JOIN tasks c ON c.id = d.task_id
         WHERE d.depends_on_id = r.id AND c.status <> 'done') AS unblocks
 FROM ready r WHERE r.rn <= $4 ORDER BY r.priority, r.seq LIMIT $5
