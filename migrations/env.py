@@ -16,7 +16,7 @@ from sqlalchemy import pool
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import async_engine_from_config
 
-from queue_service.postgres.tables import Base
+from queue_service.postgres.tables import OPTIONAL_INDEXES, Base
 
 config = context.config
 target_metadata = Base.metadata
@@ -30,11 +30,17 @@ def _url() -> str:
     return str(url)
 
 
+def _include(_obj: Any, name: str | None, type_: str, _reflected: bool, _compare_to: Any) -> bool:
+    # created by a migration only where the server allows it (pg_trgm): autogenerate must not drop it
+    return not (type_ == "index" and name in OPTIONAL_INDEXES)
+
+
 def _configure(**kwargs: Any) -> None:
     context.configure(
         target_metadata=target_metadata,
         compare_type=True,
         compare_server_default=True,
+        include_object=_include,
         transaction_per_migration=True,
         **kwargs,
     )

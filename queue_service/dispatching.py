@@ -8,7 +8,10 @@ wait loop; a backend implements the primitives only:
   something may become claimable without a commit announcing it (a backoff coming due);
 * :meth:`BaseDispatcher._wait_for_ready` — sleep until a commit may have made a task claimable, or
   the timeout. :meth:`BaseDispatcher._arm` is taken *before* each attempt and handed to it, so a
-  commit during the attempt still ends the wait (an event-based backend returns its event there);
+  commit during the attempt still ends the wait (an event-based backend returns its event there).
+  A backend whose wake-up *takes* something for this claimer (Postgres: BLPOP pops a ready key)
+  returns it, and the loop hands it to the next ``_try_claim`` as *woken* (the type parameter), so
+  nothing taken by a wait is dropped or lost to another claimer;
 * :meth:`BaseDispatcher._heartbeat` — persist a lease extension;
 * :meth:`BaseDispatcher._claim_best` — optional: the single best task by ``domain.dispatch_order``
   (the default is ``_try_claim`` with limit 1, right where claims already follow that order).
@@ -16,8 +19,9 @@ wait loop; a backend implements the primitives only:
 Optional hooks: ``_start_waiting``/``_stop_waiting`` around the sleeps of one call (a flatfile waiter
 polls for other processes' commits only while someone waits). The rules, in one place, are those the
 ``Dispatcher`` docstrings promise and ``tests/contract/test_backend_seam.py`` pins on every backend.
-It imports no backend: the Postgres dispatcher can subclass it too (its ``_try_claim`` pops Valkey
-and wins with the conditional UPDATE; its ``_wait_for_ready`` blocks on Valkey).
+It imports no backend: the memory/flatfile dispatcher (``state_backend``) and the Postgres one
+(``postgres/dispatch.py``: its ``_try_claim`` pops Valkey and wins with the conditional UPDATE; its
+``_wait_for_ready`` blocks in BLPOP and hands the popped key on) both subclass it.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from __future__ import annotations
 import abc
 import asyncio
 from collections.abc import Sequence
+from typing import Generic, TypeVar
 
 from queue_service import domain, exceptions
 from queue_service.backend import Dispatcher
@@ -32,6 +37,9 @@ from queue_service.dispatch_config import DispatchConfig
 from queue_service.models import Claim, Lease
 
 __all__ = ["BaseDispatcher", "check_claim_limit", "normalise_roles"]
+
+#: what a backend's wait took for the claimer and hands to its next attempt (None: nothing)
+WokenT = TypeVar("WokenT")
 
 
 def check_claim_limit(limit: int) -> int:
@@ -52,8 +60,12 @@ def _wait_seconds(wait: float) -> float:
     return wait if wait > 0 else 0.0
 
 
-class BaseDispatcher(Dispatcher):
-    """A Dispatcher whose public claim/heartbeat methods are template methods over a few primitives."""
+class BaseDispatcher(Dispatcher, Generic[WokenT]):
+    """A Dispatcher whose public claim/heartbeat methods are template methods over a few primitives.
+
+    *WokenT* is what :meth:`_wait_for_ready` may take for the claimer and hand to the next
+    :meth:`_try_claim` (``None`` for a backend whose waits take nothing).
+    """
 
     config: DispatchConfig
 
@@ -111,10 +123,13 @@ class BaseDispatcher(Dispatcher):
         loop = asyncio.get_running_loop()
         deadline = loop.time() + seconds
         waiting = False
+        woken: WokenT | None = None
         try:
             while True:
                 armed = self._arm(project)  # before the attempt: a commit during it still ends the wait
-                claims, due = await self._try_claim(project, agent, names, limit, lease, seconds > 0)
+                # whatever the last wait took is always handed to an attempt, even past the deadline
+                claims, due = await self._try_claim(project, agent, names, limit, lease, seconds > 0, woken)
+                woken = None
                 if claims:
                     return claims
                 remaining = deadline - loop.time()
@@ -123,7 +138,7 @@ class BaseDispatcher(Dispatcher):
                 if not waiting:
                     self._start_waiting(project)
                     waiting = True
-                await self._wait_for_ready(
+                woken = await self._wait_for_ready(
                     project, names, armed, remaining if due is None else min(remaining, due + 0.001)
                 )
         finally:
@@ -133,10 +148,18 @@ class BaseDispatcher(Dispatcher):
     # -- primitives ---------------------------------------------------------------------------------
     @abc.abstractmethod
     async def _try_claim(
-        self, project: str, agent: str, roles: list[str] | None, limit: int, lease: float, want_due: bool
+        self,
+        project: str,
+        agent: str,
+        roles: list[str] | None,
+        limit: int,
+        lease: float,
+        want_due: bool,
+        woken: WokenT | None = None,
     ) -> tuple[list[Claim], float | None]:
         """Claim up to *limit* ready tasks of *roles* (None: all) now, best first, each with a fresh token
         and a lease of *lease* seconds; never waits. Raises ProjectNotFound for an unknown project.
+        *woken* is what the previous :meth:`_wait_for_ready` took for this claimer (try it first).
 
         Returns the claims and, when none was made and *want_due* is set, the seconds until a task may
         become claimable without a commit waking us (a backoff coming due), or None.
@@ -150,13 +173,14 @@ class BaseDispatcher(Dispatcher):
     @abc.abstractmethod
     async def _wait_for_ready(
         self, project: str, roles: list[str] | None, armed: asyncio.Event | None, timeout: float
-    ) -> None:
+    ) -> WokenT | None:
         """Return once a task of *roles* may have become claimable (after *armed* was taken), or after
-        *timeout* seconds; no busy polling. Returning early is harmless: the loop just tries again."""
+        *timeout* seconds; no busy polling. Returning early is harmless: the loop just tries again.
+        Returns what the wait took for this claimer (handed to the next :meth:`_try_claim`), or None."""
 
     async def _claim_best(self, project: str, agent: str, roles: list[str] | None, lease: float) -> Claim | None:
         """Claim the single best ready task by ``domain.dispatch_order`` now, or None."""
-        claims, _ = await self._try_claim(project, agent, roles, 1, lease, False)
+        claims, _ = await self._try_claim(project, agent, roles, 1, lease, False, None)
         return claims[0] if claims else None
 
     @abc.abstractmethod

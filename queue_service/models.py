@@ -760,6 +760,16 @@ class TaskUpdate(_Input):
         return {name: getattr(self, name) for name in self.model_fields_set}
 
 
+def _check_search_text(value: str) -> str:
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise ValueError("search text must be one line without control characters")
+    return value
+
+
+#: a search needle: one line, 1-200 characters
+SearchText = Annotated[str, Field(min_length=1, max_length=200), AfterValidator(_check_search_text)]
+
+
 class TaskFilter(_Input):
     """Filters for listing tasks; every given filter must match."""
 
@@ -770,6 +780,8 @@ class TaskFilter(_Input):
     milestone: str | None = None
     label: str | None = None
     ready: bool | None = None
+    #: case-insensitive substring of the key, title or description (the board's search, issue 12)
+    text: SearchText | None = None
 
 
 class TaskPage(_Frozen):

@@ -382,9 +382,12 @@ class QueueService:
         """Failed tasks."""
         return await self.backend.records.dead_letter(validate_slug(project), limit)
 
-    async def ready(self, project: str, roles: Sequence[str] | None = None, limit: int = 20) -> ReadyList:
+    async def ready_tasks(self, project: str, roles: Sequence[str] | None = None, limit: int = 20) -> ReadyList:
         """Ready tasks of *roles* in the one dispatch order (``domain.dispatch_order``), the first
-        *limit* (1-1000) and how many there are in all. ``next`` is ``ready(limit=1)``."""
+        *limit* (1-1000) and how many there are in all. ``next`` is ``ready_tasks(limit=1)``.
+
+        Spelled as the client and the record store spell it (the client's ``ready()`` is ``/readyz``),
+        so the CLI hands either to its commands."""
         if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE:
             raise exceptions.ValidationError(f"limit must be an integer between 1 and {MAX_PAGE}, got {limit!r}")
         for role in roles or ():
@@ -533,9 +536,13 @@ class QueueService:
         except exceptions.LeaseError as exc:
             raise await self._explain(slug, key, exc) from None
 
-    async def retry(self, project: str, key: str, actor: str = "api") -> Task:
-        """Revive a failed task."""
+    async def retry_task(self, project: str, key: str, actor: str = "api") -> Task:
+        """Revive a failed task (spelled like ``cancel_task`` and the client's ``retry_task``)."""
         return await self.backend.dispatch.retry(validate_slug(project), validate_key(key), actor)
+
+    #: Deprecated spellings, kept for one release (CHANGELOG: use ``ready_tasks``/``retry_task``).
+    ready = ready_tasks
+    retry = retry_task
 
     # -- agents (issue 13) ------------------------------------------------------------------
     async def register_agent(self, project: str, data: AgentRegister | Mapping[str, Any]) -> Agent:

@@ -295,7 +295,7 @@ class _Records(RecordStore):
         return state.project
 
 
-class _Dispatch(BaseDispatcher):
+class _Dispatch(BaseDispatcher[None]):
     def __init__(self, backend: StateMachineBackend) -> None:
         self.b = backend
         self.config = backend.config
@@ -315,7 +315,14 @@ class _Dispatch(BaseDispatcher):
         return [], state.next_due(roles, now, leases=self.b.sweeps_on_claim) if want_due else None
 
     async def _try_claim(
-        self, project: str, agent: str, roles: list[str] | None, limit: int, lease: float, want_due: bool
+        self,
+        project: str,
+        agent: str,
+        roles: list[str] | None,
+        limit: int,
+        lease: float,
+        want_due: bool,
+        woken: None = None,  # a wait here takes nothing (it only watches an event)
     ) -> tuple[list[Claim], float | None]:
         return await self.b.write(project, lambda txn: self._claim_in(txn, agent, roles, limit, lease, want_due))
 

@@ -21,18 +21,42 @@ comma-separated ``key=value`` members, 512 characters in all, keys unique.
 from __future__ import annotations
 
 import contextlib
+import enum
 import functools
 import re
 import sys
 import time
 import types
 from collections.abc import Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal, Protocol
 
 from queue_service import exceptions
 
-if TYPE_CHECKING:
-    from queue_service.models import Task, TaskCreate
+
+class TracedItem(Protocol):
+    """What an enqueue span reads of a ``TaskCreate``. Structural, because ``models`` imports this
+    module for its trace-context validators: importing ``models`` back would close a circle."""
+
+    @property
+    def traceparent(self) -> str | None: ...
+    @property
+    def tracestate(self) -> str | None: ...
+    @property
+    def key(self) -> str | None: ...
+    @property
+    def role(self) -> str | None: ...
+
+
+class TracedTask(TracedItem, Protocol):
+    """What claim, finish and process spans read of a ``Task``."""
+
+    @property
+    def project(self) -> str: ...
+    @property
+    def attempts(self) -> int: ...
+    @property
+    def status(self) -> enum.Enum: ...
+
 
 __all__ = [
     "MAX_TRACEPARENT",
@@ -235,7 +259,7 @@ def _task_attributes(project: str, key: str | None, role: str | None) -> dict[st
 
 
 @contextlib.contextmanager
-def enqueue_spans(project: str, items: Sequence[TaskCreate]) -> Iterator[None]:
+def enqueue_spans(project: str, items: Sequence[TracedItem]) -> Iterator[None]:
     """One ``queue.enqueue`` producer span per item that carries a trace context, around the create."""
     spans = []
     for item in items:
@@ -252,7 +276,7 @@ def enqueue_spans(project: str, items: Sequence[TaskCreate]) -> Iterator[None]:
         _end(span)
 
 
-def record_claims(project: str, agent: str, tasks: Sequence[Task], started_ns: int) -> None:
+def record_claims(project: str, agent: str, tasks: Sequence[TracedTask], started_ns: int) -> None:
     """A ``queue.claim`` span (from *started_ns* to now) for each claimed task with a trace context."""
     for task in tasks:
         parent = _parent(task.traceparent, task.tracestate)
@@ -262,7 +286,7 @@ def record_claims(project: str, agent: str, tasks: Sequence[Task], started_ns: i
             _end(_start("queue.claim", parent, "consumer", attrs, started_ns))
 
 
-def record_finish(name: str, task: Task, started_ns: int, error: str | None = None) -> None:
+def record_finish(name: str, task: TracedTask, started_ns: int, error: str | None = None) -> None:
     """A ``queue.complete``/``queue.fail`` span (from *started_ns* to now) if the task has a context."""
     parent = _parent(task.traceparent, task.tracestate)
     if parent is not None:
@@ -283,7 +307,7 @@ class ProcessSpan:
     tasks the handler creates continue the trace; ``env()`` gives a child process the same context.
     """
 
-    def __init__(self, task: Task) -> None:
+    def __init__(self, task: TracedTask) -> None:
         self.task = task
         self._span: Any = None
         self._token: Any = None

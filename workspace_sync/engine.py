@@ -14,7 +14,8 @@ A cycle (:meth:`FileSync.sync`), under the file's lock:
 4. mark rows that cannot be applied with ``<!-- sync-error: … -->`` (the row stays as typed, the
    database keeps its state) and merged conflicts with ``<!-- sync-conflict: … -->`` plus a task note;
 5. render; write atomically only when the bytes differ; store the state and the base rows that changed
-   (never the whole base: the cost of a cycle grows with the change, not with the file).
+   (never the whole base: the cost of a cycle grows with the change, not with the file); the list of
+   errors is stored apart (:func:`errors_key`) and only when it changed.
 
 The service is the only writer of the file; everything else (the watcher, DB events, the periodic
 rescan) only asks for a cycle.
@@ -25,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hashlib
+import json
 import logging
 import os
 import time
@@ -57,6 +59,8 @@ __all__ = [
     "FileSync",
     "SyncReport",
     "collect_errors",
+    "errors_key",
+    "load_status_state",
     "mission_path",
     "public_status",
 ]
@@ -256,7 +260,7 @@ class FileSync:
 
     async def status(self) -> dict[str, Any]:
         """The stored sync state's public part: path, errors, recent conflicts, problem, last sync."""
-        state = await self.service.get_sync_state(self.project, self.state_key) or {}
+        state = await load_status_state(self.service, self.project, self.state_key)
         return await asyncio.to_thread(public_status, self.mission, self.path, state, self.target)
 
     async def sync(self, *, force: bool = False, accept_file: bool = False) -> SyncReport:
@@ -466,6 +470,10 @@ class FileSync:
             final = await asyncio.to_thread(parse, new_text)
         errors = collect_errors(final)
         report.errors = errors
+        # the error list can be large (2,000 broken rows: ~300 KB); stored apart, and only when it changed
+        errors_digest = _digest(errors)
+        if errors_digest != state.get("errors_digest"):
+            await svc.put_sync_state(slug, errors_key(self.state_key), {"errors": errors})
         new_state = {
             "format": STATE_FORMAT,
             "mission": self.mission,
@@ -475,7 +483,8 @@ class FileSync:
             "hashes": hist.push_hash(hashes, old_hash, new_hash),
             "held": {k: v for k, v in held.items() if k in tasks and tasks[k].version == v.get("v")},
             "created": dict(list(created_rows.items())[-_MAX_CREATED_KEPT:]),
-            "errors": errors,
+            "errors_digest": errors_digest,
+            "error_count": len(errors),
             "conflicts": conflicts,
             "problem": None,
             "synced_at": utcnow().isoformat(),
@@ -513,6 +522,23 @@ class FileSync:
             strict_coord=self.strict_coord,
         )
         return text, {t.key: hist.base_entry(t, old_rows.get(t.key), added=t.key not in old_rows) for t in mine}
+
+
+def errors_key(state_key: str) -> str:
+    """Where a file's error list is stored: a sync state of its own beside the file's state."""
+    return f"{state_key}#errors"
+
+
+async def load_status_state(service: QueueService, project: str, state_key: str) -> dict[str, Any]:
+    """The stored sync state of a file with its error list put back in (see :func:`public_status`)."""
+    state = await service.get_sync_state(project, state_key) or {}
+    if "errors_digest" in state:
+        state["errors"] = list((await service.get_sync_state(project, errors_key(state_key)) or {}).get("errors", []))
+    return state
+
+
+def _digest(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:32]
 
 
 def _changed(old: Any, new: Any) -> bool:

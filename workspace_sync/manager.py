@@ -6,8 +6,9 @@
   and their missions, starts a worker per TASKS.md (stopping those whose project/mission/path went
   away), watches their directories, and asks every worker for a rescan cycle;
 * a watchdog observer on the parent directories (:mod:`workspace_sync.watcher`); a file event asks
-  the file's worker for a cycle after ``options.debounce_seconds`` of quiet, unless the file's
-  content hash is the one we wrote last (our own write);
+  the file's worker for a cycle after ``options.debounce_seconds`` of quiet, or only
+  :data:`_SAVED_SETTLE` when the last event says the write finished (renamed into place, closed after
+  writing), unless the file's content hash is the one we wrote last (our own write);
 * a subscription per project to the service's live events; a task change asks for a cycle at once
   (events caused by our own writes are recognised by task version and skipped).
 
@@ -30,10 +31,10 @@ from queue_service.service import QueueService
 from queue_service.workspaces import Confined, locate_workspace
 from workspace_sync import safe_files
 from workspace_sync.companions import companion_status
-from workspace_sync.engine import FileSync, SyncReport, mission_path, public_status
+from workspace_sync.engine import FileSync, SyncReport, load_status_state, mission_path, public_status
 from workspace_sync.layout import locate_mission_files
 from workspace_sync.options import SyncOptions
-from workspace_sync.watcher import DirectoryWatcher
+from workspace_sync.watcher import SAVED, DirectoryWatcher
 
 __all__ = ["WorkspaceSyncManager", "sync_once", "sync_status"]
 
@@ -43,6 +44,9 @@ logger = logging.getLogger("workspace_sync")
 _MAX_DEBOUNCE_FACTOR = 6
 #: coalescing window for database events (several events of one transaction arrive together)
 _DB_COALESCE = 0.02
+#: quiet wanted after a finished save (rename into place, close after write): the file is complete, so
+#: only the events of the same save are gathered; the full debounce was most of the save -> DB latency
+_SAVED_SETTLE = 0.05
 
 
 async def sync_status(service: QueueService, project: str) -> dict[str, Any]:
@@ -68,7 +72,7 @@ async def sync_status(service: QueueService, project: str) -> dict[str, Any]:
             found = await locate_mission_files(service, service.workspaces, proj.slug, located, missions, pin=False)
         for mission, target in found:
             path = mission_path(proj.workspace, mission) if isinstance(target, str) else target.path
-            state = await service.get_sync_state(project, str(path)) or {}
+            state = await load_status_state(service, project, str(path))
             if isinstance(target, str):
                 files.append(public_status(mission.id, path, state, problem=target))
             else:
@@ -120,8 +124,12 @@ class _Worker:
         self.task: asyncio.Task[None] | None = None
         self.last_problem: str | None = None
         self.cycles = 0
+        #: the last file event said the write finished (see :data:`_SAVED_SETTLE`)
+        self.saved = False
 
-    def trigger(self, reason: str) -> None:
+    def trigger(self, reason: str, *, saved: bool = False) -> None:
+        if reason == "file":
+            self.saved = saved
         self.reasons.add(reason)
         self.idle.clear()
         self.wake.set()
@@ -144,7 +152,10 @@ class _Worker:
             self.wake.clear()
             if "rescan" in self.reasons and "file" not in self.reasons:
                 return
-            delay = self.debounce if "file" in self.reasons else _DB_COALESCE
+            if "file" not in self.reasons:
+                delay = _DB_COALESCE
+            else:
+                delay = min(self.debounce, _SAVED_SETTLE) if self.saved else self.debounce
             delay = min(delay, max(0.0, limit - loop.time()))
             if delay <= 0:
                 return
@@ -418,10 +429,10 @@ class WorkspaceSyncManager:
     def _on_project_changed(self, _slug: str) -> None:
         self._rediscover.set()  # a new project's file appears at once, not at the next rescan
 
-    def _on_file_event(self, path: str) -> None:
+    def _on_file_event(self, path: str, kind: str) -> None:
         worker = self._by_path.get(path)
         if worker is not None:
-            worker.trigger("file")
+            worker.trigger("file", saved=kind == SAVED)
 
     async def _follow(self, slug: str) -> None:
         """Trigger the project's workers on every task change not caused by the sync itself."""

@@ -4,6 +4,11 @@ The *parent directory* of each TASKS.md is watched, not the file: editors save b
 file and renaming it over the original, which replaces the inode a file watch would follow. Events
 for swap/backup/temp/lock names are dropped here; the engine debounces the rest per file.
 
+Each delivery says whether the write is known to be *finished* (:data:`SAVED`: a file renamed into
+place, or closed after writing) or may still be going on (:data:`CHANGED`: created, modified,
+deleted, renamed away). A finished save needs no long debounce (issue 17: it was most of the
+save → database latency); a write that may go on does.
+
 When the inotify observer cannot start (``ENOSPC``: out of watches, ``EMFILE``/``ENFILE``: out of
 inotify instances or file descriptors) the watcher falls back to watchdog's ``PollingObserver``
 with one warning.
@@ -27,36 +32,42 @@ from watchdog.observers.polling import PollingObserver
 
 from workspace_sync.writer import is_ignored_name
 
-__all__ = ["DirectoryWatcher", "LIMIT_ERRNOS"]
+__all__ = ["CHANGED", "SAVED", "DirectoryWatcher", "LIMIT_ERRNOS"]
 
 logger = logging.getLogger("workspace_sync.watcher")
 
 #: errno values that mean "inotify is out of resources": fall back to polling.
 LIMIT_ERRNOS = frozenset({errno.ENOSPC, errno.EMFILE, errno.ENFILE})
 _RELEVANT = frozenset({"created", "modified", "moved", "closed", "deleted"})
+#: the file may still be being written (created, modified, deleted or renamed away)
+CHANGED = "changed"
+#: a write finished: the file was renamed into place, or closed after writing
+SAVED = "saved"
 
 
 class _Handler(FileSystemEventHandler):
-    def __init__(self, deliver: Callable[[str], None]) -> None:
+    def __init__(self, deliver: Callable[[str, str], None]) -> None:
         self._deliver = deliver
 
     def on_any_event(self, event: FileSystemEvent) -> None:
         if event.is_directory or event.event_type not in _RELEVANT:
             return
-        for raw in (event.src_path, getattr(event, "dest_path", "")):
+        done = event.event_type == "closed"
+        for raw, kind in ((event.src_path, SAVED if done else CHANGED), (getattr(event, "dest_path", ""), SAVED)):
             if not raw:
                 continue
             path = os.fsdecode(raw)
             if not is_ignored_name(os.path.basename(path)):
-                self._deliver(path)
+                self._deliver(path, kind)
 
 
 class DirectoryWatcher:
-    """Watches directories and calls ``on_change(path)`` on the event loop for every relevant file event.
+    """Watches directories and calls ``on_change(path, kind)`` on the event loop for every relevant file event.
 
     Args:
         loop: the event loop ``on_change`` runs on.
-        on_change: called with the normalised absolute path of the changed file.
+        on_change: called with the normalised absolute path of the changed file and :data:`SAVED` or
+            :data:`CHANGED`.
         polling: use the polling observer from the start (tests, network file systems).
         poll_interval: seconds between polls of the polling observer.
     """
@@ -64,7 +75,7 @@ class DirectoryWatcher:
     def __init__(
         self,
         loop: asyncio.AbstractEventLoop,
-        on_change: Callable[[str], None],
+        on_change: Callable[[str, str], None],
         *,
         polling: bool = False,
         poll_interval: float = 0.5,
@@ -82,9 +93,9 @@ class DirectoryWatcher:
         #: why the watcher fell back to polling (None while on inotify)
         self.fallback_reason: str | None = None
 
-    def _deliver(self, path: str) -> None:
+    def _deliver(self, path: str, kind: str) -> None:
         try:
-            self._loop.call_soon_threadsafe(self._on_change, os.path.normpath(path))
+            self._loop.call_soon_threadsafe(self._on_change, os.path.normpath(path), kind)
         except RuntimeError:
             pass  # the loop is closed: we are shutting down
 

@@ -3,7 +3,7 @@ the routing fields of tasks (``tasks.routing``: prefers, concurrency_key, group;
 ``tasks.requires`` from ``0008_task_requires``) and projects (``routing``, ``concurrency_limits``).
 
 Revision ID: 0006_agent_routing
-Revises: 0005_trace_context
+Revises: 0007_event_task_index
 Create Date: 2026-11-29 15:20:00
 """
 
@@ -15,7 +15,7 @@ from alembic import op
 from sqlalchemy.dialects import postgresql
 
 revision: str = "0006_agent_routing"
-down_revision: str | Sequence[str] | None = "0005_trace_context"
+down_revision: str | Sequence[str] | None = "0007_event_task_index"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -99,7 +99,7 @@ async def ready(
     """Ready tasks in the one dispatch order (priority, then how many not-done tasks each unblocks,
     then age): the first ``limit`` and the ``total``. ``limit=1`` is "what should I do next"."""
     roles = [r.strip() for value in role or [] for r in value.split(",") if r.strip()]
-    return await service.ready(project, roles or None, limit)
+    return await service.ready_tasks(project, roles or None, limit)
 
 
 @router.post("/tasks/{key}/heartbeat", response_model=Lease)

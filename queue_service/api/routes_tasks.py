@@ -297,7 +297,7 @@ async def cancel_task(
 @router.post("/tasks/{key}/retry", response_model=Task)
 async def retry_task(project: ProjectPath, key: KeyPath, service: ServiceDep, principal: AdminDep) -> Task:
     """Bring a failed, blocked or cancelled task back to not-started with its attempts reset."""
-    return await service.retry(project, key, actor=principal.actor)
+    return await service.retry_task(project, key, actor=principal.actor)
 
 
 @router.get("/tasks/{key}/blockers", response_model=TaskList)

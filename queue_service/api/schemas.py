@@ -119,15 +119,21 @@ class ErrorBody(_Out):
 
 
 class ProjectList(_Out):
-    """All projects the caller may see."""
+    """The projects the caller may see, at most ``limit`` of them (``total``: how many in all)."""
 
     items: tuple[Project, ...]
+    total: int | None = None
+    #: pass as ``cursor`` for the next page (None: this was the last one)
+    next_cursor: str | None = None
 
 
 class MissionList(_Out):
-    """A project's missions."""
+    """A project's missions, at most ``limit`` of them (``total``: how many in all)."""
 
     items: tuple[Mission, ...]
+    total: int | None = None
+    #: pass as ``cursor`` for the next page (None: this was the last one)
+    next_cursor: str | None = None
 
 
 class TaskList(_Out):

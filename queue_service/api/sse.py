@@ -56,16 +56,26 @@ class _Cursor:
             self.last = event_id
 
 
-async def _replay(service: QueueService, project: str, cursor: _Cursor) -> AsyncIterator[bytes]:
-    """Everything in the log after the cursor, oldest first."""
+async def _replay(
+    service: QueueService, project: str, cursor: _Cursor, limit: int | None = None
+) -> AsyncIterator[bytes]:
+    """Everything in the log after the cursor, oldest first (at most *limit* events, then a
+    ``: truncated`` comment when more follow: SSE parsers skip comments)."""
     assert cursor.last is not None
+    sent = 0
     while True:
-        events = await service.list_events(project, after_id=cursor.last, limit=_PAGE)
+        want = _PAGE if limit is None else min(_PAGE, limit - sent)
+        events = await service.list_events(project, after_id=cursor.last, limit=want)
         for event in events:
             if not cursor.sent(event.id):
                 cursor.mark(event.id)
+                sent += 1
                 yield format_event(event)
-        if len(events) < _PAGE:
+        if limit is not None and sent >= limit:
+            if await service.list_events(project, after_id=cursor.last, limit=1):
+                yield f": truncated; {sent:,} events shown; resume with after={cursor.last}\n\n".encode()
+            return
+        if len(events) < want:
             return
 
 
@@ -77,6 +87,7 @@ async def stream_events(
     follow: bool = True,
     keepalive_seconds: float = 15.0,
     retry_ms: int = 2000,
+    replay_limit: int | None = None,
 ) -> AsyncIterator[bytes]:
     """The event stream: replay after *last_event_id* (if given), then live events if *follow*.
 
@@ -88,7 +99,7 @@ async def stream_events(
     if not follow:
         if cursor.last is None:
             cursor.last = 0
-        async for chunk in _replay(service, project, cursor):
+        async for chunk in _replay(service, project, cursor, replay_limit):
             yield chunk
         return
 

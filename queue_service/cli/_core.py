@@ -1,11 +1,13 @@
 """What every CLI command shares: the operations protocol, the connection, output, and errors.
 
-Commands are written once against :class:`QueueOps`, a structural protocol in QueueService's
-spelling: :class:`~queue_service.service.QueueService` satisfies it as it is (local mode: the
-configured backend opened in this process) and :class:`~queue_service.cli._remote.RemoteOps` over the
-typed :class:`~queue_service.client.AsyncClient` does (remote mode: ``QUEUE_URL`` is set); the
-client itself does not (it follows HTTP conventions: keyword options, ``retry_task``, ``ready_tasks``).
-:func:`open_ops` picks one; :func:`call` runs a command body against it on a fresh event loop.
+Commands are written once against :class:`QueueOps`, a structural protocol that both
+:class:`~queue_service.service.QueueService` (local mode: the configured backend opened in this
+process) and the typed :class:`~queue_service.client.AsyncClient` (remote mode: ``QUEUE_URL`` is set)
+satisfy as they are: the client spells each operation as the service does (positional arguments in
+the same order, ``retry_task``, ``ready_tasks``, ``claim_next``, ``list_events``, ``read_stream``), and
+``add_note`` is called with keywords. ``export``/``import`` need the storage itself
+(:class:`SnapshotOps`, local only). :func:`open_ops` picks one; :func:`call` runs a command body
+against it on a fresh event loop.
 
 Per-project commands are registered with ``cls=ProjectCommand``: their project is the first
 positional argument (``qs task show web WEB-1``), or ``-p/--project``, or ``QUEUE_PROJECT``.
@@ -21,7 +23,7 @@ import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Annotated, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Protocol, TypeVar, runtime_checkable
 
 import pydantic
 import typer
@@ -72,6 +74,7 @@ __all__ = [
     "ProjectOpt",
     "UsageCommand",
     "QueueOps",
+    "SnapshotOps",
     "call",
     "emit",
     "exit_code_for",
@@ -98,7 +101,7 @@ stdout = Console(highlight=False, soft_wrap=True)
 
 
 class QueueOps(RunnerOps, Protocol):
-    """The operations the CLI uses (the runner's plus these), as QueueService spells them (and RemoteOps)."""
+    """The operations the CLI uses (the runner's plus these): QueueService and AsyncClient both have them."""
 
     async def create_project(self, data: ProjectCreate | Mapping[str, Any], /) -> Project: ...
     async def list_projects(self) -> list[Project]: ...
@@ -132,8 +135,11 @@ class QueueOps(RunnerOps, Protocol):
         /,
     ) -> Task: ...
     async def cancel_task(self, project: str, key: str, reason: str | None = None, /) -> Task: ...
-    async def retry(self, project: str, key: str, /) -> Task: ...
-    async def add_note(self, project: str, key: str, author: str, text: str, token: str | None = None, /) -> Note: ...
+    async def retry_task(self, project: str, key: str, /) -> Task: ...
+    # keywords: the service takes (author, text), the client (text, *, author) positionally
+    async def add_note(
+        self, project: str, key: str, /, *, author: str, text: str, token: str | None = None
+    ) -> Note: ...
     async def list_notes(self, project: str, key: str, /) -> list[Note]: ...
     async def blockers(self, project: str, key: str, /) -> list[Task]: ...
     async def dependents(self, project: str, key: str, /) -> list[Task]: ...
@@ -142,8 +148,6 @@ class QueueOps(RunnerOps, Protocol):
     async def read_stream(
         self, project: str, key: str, after: str | None = None, stream: str = "default", /
     ) -> StreamPage: ...
-    async def export_project(self, project: str, /) -> ProjectSnapshot: ...
-    async def import_project(self, snapshot: ProjectSnapshot, /) -> Project: ...
     async def claim_next(
         self,
         project: str,
@@ -153,8 +157,17 @@ class QueueOps(RunnerOps, Protocol):
         wait: float = 0.0,
         /,
     ) -> Claim | None: ...
-    async def ready(self, project: str, roles: Sequence[str] | None = None, limit: int = 20, /) -> ReadyList: ...
+    async def ready_tasks(self, project: str, roles: Sequence[str] | None = None, limit: int = 20, /) -> ReadyList: ...
     async def dead_letter(self, project: str, limit: int = 100, /) -> list[Task]: ...
+
+
+@runtime_checkable
+class SnapshotOps(Protocol):
+    """``export``/``import``: the storage itself (QueueService). REST has no such endpoints, so a
+    remote connection's client does not offer them."""
+
+    async def export_project(self, project: str, /) -> ProjectSnapshot: ...
+    async def import_project(self, snapshot: ProjectSnapshot, /) -> Project: ...
 
 
 @dataclass
@@ -232,12 +245,11 @@ async def _local(state: CliState) -> AsyncIterator[Connection]:
 
 @contextlib.asynccontextmanager
 async def _remote(state: CliState) -> AsyncIterator[Connection]:
-    from queue_service.cli._remote import RemoteOps
     from queue_service.client import AsyncClient
 
     assert state.url is not None
     async with AsyncClient(state.url, token=state.token) as client:
-        yield Connection(ops=RemoteOps(client), mode="remote", source=state.url)
+        yield Connection(ops=client, mode="remote", source=state.url)
 
 
 def open_ops(state: CliState) -> contextlib.AbstractAsyncContextManager[Connection]:
@@ -572,6 +584,32 @@ def shown(count: int, total: int | None, more: str) -> str:
         return ""
     of = f" of {total:,}" if total is not None else ""
     return f"{count:,}{of} shown; {more}"
+
+
+#: rows a listing prints unless --limit or --all says otherwise (issue 11: output budgets)
+DEFAULT_LIST_LIMIT = 20
+#: the largest --limit a listing takes
+MAX_LIST_LIMIT = 1000
+ListLimitOpt = Annotated[
+    int, typer.Option("--limit", help=f"Show at most this many (1-{MAX_LIST_LIMIT}).", min=1, max=MAX_LIST_LIMIT)
+]
+ListAllOpt = Annotated[bool, typer.Option("--all", help="Show every one.")]
+
+
+def cut_listing(items: Sequence[T], limit: int, all_: bool) -> tuple[list[T], str]:
+    """The first *limit* of *items* (all with --all) and the truncation line (empty when nothing was cut).
+
+    The line goes to stderr with --json (stdout stays one JSON document) and after the table otherwise.
+    """
+    if all_ or len(items) <= limit:
+        return list(items), ""
+    return list(items[:limit]), shown(limit, len(items), "--limit N or --all")
+
+
+def note_cut(line: str) -> None:
+    """Print a truncation line where it never breaks --json output (stderr)."""
+    if line:
+        print(line, file=sys.stderr)
 
 
 def plural(n: int, word: str) -> str:

@@ -169,7 +169,7 @@ def next_command(
     roles = split_csv(role)
 
     async def body(conn: Connection) -> ReadyList:
-        return await conn.ops.ready(project, roles or None, 1)
+        return await conn.ops.ready_tasks(project, roles or None, 1)
 
     got = call(ctx, body)
     claim_line = f"qs next {_q(project)}{_role_flags(roles)} --claim"
@@ -226,7 +226,7 @@ def ready_command(
     roles = split_csv(role)
 
     async def body(conn: Connection) -> ReadyList:
-        first = await conn.ops.ready(project, roles or None, 1000 if all_ else limit)
+        first = await conn.ops.ready_tasks(project, roles or None, 1000 if all_ else limit)
         return first
 
     got = call(ctx, body)
@@ -266,7 +266,7 @@ def dead_letter_command(
         stats = await conn.ops.stats(project)
         total = stats.dead_letter
         failed = await conn.ops.dead_letter(project, max(total, 1) if all_ else limit)
-        retried = [await conn.ops.retry(project, t.key) for t in failed] if retry else []
+        retried = [await conn.ops.retry_task(project, t.key) for t in failed] if retry else []
         return failed, total, retried
 
     failed, total, retried = call(ctx, body)
@@ -399,7 +399,7 @@ def prime_command(
     async def body(conn: Connection) -> tuple[list[str], float | None, int]:
         stats = await conn.ops.stats(project)
         known = sorted(set(stats.ready_by_role) | set(stats.queue_depth_by_role))
-        ready = await conn.ops.ready(project, roles or None, 1)
+        ready = await conn.ops.ready_tasks(project, roles or None, 1)
         # local mode knows the agent lease; through a server it is the server's setting
         lease = getattr(conn.ops, "agent_lease_seconds", None) if conn.mode == "local" else None
         return known, lease, ready.total

@@ -12,6 +12,7 @@ from rich.table import Table
 
 from queue_service import exceptions
 from queue_service.cli._core import (
+    DEFAULT_LIST_LIMIT,
     Connection,
     JsonOpt,
     ProjectCommand,
@@ -20,6 +21,8 @@ from queue_service.cli._core import (
     dash,
     emit,
     is_json,
+    note_cut,
+    shown,
     stdout,
     when,
     write_json,
@@ -199,17 +202,25 @@ def events(
         str | None,
         typer.Option(help="Start after this event id, or 'all' for the whole history (with --follow: default now)."),
     ] = None,
-    limit: Annotated[int | None, typer.Option(help="Stop after this many events.")] = None,
+    limit: Annotated[
+        int | None,
+        typer.Option(help=f"Stop after this many events (default {DEFAULT_LIST_LIMIT} without --follow)."),
+    ] = None,
+    all_: Annotated[bool, typer.Option("--all", help="Without --follow: print every event, not the first 20.")] = False,
     poll: Annotated[float, typer.Option(help="With --follow: seconds between checks for new events.")] = 0.5,
     json_out: JsonOpt = False,
 ) -> None:
     """Print the project's event log (JSON: one event per line); --follow prints new events from now on.
+
+    Without --follow it prints the first 20 events after the start point and says when more follow.
 
     Example: qs events web --follow   (history too: --since all, or --since ID)
     """
     as_json = is_json(ctx, json_out)
     if limit is not None and limit < 1:
         raise exceptions.ValidationError(f"--limit must be at least 1, got {limit}")
+    if limit is None and not follow and not all_:
+        limit = DEFAULT_LIST_LIMIT  # a listing has a budget (issue 11); --all or --limit N to see more
     if poll <= 0:
         raise exceptions.ValidationError(f"--poll must be positive, got {poll}")
 
@@ -235,6 +246,12 @@ def events(
                 _print_event(e, as_json)
                 last, printed = e.id, printed + 1
             if limit is not None and printed >= limit:
+                if not follow and await conn.ops.list_events(project, last, 1):
+                    line = shown(printed, None, f"--since {last} for the next ones, or --all")
+                    if as_json:
+                        note_cut(line)
+                    else:
+                        stdout.print(line, markup=False)
                 return
             if len(batch) == want:
                 continue  # more are waiting right now

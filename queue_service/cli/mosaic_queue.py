@@ -369,7 +369,7 @@ def backlog_block(
     async def body(conn: Connection) -> Task:
         task = await conn.ops.update_task(project, key, {"status": TaskStatus.BLOCKED})
         if reason:
-            await conn.ops.add_note(project, key, "cli", reason)
+            await conn.ops.add_note(project, key, author="cli", text=reason)
         return task
 
     write_json(call(ctx, body))

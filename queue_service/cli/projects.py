@@ -8,14 +8,20 @@ import typer
 from rich.table import Table
 
 from queue_service.cli._core import (
+    DEFAULT_LIST_LIMIT,
     Connection,
     JsonOpt,
+    ListAllOpt,
+    ListLimitOpt,
     ProjectCommand,
     ProjectOpt,
     UsageCommand,
     call,
+    cut_listing,
     dash,
     emit,
+    is_json,
+    note_cut,
     split_csv,
     stdout,
     when,
@@ -68,19 +74,27 @@ def project_create(
 
 
 @project_app.command("list")
-def project_list(ctx: typer.Context, json_out: JsonOpt = False) -> None:
-    """List projects."""
+def project_list(
+    ctx: typer.Context,
+    limit: ListLimitOpt = DEFAULT_LIST_LIMIT,
+    all_: ListAllOpt = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """List projects (the first 20 unless --limit N or --all)."""
 
     async def body(conn: Connection) -> list[Project]:
         return await conn.ops.list_projects()
 
-    projects = call(ctx, body)
-    emit(
-        ctx,
-        json_out,
-        projects,
-        lambda: stdout.print(_project_table(projects) if projects else "No projects yet: qs project create SLUG"),
-    )
+    projects, cut = cut_listing(call(ctx, body), limit, all_)
+
+    def human() -> None:
+        stdout.print(_project_table(projects) if projects else "No projects yet: qs project create SLUG")
+        if cut:
+            stdout.print(cut, markup=False)
+
+    emit(ctx, json_out, projects, human)
+    if cut and is_json(ctx, json_out):
+        note_cut(cut)
 
 
 @project_app.command("show", cls=UsageCommand)
@@ -150,13 +164,19 @@ def mission_create(
 
 
 @mission_app.command("list", cls=ProjectCommand)
-def mission_list(ctx: typer.Context, project: ProjectOpt, json_out: JsonOpt = False) -> None:
-    """List a project's missions."""
+def mission_list(
+    ctx: typer.Context,
+    project: ProjectOpt,
+    limit: ListLimitOpt = DEFAULT_LIST_LIMIT,
+    all_: ListAllOpt = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """List a project's missions (the first 20 unless --limit N or --all)."""
 
     async def body(conn: Connection) -> list[Mission]:
         return await conn.ops.list_missions(project)
 
-    missions = call(ctx, body)
+    missions, cut = cut_listing(call(ctx, body), limit, all_)
 
     def human() -> None:
         table = Table(header_style="bold")
@@ -166,5 +186,9 @@ def mission_list(ctx: typer.Context, project: ProjectOpt, json_out: JsonOpt = Fa
             stones = ", ".join(f"{s.id}:{s.name}" for s in m.milestones)
             table.add_row(m.id, m.name, m.status.value, dash(stones), m.tasks_file)
         stdout.print(table)
+        if cut:
+            stdout.print(cut, markup=False)
 
     emit(ctx, json_out, missions, human)
+    if cut and is_json(ctx, json_out):
+        note_cut(cut)

@@ -405,7 +405,7 @@ def task_retry(
     """Send a failed, blocked or cancelled task back to the queue with its attempts reset."""
 
     async def body(conn: Connection) -> Task:
-        return await conn.ops.retry(project, key)
+        return await conn.ops.retry_task(project, key)
 
     task = call(ctx, body)
     emit(ctx, json_out, task, lambda: stdout.print(f"Requeued [bold]{task.key}[/] ({task.status.value})"))
@@ -437,7 +437,7 @@ def task_note(
     who = author or os.environ.get("USER") or "cli"
 
     async def body(conn: Connection) -> Note:
-        return await conn.ops.add_note(project, key, who, body_text, token)
+        return await conn.ops.add_note(project, key, author=who, text=body_text, token=token)
 
     note = call(ctx, body)
     emit(ctx, json_out, note, lambda: stdout.print(f"Noted on [bold]{note.task}[/]"))

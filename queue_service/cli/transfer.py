@@ -14,6 +14,7 @@ from queue_service.cli._core import (
     JsonOpt,
     ProjectCommand,
     ProjectOpt,
+    SnapshotOps,
     UsageCommand,
     call,
     emit,
@@ -33,7 +34,7 @@ def export(
     """Write a project (tasks, missions, notes, events, versions) as JSONL to stdout."""
 
     async def body(conn: Connection) -> tuple[ProjectSnapshot, str]:
-        return await conn.ops.export_project(project), conn.source
+        return await _storage(conn, "export").export_project(project), conn.source
 
     snap, source = call(ctx, body)
     if output is None:
@@ -69,7 +70,7 @@ def import_(
         raise snapshot.SnapshotError(f"{'stdin' if file == '-' else file}: {exc.message}", **exc.details) from None
 
     async def body(conn: Connection) -> Project:
-        return await conn.ops.import_project(snap)
+        return await _storage(conn, "import").import_project(snap)
 
     project = call(ctx, body)
     emit(
@@ -82,6 +83,16 @@ def import_(
             f"{plural(len(snap.events), 'event')}"
         ),
     )
+
+
+def _storage(conn: Connection, verb: str) -> SnapshotOps:
+    """The connection's storage for *verb*: REST has no export/import, so a server URL is refused."""
+    if not isinstance(conn.ops, SnapshotOps):
+        raise exceptions.ConfigurationError(
+            f"{verb} works on the storage directly, not through a server: unset QUEUE_URL and point "
+            "QUEUE_DATABASE_URL/QUEUE_VALKEY_URL (or QUEUE_DATA_DIR) at the backend"
+        )
+    return conn.ops
 
 
 def register(app: typer.Typer) -> None:

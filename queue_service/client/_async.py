@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+import contextlib
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar, Unpack
 
 import httpx
@@ -37,10 +38,11 @@ from queue_service.models import (
     ReadyList,
     Task,
     TaskCreate,
+    TaskFilter,
     TaskPage,
     TaskUpdate,
 )
-from queue_service.wire import DEFAULT_STREAM, HealthStatus, ResultsResponse, StreamChunk
+from queue_service.wire import DEFAULT_STREAM, HealthStatus, ResultsResponse, StreamChunk, StreamPage
 from queue_service.worker import AsyncWorker, completed_with
 
 __all__ = ["AsyncClient"]
@@ -110,7 +112,7 @@ class AsyncClient(BaseClient):
                 return request.parse(response)
             await asyncio.sleep(delay)
 
-    async def _follow(self, feed: Feed[T]) -> AsyncIterator[T]:
+    async def _follow(self, feed: Feed[T]) -> AsyncGenerator[T, None]:
         """Yield a server-sent-event feed's items, reconnecting as *feed* decides."""
         failures = 0
         while True:
@@ -205,16 +207,28 @@ class AsyncClient(BaseClient):
         lease on that task), an agent creates the work it found there (``extra.discovered_from``)."""
         return await self.send(api.create_task(project, data, discovered_from, token))
 
+    async def create_discovered_task(
+        self, project: str, data: TaskCreate | Mapping[str, Any], discovered_from: str, token: str
+    ) -> Task:
+        """:meth:`create_task` with *discovered_from* and *token*, in QueueService's spelling."""
+        return await self.send(api.create_task(project, data, discovered_from, token))
+
     async def create_tasks(self, project: str, items: Iterable[TaskCreate | Mapping[str, Any]]) -> list[Task]:
         """Create many tasks, all or nothing (``depends_on: ["#0"]`` names the batch's first task)."""
         return await self.send(api.create_tasks(project, items))
 
     async def list_tasks(
-        self, project: str, *, limit: int = 100, cursor: str | None = None, **query: Unpack[TaskQuery]
+        self,
+        project: str,
+        filters: TaskFilter | Mapping[str, Any] | None = None,
+        limit: int = 100,
+        cursor: str | None = None,
+        **query: Unpack[TaskQuery],
     ) -> TaskPage:
         """One page of tasks matching every filter (status, role, assignee, mission, milestone, label,
-        ready); pass ``page.next_cursor`` for the next."""
-        return await self.send(api.list_tasks(project, query, limit, cursor))
+        ready), given as keywords or, as QueueService takes them, one *filters* mapping; pass
+        ``page.next_cursor`` for the next."""
+        return await self.send(api.list_tasks(project, api.task_query(filters, query), limit, cursor))
 
     async def iter_tasks(
         self, project: str, *, page_size: int = 500, **query: Unpack[TaskQuery]
@@ -234,7 +248,7 @@ class AsyncClient(BaseClient):
         return await self.send(api.get_task(project, key))
 
     async def update_task(
-        self, project: str, key: str, patch: TaskUpdate | Mapping[str, Any], *, expected_version: int | None = None
+        self, project: str, key: str, patch: TaskUpdate | Mapping[str, Any], expected_version: int | None = None
     ) -> Task:
         """Change the fields given; with *expected_version*, VersionConflict if it changed since."""
         return await self.send(api.update_task(project, key, patch, expected_version))
@@ -286,7 +300,6 @@ class AsyncClient(BaseClient):
         self,
         project: str,
         agent: str | None = None,
-        *,
         roles: Sequence[str] | None = None,
         wait_seconds: float = 0.0,
         lease_seconds: float | None = None,
@@ -299,7 +312,20 @@ class AsyncClient(BaseClient):
         agent = agent or self.agent_id
         return await self.send(api.claim(project, agent, roles, wait_seconds, lease_seconds, lease_profile))
 
-    async def heartbeat(self, project: str, key: str, token: str, *, lease_seconds: float | None = None) -> Lease:
+    async def claim_next(
+        self,
+        project: str,
+        agent: str | None = None,
+        roles: Sequence[str] | None = None,
+        lease_seconds: float | None = None,
+        wait_seconds: float = 0.0,
+    ) -> Claim | None:
+        """An agent-facing claim (``lease_profile="agent"``): the best ready task by the dispatch order,
+        with the server's agent lease unless *lease_seconds* is given; QueueService.claim_next's order."""
+        agent = agent or self.agent_id
+        return await self.send(api.claim(project, agent, roles, wait_seconds, lease_seconds, "agent"))
+
+    async def heartbeat(self, project: str, key: str, token: str, lease_seconds: float | None = None) -> Lease:
         """Extend a lease; LeaseError if it was lost."""
         return await self.send(api.heartbeat(project, key, token, lease_seconds))
 
@@ -319,7 +345,7 @@ class AsyncClient(BaseClient):
                     return task
             raise
 
-    async def fail(self, project: str, key: str, token: str, error: str, *, retryable: bool = True) -> Task:
+    async def fail(self, project: str, key: str, token: str, error: str, retryable: bool = True) -> Task:
         """Report a failed attempt (retried on 503 like :meth:`complete`: a token fails a task once)."""
         return await self.send(api.fail(project, key, token, error, retryable))
 
@@ -337,6 +363,21 @@ class AsyncClient(BaseClient):
         connection drops and *reconnect* is set); without, replays the log and stops.
         """
         return self._follow(EventFeed(project, last_event_id, follow, reconnect, self.retry.attempts))
+
+    async def list_events(self, project: str, after_id: int = 0, limit: int = 1000) -> list[Event]:
+        """The project's logged events after *after_id*, oldest first, at most *limit*: a replay of
+        :meth:`events` that does not follow (QueueService's spelling)."""
+        out: list[Event] = []
+        feed = self._follow(EventFeed(project, after_id, False, True, self.retry.attempts))
+        try:
+            async for event in feed:
+                out.append(event)
+                if len(out) >= limit:
+                    break
+        finally:
+            with contextlib.suppress(Exception):  # the replay is read; closing its connection decides nothing
+                await feed.aclose()
+        return out
 
     # -- task output streams (issue 14) ------------------------------------------------------
     async def publish(
@@ -363,6 +404,16 @@ class AsyncClient(BaseClient):
         reconnects with the last id seen if the connection drops. The done marker is yielded only
         with *include_done*."""
         return self._follow(StreamFeed(project, key, after, stream, follow, include_done, self.retry.attempts))
+
+    async def read_stream(
+        self, project: str, key: str, after: str | None = None, stream: str = DEFAULT_STREAM
+    ) -> StreamPage:
+        """The task's chunks after *after* that exist now (the done marker last, once the stream ended),
+        as one page: :meth:`stream` without following (QueueService's spelling)."""
+        items = [
+            c async for c in self.stream(project, key, after=after, stream=stream, follow=False, include_done=True)
+        ]
+        return api.stream_page(items, after)
 
     # -- coord parity -----------------------------------------------------------------------
     async def coord_status(self, project: str | None = None, mission: str | None = None) -> dict[str, Any]:

@@ -6,7 +6,7 @@ Written once for both clients; ``Client`` sends these with blocking I/O, ``Async
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, TypedDict, TypeVar
+from typing import Any, TypedDict, TypeVar, cast
 from urllib.parse import quote
 
 import httpx
@@ -29,10 +29,12 @@ from queue_service.models import (
     ReadyList,
     Task,
     TaskCreate,
+    TaskFilter,
     TaskPage,
     TaskUpdate,
+    validated,
 )
-from queue_service.wire import DEFAULT_STREAM, HealthStatus, ResultsResponse
+from queue_service.wire import DEFAULT_STREAM, HealthStatus, ResultsResponse, StreamChunk, StreamPage
 
 M = TypeVar("M", bound=pydantic.BaseModel)
 
@@ -49,7 +51,18 @@ class TaskQuery(TypedDict, total=False):
     ready: bool | None
 
 
+_TASK_QUERY_KEYS = frozenset(TaskQuery.__annotations__)
+
+
 # -- reading answers ----------------------------------------------------------------------------
+
+
+def stream_page(chunks: list[StreamChunk], after: str | None) -> StreamPage:
+    """Chunks read without following (the done marker last, if the stream ended) as one page; its
+    cursor is the last id read, else *after* (``"0"``: the start)."""
+    return StreamPage(
+        chunks=chunks, done=bool(chunks and chunks[-1].done), cursor=chunks[-1].id if chunks else after or "0"
+    )
 
 
 def _unexpected(response: httpx.Response, exc: Exception, status: bool = True) -> exceptions.QueueServiceError:
@@ -149,8 +162,12 @@ def create_project(data: ProjectCreate | Mapping[str, Any]) -> Request[Project]:
     return Request("POST", "/v1/projects", one(Project), _dump(data))
 
 
+#: the project and mission lists are paged (default 100); these calls ask for them whole, up to the max
+_WHOLE_LIST = {"limit": 1000}
+
+
 def list_projects() -> Request[list[Project]]:
-    return _get("/v1/projects", items(Project))
+    return _get("/v1/projects", items(Project), _WHOLE_LIST)
 
 
 def get_project(project: str) -> Request[Project]:
@@ -197,7 +214,7 @@ def create_mission(project: str, data: MissionCreate | Mapping[str, Any]) -> Req
 
 
 def list_missions(project: str) -> Request[list[Mission]]:
-    return _get(f"/v1/projects/{_p(project)}/missions", items(Mission))
+    return _get(f"/v1/projects/{_p(project)}/missions", items(Mission), _WHOLE_LIST)
 
 
 def get_mission(project: str, mission: str) -> Request[Mission]:
@@ -234,6 +251,24 @@ def create_tasks(project: str, tasks: Iterable[TaskCreate | Mapping[str, Any]]) 
     keyed = bool(bodies) and all(t.get("idempotency_key") for t in bodies)
     path = f"/v1/projects/{_p(project)}/tasks/batch"
     return Request("POST", path, items(Task), {"tasks": bodies}, idempotent=keyed)
+
+
+def task_query(filters: TaskFilter | Mapping[str, Any] | None, query: TaskQuery) -> TaskQuery:
+    """A ``list_tasks`` call's filters, given either as one TaskFilter or mapping (QueueService's
+    spelling, checked here: ValidationError naming a bad filter, or one REST cannot apply) or as
+    keywords, not both."""
+    if not filters:
+        return query
+    if query:
+        raise TypeError("list_tasks takes its filters as one mapping or as keywords, not both")
+    given = validated(TaskFilter, filters).model_dump(mode="json", exclude_none=True)
+    for name in given:
+        if name not in _TASK_QUERY_KEYS:
+            # listing everything instead would answer a question nobody asked
+            raise exceptions.ValidationError(
+                f"the task filter {name!r} is not available through the REST API", field=name
+            )
+    return cast(TaskQuery, given)
 
 
 def list_tasks(project: str, query: TaskQuery, limit: int, cursor: str | None) -> Request[TaskPage]:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Generator, Iterable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar, Unpack
 
 import httpx
@@ -36,10 +37,11 @@ from queue_service.models import (
     ReadyList,
     Task,
     TaskCreate,
+    TaskFilter,
     TaskPage,
     TaskUpdate,
 )
-from queue_service.wire import DEFAULT_STREAM, HealthStatus, ResultsResponse, StreamChunk
+from queue_service.wire import DEFAULT_STREAM, HealthStatus, ResultsResponse, StreamChunk, StreamPage
 from queue_service.worker import Worker, completed_with
 
 __all__ = ["Client"]
@@ -100,7 +102,7 @@ class Client(BaseClient):
                 return request.parse(response)
             time.sleep(delay)
 
-    def _follow(self, feed: Feed[T]) -> Iterator[T]:
+    def _follow(self, feed: Feed[T]) -> Generator[T, None, None]:
         """Yield a server-sent-event feed's items, reconnecting as *feed* decides."""
         failures = 0
         while True:
@@ -195,16 +197,28 @@ class Client(BaseClient):
         lease on that task), an agent creates the work it found there (``extra.discovered_from``)."""
         return self.send(api.create_task(project, data, discovered_from, token))
 
+    def create_discovered_task(
+        self, project: str, data: TaskCreate | Mapping[str, Any], discovered_from: str, token: str
+    ) -> Task:
+        """:meth:`create_task` with *discovered_from* and *token*, in QueueService's spelling."""
+        return self.send(api.create_task(project, data, discovered_from, token))
+
     def create_tasks(self, project: str, items: Iterable[TaskCreate | Mapping[str, Any]]) -> list[Task]:
         """Create many tasks, all or nothing (``depends_on: ["#0"]`` names the batch's first task)."""
         return self.send(api.create_tasks(project, items))
 
     def list_tasks(
-        self, project: str, *, limit: int = 100, cursor: str | None = None, **query: Unpack[TaskQuery]
+        self,
+        project: str,
+        filters: TaskFilter | Mapping[str, Any] | None = None,
+        limit: int = 100,
+        cursor: str | None = None,
+        **query: Unpack[TaskQuery],
     ) -> TaskPage:
         """One page of tasks matching every filter (status, role, assignee, mission, milestone, label,
-        ready); pass ``page.next_cursor`` for the next."""
-        return self.send(api.list_tasks(project, query, limit, cursor))
+        ready), given as keywords or, as QueueService takes them, one *filters* mapping; pass
+        ``page.next_cursor`` for the next."""
+        return self.send(api.list_tasks(project, api.task_query(filters, query), limit, cursor))
 
     def iter_tasks(self, project: str, *, page_size: int = 500, **query: Unpack[TaskQuery]) -> Iterator[Task]:
         """Every matching task (filters as :meth:`list_tasks`), fetching pages as needed."""
@@ -221,7 +235,7 @@ class Client(BaseClient):
         return self.send(api.get_task(project, key))
 
     def update_task(
-        self, project: str, key: str, patch: TaskUpdate | Mapping[str, Any], *, expected_version: int | None = None
+        self, project: str, key: str, patch: TaskUpdate | Mapping[str, Any], expected_version: int | None = None
     ) -> Task:
         """Change the fields given; with *expected_version*, VersionConflict if it changed since."""
         return self.send(api.update_task(project, key, patch, expected_version))
@@ -273,7 +287,6 @@ class Client(BaseClient):
         self,
         project: str,
         agent: str | None = None,
-        *,
         roles: Sequence[str] | None = None,
         wait_seconds: float = 0.0,
         lease_seconds: float | None = None,
@@ -286,7 +299,20 @@ class Client(BaseClient):
         agent = agent or self.agent_id
         return self.send(api.claim(project, agent, roles, wait_seconds, lease_seconds, lease_profile))
 
-    def heartbeat(self, project: str, key: str, token: str, *, lease_seconds: float | None = None) -> Lease:
+    def claim_next(
+        self,
+        project: str,
+        agent: str | None = None,
+        roles: Sequence[str] | None = None,
+        lease_seconds: float | None = None,
+        wait_seconds: float = 0.0,
+    ) -> Claim | None:
+        """An agent-facing claim (``lease_profile="agent"``): the best ready task by the dispatch order,
+        with the server's agent lease unless *lease_seconds* is given; QueueService.claim_next's order."""
+        agent = agent or self.agent_id
+        return self.send(api.claim(project, agent, roles, wait_seconds, lease_seconds, "agent"))
+
+    def heartbeat(self, project: str, key: str, token: str, lease_seconds: float | None = None) -> Lease:
         """Extend a lease; LeaseError if it was lost."""
         return self.send(api.heartbeat(project, key, token, lease_seconds))
 
@@ -306,7 +332,7 @@ class Client(BaseClient):
                     return task
             raise
 
-    def fail(self, project: str, key: str, token: str, error: str, *, retryable: bool = True) -> Task:
+    def fail(self, project: str, key: str, token: str, error: str, retryable: bool = True) -> Task:
         """Report a failed attempt (retried on 503 like :meth:`complete`: a token fails a task once)."""
         return self.send(api.fail(project, key, token, error, retryable))
 
@@ -324,6 +350,21 @@ class Client(BaseClient):
         connection drops and *reconnect* is set); without, replays the log and stops.
         """
         return self._follow(EventFeed(project, last_event_id, follow, reconnect, self.retry.attempts))
+
+    def list_events(self, project: str, after_id: int = 0, limit: int = 1000) -> list[Event]:
+        """The project's logged events after *after_id*, oldest first, at most *limit*: a replay of
+        :meth:`events` that does not follow (QueueService's spelling)."""
+        out: list[Event] = []
+        feed = self._follow(EventFeed(project, after_id, False, True, self.retry.attempts))
+        try:
+            for event in feed:
+                out.append(event)
+                if len(out) >= limit:
+                    break
+        finally:
+            with contextlib.suppress(Exception):  # the replay is read; closing its connection decides nothing
+                feed.close()
+        return out
 
     # -- task output streams (issue 14) ------------------------------------------------------
     def publish(
@@ -350,6 +391,13 @@ class Client(BaseClient):
         reconnects with the last id seen if the connection drops. The done marker is yielded only
         with *include_done*."""
         return self._follow(StreamFeed(project, key, after, stream, follow, include_done, self.retry.attempts))
+
+    def read_stream(self, project: str, key: str, after: str | None = None, stream: str = DEFAULT_STREAM) -> StreamPage:
+        """The task's chunks after *after* that exist now (the done marker last, once the stream ended),
+        as one page: :meth:`stream` without following (QueueService's spelling)."""
+        return api.stream_page(
+            list(self.stream(project, key, after=after, stream=stream, follow=False, include_done=True)), after
+        )
 
     # -- coord parity -----------------------------------------------------------------------
     def coord_status(self, project: str | None = None, mission: str | None = None) -> dict[str, Any]:

@@ -9,16 +9,20 @@ The SDK's session manager runs stateless with JSON responses: every POST is one 
 exchange, so any replica can answer it and no per-client state lives in the process. Host/Origin
 checks and body caps are the app's middleware's job (one rule for ``/v1`` and ``/mcp``), so the
 SDK's own DNS-rebinding check is left off; its body cap is set to ``QUEUE_MAX_BODY_BYTES``.
+
+The SDK is imported and its session manager started at the first ``/mcp`` request, not when the
+app is built: importing it costs seconds of CPU (issue 11) that a server nobody asks for MCP never
+needs to pay. The manager runs in a task of its own (its task group must enter and exit in one
+task), stopped when the app's lifespan ends.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from mcp.server import ServerRequestContext
-from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from starlette.datastructures import Headers
 from starlette.types import Receive, Scope, Send
 
@@ -27,7 +31,10 @@ from queue_service.api.deps import AppState
 from queue_service.api.errors import error_response
 from queue_service.auth import Principal
 from queue_service.mcp_server import tools
-from queue_service.mcp_server.server import build_server
+
+if TYPE_CHECKING:
+    from mcp.server import ServerRequestContext
+    from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 
 __all__ = ["MCP_PATH", "McpEndpoint"]
 
@@ -50,25 +57,57 @@ class McpEndpoint:
     def __init__(self) -> None:
         self._manager: StreamableHTTPSessionManager | None = None
         self._state: AppState | None = None
+        self._runner: asyncio.Task[None] | None = None
+        self._stop: asyncio.Event | None = None
+        self._starting = asyncio.Lock()
 
     @contextlib.asynccontextmanager
     async def running(self, state: AppState) -> AsyncIterator[None]:
-        """Serve MCP requests with *state*'s service until exit (a session manager runs only once,
-        so every lifespan gets a new one)."""
-        server = build_server(self._context, state.settings.mcp_tools)
-        manager = StreamableHTTPSessionManager(
-            app=server,
-            json_response=True,
-            stateless=True,
-            security_settings=None,
-            max_request_body_size=state.settings.max_body_bytes,
-        )
-        async with manager.run():
-            self._manager, self._state = manager, state
-            try:
-                yield
-            finally:
-                self._manager = self._state = None
+        """Serve MCP requests with *state*'s service until exit; the SDK starts at the first request
+        (a session manager runs only once, so every lifespan gets a new one)."""
+        self._state = state
+        try:
+            yield
+        finally:
+            runner, stop = self._runner, self._stop
+            self._manager = self._state = self._runner = self._stop = None
+            if runner is not None and stop is not None:
+                stop.set()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await runner
+
+    async def _started(self, state: AppState) -> StreamableHTTPSessionManager:
+        """The running session manager, imported and started on first use."""
+        async with self._starting:
+            if self._manager is not None:
+                return self._manager
+            from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
+
+            from queue_service.mcp_server.server import build_server
+
+            server = build_server(self._context, state.settings.mcp_tools)
+            manager = StreamableHTTPSessionManager(
+                app=server,
+                json_response=True,
+                stateless=True,
+                security_settings=None,
+                max_request_body_size=state.settings.max_body_bytes,
+            )
+            ready, stop = asyncio.Event(), asyncio.Event()
+
+            async def run() -> None:
+                async with manager.run():
+                    ready.set()
+                    await stop.wait()
+
+            runner = asyncio.create_task(run(), name="mcp session manager")
+            waiter = asyncio.create_task(ready.wait())
+            await asyncio.wait({runner, waiter}, return_when=asyncio.FIRST_COMPLETED)
+            waiter.cancel()
+            if runner.done():
+                runner.result()  # the manager failed to start: raise its error
+            self._manager, self._runner, self._stop = manager, runner, stop
+            return manager
 
     async def _context(self, ctx: ServerRequestContext[Any, Any]) -> tools.ToolContext:
         state = self._state
@@ -86,10 +125,10 @@ class McpEndpoint:
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        manager, state = self._manager, self._state
+        state = self._state
         if scope["type"] != "http":
             return
-        if manager is None or state is None:
+        if state is None:
             response = error_response(503, "backend_unavailable", "the service is not started")
             await response(scope, receive, send)
             return
@@ -99,4 +138,5 @@ class McpEndpoint:
             headers = {"WWW-Authenticate": "Bearer"} if exc.http_status == 401 else None
             await error_response(exc.http_status, exc.code, exc.message, exc.details, headers)(scope, receive, send)
             return
+        manager = await self._started(state)
         await manager.handle_request({**scope, _PRINCIPAL: principal}, receive, send)

@@ -229,7 +229,7 @@ async def claim_best_ready(ctx: ToolContext, project: str, agent: str, role: str
 
 async def _ready_tasks(ctx: ToolContext, project: str, role: str | None, count: int) -> tuple[list[Task], int]:
     """The first *count* ready tasks of *role* in the one dispatch order, and how many are ready in all."""
-    ready = await ctx.service.ready(project, [role] if role else None, limit=max(1, min(count, 1000)))
+    ready = await ctx.service.ready_tasks(project, [role] if role else None, limit=max(1, min(count, 1000)))
     return ready.tasks, ready.total
 
 

@@ -5,7 +5,8 @@ registers the agent, checks its capacity, and picks by fair share, labels, concu
 role's strategy. The Valkey ready lists no longer decide *which* task a claimer gets (a list knows
 priority and arrival, not groups, labels or keys); they are what an idle claimer blocks on, so a new
 ready task still wakes it at once without polling Postgres. A claimed key is taken off its list
-after commit.
+after commit. :class:`queue_service.postgres.dispatch.PostgresValkeyDispatcher` makes this attempt
+its ``_try_claim`` and blocks on the lists in its ``_wait_for_ready``.
 """
 
 from __future__ import annotations
@@ -13,8 +14,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import time
-from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import asyncpg
@@ -33,9 +32,6 @@ __all__ = ["claim_routed"]
 
 logger = logging.getLogger(__name__)
 
-#: longest pause of a waiting claimer whose lists hold only tasks it may not take (offered to
-#: others, labels it lacks, keys at their limit), seconds
-_MAX_PAUSE = 0.5
 _rng = random.Random()
 _DEADLOCK_TRIES = 3
 _STILL_READY = "SELECT true FROM tasks WHERE project = $1 AND key = $2 AND status = 'not-started' AND pending_deps = 0"
@@ -100,46 +96,25 @@ async def claim_routed(
     d: PostgresValkeyDispatcher,
     project: str,
     agent: str,
-    roles: Sequence[str] | None,
+    roles: list[str] | None,
     limit: int,
-    wait: float,
     lease: float,
+    woken: Popped | None = None,
 ) -> list[Claim]:
-    """Claim up to *limit* tasks, waiting up to *wait* seconds while none could be claimed."""
-    await d.require_project(None, project)
-    role_list = list(dict.fromkeys(roles)) if roles else None
-    deadline = time.monotonic() + max(0.0, wait)
-    pause = 0.02
-    while True:
-        claims = await _once(d, project, agent, role_list, limit, lease)
-        if claims:
-            return claims
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            return []
-        # backoffs that came due go to the lists (and bound how long we sleep)
-        _, next_in = await d.release_due(project)
-        timeout = remaining if next_in is None else min(remaining, next_in + 0.001)
-        # Postgres is asked again at least every idle_check_seconds: a task no list holds (Valkey
-        # emptied or restarted, no orchestrator to reconcile) is still found by a waiting claimer
-        timeout = min(timeout, d.idle_check_seconds)
-        popped = await d.broker.pop(project, role_list, timeout=timeout)
-        if popped is None:
-            continue
-        # Something was listed: the lists only wake us, Postgres picks (maybe that very task).
-        try:
-            claims = await _once(d, project, agent, role_list, limit, lease)
-        except BaseException:
-            await asyncio.shield(_give_back_if_ready(d, popped))
-            raise
-        if popped.key not in {c.task.key for c in claims}:
-            await _give_back_if_ready(d, popped)
-        if claims:
-            return claims
-        # The entry is one we may not take (offered to another agent, a label we lack, a key at its
-        # limit): do not spin on it. Pause, growing, before looking again.
-        await asyncio.sleep(min(pause, max(0.0, deadline - time.monotonic())))
-        pause = min(_MAX_PAUSE, pause * 2)
+    """One routed attempt: claim up to *limit* tasks now, never waiting (the wait loop is
+    :class:`queue_service.dispatching.BaseDispatcher`'s). *woken*, the key the claimer's last wait
+    popped, only woke it: Postgres picks (maybe that very task). If it was not claimed and its task
+    is still ready, it goes back to its list for the claimers it is meant for."""
+    if woken is None:
+        return await _once(d, project, agent, roles, limit, lease)
+    try:
+        claims = await _once(d, project, agent, roles, limit, lease)
+    except BaseException:
+        await asyncio.shield(_give_back_if_ready(d, woken))
+        raise
+    if woken.key not in {c.task.key for c in claims}:
+        await _give_back_if_ready(d, woken)
+    return claims
 
 
 async def _give_back_if_ready(d: PostgresValkeyDispatcher, popped: Popped) -> None:

@@ -2,15 +2,17 @@
 
 The split of responsibilities:
 
-* **Postgres decides.** A claim is a conditional ``UPDATE`` (still not-started, ``pending_deps = 0``,
-  ``not_before`` passed): exactly one racer matches. Heartbeat/complete/fail/release match on
+* **Postgres decides.** A claim is a routed claim (issue 13, :mod:`queue_service.postgres.claims`):
+  one transaction picks among the ready tasks (not-started, ``pending_deps = 0``, ``not_before``
+  passed) by fair share, labels, concurrency keys and the role's strategy and takes them with
+  ``FOR UPDATE SKIP LOCKED``: exactly one racer gets a task. Heartbeat/complete/fail/release match on
   ``lease_token = :token AND status = 'in-progress' AND lease_expires_at > statement_timestamp()``
   (the database's clock, never a replica's), so a zombie whose
   lease expired or was reclaimed changes nothing.
-* **Valkey signals.** Ready lists tell claimers *which* key to try (BLPOP wakes them instantly, no
-  polling); the lock key mirrors the lease for observers; pub/sub carries events after commit. All of
+* **Valkey signals.** Ready lists wake idle claimers (BLPOP, no polling); Postgres still picks what
+  a woken claimer gets. The lock key mirrors the lease for observers; pub/sub carries events after commit. All of
   it is derived state: a lost entry is found again by :meth:`PostgresValkeyDispatcher.sweep`'s
-  reconcile, a stale entry is dropped by the claimer whose ``UPDATE`` matched nothing.
+  reconcile, a stale entry is dropped by the claimer it woke.
 
 Valkey is only written *after* the Postgres transaction committed, and a Valkey failure at that point
 is logged, not raised: the durable change stands and the next sweep repairs the derived state.
@@ -18,20 +20,24 @@ is logged, not raised: the durable change stands and the next sweep repairs the 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import random
 import uuid
 from collections.abc import Callable, Sequence
+from contextvars import ContextVar
+from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any
 
 import asyncpg
 from sqlalchemy import Text, bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from queue_service import domain, exceptions
-from queue_service.backend import DispatchConfig, Dispatcher
+from queue_service.backend import DispatchConfig
+from queue_service.dispatching import BaseDispatcher
 from queue_service.models import Claim, Event, Lease, SweepReport, Task, TaskStatus, utcnow
 from queue_service.postgres import outcomes, transitions
 from queue_service.postgres import tables as t
@@ -51,7 +57,7 @@ from queue_service.postgres.transitions import (
     EVENT_RETRIED,
     Effects,
 )
-from queue_service.postgres.valkey import BrokerBatch, ReadyItem, ValkeyBroker
+from queue_service.postgres.valkey import BrokerBatch, Popped, ReadyItem, ValkeyBroker
 
 __all__ = [
     "EVENT_CLAIMED",
@@ -65,8 +71,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-_T = TypeVar("_T")
 
 S = TaskStatus
 
@@ -103,6 +107,24 @@ _RELEASE = (
     .returning(*task_columns)
 )
 _LOCK_FOR_FAILURE = select(_tasks.c.id, _tasks.c.attempts, _tasks.c.max_attempts).where(_LEASE_MATCH).with_for_update()
+
+
+#: longest pause of a waiting claimer whose wake-ups are for tasks it may not take, seconds
+_MAX_PAUSE = 0.5
+
+
+@dataclass
+class _Waiting:
+    """One claim call's waits (:meth:`PostgresValkeyDispatcher._wait_for_ready`)."""
+
+    #: the last wake-up was for a task this claimer may not take: pause before blocking again
+    refused: bool = False
+    pause: float = 0.02
+
+
+#: the waits of the claim call running in this task; the base's wait loop runs in the caller's
+#: task, so its attempts and waits share it (concurrent calls each have their own)
+_WAITING: ContextVar[_Waiting | None] = ContextVar("queue_service_pg_claim_waiting", default=None)
 
 
 def event_payload(event: Event) -> dict[str, Any]:
@@ -152,7 +174,7 @@ def _promote(batch: BrokerBatch, project: str, rows: Sequence[Any]) -> None:
             batch.scheduled.append((project, r["key"], r["not_before"]))
 
 
-class PostgresValkeyDispatcher(Dispatcher):
+class PostgresValkeyDispatcher(BaseDispatcher[Popped]):
     """Claims, leases, completion, retries and the orchestrator sweep over Postgres + Valkey.
 
     Args:
@@ -186,10 +208,9 @@ class PostgresValkeyDispatcher(Dispatcher):
         self._now = clock
         self._known_projects: set[str] = set()
         self._sweeper = PostgresSweeper(engine, broker, config, node_id=self.node_id, apply_effects=self.apply_effects)
-        #: shortest interval between two reconciles a claimer starts itself because Valkey had nothing
-        #: for it while Postgres may have ready tasks (no orchestrator: serverless/direct mode)
+        #: longest a waiting claimer blocks on the Valkey lists before asking Postgres again: a ready
+        #: task no list holds (Valkey emptied, no orchestrator: serverless/direct mode) is still found
         self.idle_check_seconds = float(config.extra.get("idle_check_seconds", max(1.0, config.sweep_seconds)))
-        self._next_idle_check: dict[str, float] = {}
 
     async def close(self) -> None:
         """Close the lease statements' asyncpg pool (the engine is the backend's to dispose). Idempotent."""
@@ -270,53 +291,66 @@ class PostgresValkeyDispatcher(Dispatcher):
             attempts, c.backoff_base_seconds, c.backoff_max_seconds, c.backoff_jitter, self._rng
         )
 
-    # -- claim -------------------------------------------------------------------------------
-    # Every claim is routed (issue 13): see :mod:`queue_service.postgres.claims`.
-    async def claim(
+    # -- claim: BaseDispatcher's argument rules and wait loop over these primitives --------------
+    # Every claim is routed (issue 13): Postgres picks (queue_service/postgres/claims.py); the Valkey
+    # lists only wake waiting claimers.
+    async def _try_claim(
         self,
         project: str,
         agent: str,
-        roles: Sequence[str] | None = None,
-        wait: float = 0.0,
-        lease_seconds: float | None = None,
-    ) -> Claim | None:
-        """See :meth:`Dispatcher.claim`: Postgres picks (fair share, labels, keys, strategy)."""
-        lease = domain.lease_length(lease_seconds, self.config.lease_seconds)
-        got = await claim_routed(self, project, agent, roles, 1, wait, lease)
-        return got[0] if got else None
+        roles: list[str] | None,
+        limit: int,
+        lease: float,
+        want_due: bool,
+        woken: Popped | None = None,
+    ) -> tuple[list[Claim], float | None]:
+        """One routed claim (:func:`queue_service.postgres.claims.claim_routed`): one transaction
+        registers the agent, checks its capacity and picks by fair share, labels, concurrency keys and
+        the role's strategy, in ``domain.dispatch_order`` within those rules. *woken* (the key the last
+        wait popped) goes back to its list unless this claim took it.
 
-    async def claim_next(
-        self, project: str, agent: str, roles: Sequence[str] | None, lease_seconds: float
-    ) -> Claim | None:
-        """See :meth:`Dispatcher.claim_next`: the routed claim already follows the dispatch order."""
-        lease = domain.lease_length(lease_seconds, self.config.lease_seconds)
-        await self.require_project(None, project)
-        await self.release_due(project)
-        got = await claim_routed(self, project, agent, roles, 1, 0.0, lease)
-        return got[0] if got else None
+        Nothing claimed: backoffs that came due are queued (waking claimers), and the wait is bounded
+        by the next one's due time and by ``idle_check_seconds``, so a waiting claimer asks Postgres
+        again even when no list holds its ready tasks (Valkey emptied or restarted, no orchestrator).
+        """
+        if woken is None:  # (a woken claimer's project was checked by the attempt before its wait)
+            await self.require_project(None, project)
+        got = await claim_routed(self, project, agent, roles, limit, lease, woken)
+        if got:
+            got.sort(key=lambda c: (c.task.priority.value, c.task.seq))
+            return got, None
+        waiting = _WAITING.get()
+        if woken is not None and waiting is not None:
+            waiting.refused = True
+        _, next_in = await self.release_due(project)
+        return [], self.idle_check_seconds if next_in is None else min(next_in, self.idle_check_seconds)
 
-    async def claim_many(
-        self,
-        project: str,
-        agent: str,
-        roles: Sequence[str] | None = None,
-        limit: int = 10,
-        wait: float = 0.0,
-        lease_seconds: float | None = None,
-    ) -> list[Claim]:
-        """See :meth:`Dispatcher.claim_many`: one routed transaction for the batch."""
-        lease = domain.lease_length(lease_seconds, self.config.lease_seconds)
-        if limit < 1:
-            raise exceptions.ValidationError(f"limit must be at least 1, got {limit}", value=limit)
-        claims = await claim_routed(self, project, agent, roles, limit, wait, lease)
-        claims.sort(key=lambda c: (c.task.priority.value, c.task.seq))
-        return claims
+    def _start_waiting(self, project: str) -> None:
+        _WAITING.set(_Waiting())
+
+    def _stop_waiting(self, project: str) -> None:
+        _WAITING.set(None)
+
+    async def _wait_for_ready(
+        self, project: str, roles: list[str] | None, armed: asyncio.Event | None, timeout: float
+    ) -> Popped | None:
+        """Block in BLPOP on the ready lists of *roles* (every commit that makes a task ready pushes its
+        key there after it committed) for up to *timeout* seconds; the key it pops is handed to the next
+        :meth:`_try_claim`. After a wake-up for a task this claimer may not take (offered to another
+        agent, a label it lacks, a key at its limit) it pauses instead, growing: that key went back to
+        its list, and blocking at once would pop it again and spin."""
+        waiting = _WAITING.get()
+        if waiting is not None and waiting.refused:
+            waiting.refused = False
+            await asyncio.sleep(min(waiting.pause, timeout))
+            waiting.pause = min(_MAX_PAUSE, waiting.pause * 2)
+            return None
+        return await self.broker.pop(project, roles, timeout=timeout, try_first=False)
 
     # -- lease operations --------------------------------------------------------------------
-    async def heartbeat(self, project: str, key: str, token: str, lease_seconds: float | None = None) -> Lease:
-        """See :meth:`Dispatcher.heartbeat`. Lease bookkeeping only: no version bump, no event."""
+    async def _heartbeat(self, project: str, key: str, token: str, lease: float) -> Lease:
+        """Lease bookkeeping only: no version bump, no event."""
         now = self._now()
-        lease = domain.lease_length(lease_seconds, self.config.lease_seconds)
         async with wrap_errors(), self._raw.connection() as raw:
             row = await raw.fetchrow(_Q["heartbeat"], project, key, token, lease)
         if row is None:

@@ -7,6 +7,7 @@ migrate one after the other instead of racing.
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from sqlalchemy import pool, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from queue_service import exceptions
 from queue_service.postgres.errors import wrap_errors
 
 __all__ = ["MIGRATIONS_DIR", "alembic_config", "current", "downgrade", "head", "upgrade"]
@@ -31,9 +33,14 @@ _LOCK_ID = 0x5155455545  # "QUEUE"
 def _migrations_dir() -> Path:
     if (MIGRATIONS_DIR / "env.py").exists():
         return MIGRATIONS_DIR
-    import migrations  # installed package layout
-
-    return Path(migrations.__file__).resolve().parent
+    # Installed package layout: located, not imported. The scripts are alembic's to run, and
+    # ``migrations/env.py`` imports ``postgres.tables``: importing it here would close a package circle.
+    spec = importlib.util.find_spec("migrations")
+    if spec is None or not spec.submodule_search_locations:
+        raise exceptions.ConfigurationError(
+            f"the alembic migrations are missing: no {MIGRATIONS_DIR} and no installed 'migrations' package"
+        )
+    return Path(next(iter(spec.submodule_search_locations))).resolve()
 
 
 def alembic_config(url: str | None = None) -> Config:

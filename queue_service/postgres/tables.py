@@ -35,6 +35,8 @@ from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 __all__ = [
+    "OPTIONAL_INDEXES",
+    "TASK_SEARCH_SQL",
     "AgentRow",
     "ApiTokenRow",
     "Base",
@@ -73,6 +75,12 @@ NAMING_CONVENTION = {
     "fk": "fk_%(table_name)s_%(column_0_N_name)s_%(referred_table_name)s",
     "pk": "pk_%(table_name)s",
 }
+
+#: the text the board's search matches (key, title, description; a separator no needle may hold);
+#: migration 0007 indexes exactly this expression with pg_trgm when the extension can be created
+TASK_SEARCH_SQL = "(tasks.key || chr(31) || tasks.title || chr(31) || tasks.description)"
+#: indexes a migration creates only when the server allows it (pg_trgm): not part of the models
+OPTIONAL_INDEXES = frozenset({"ix_tasks_search_trgm"})
 
 _STATUS_WORDS = "'not-started','in-progress','needs-qa','done','blocked','failed','cancelled'"
 _TZ = DateTime(timezone=True)
@@ -277,7 +285,11 @@ class EventRow(Base):
     """A recorded change, written in the transaction of the change; ``id`` is the SSE event id."""
 
     __tablename__ = "events"
-    __table_args__ = (Index("ix_events_project_id", "project", "id"),)
+    __table_args__ = (
+        Index("ix_events_project_id", "project", "id"),
+        # a task's event history (task page, lease reasons): newest first without a project-wide scan
+        Index("ix_events_project_task_key_id", "project", "task_key", "id"),
+    )
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
     project: Mapped[str] = mapped_column(Text, ForeignKey("projects.slug", ondelete="CASCADE"))

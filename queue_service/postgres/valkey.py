@@ -468,12 +468,6 @@ class ValkeyBroker:
                 n += int(await self._scripts["push_back"](keys=[self.keys.queued(project)], args=args))
         return n
 
-    async def take_idle_check(self, project: str, seconds: float) -> bool:
-        """True for the first caller (across processes) per *seconds* window: the shared rate limit
-        (``SET NX PX``) of the reconcile a claimer starts when Valkey had nothing for it."""
-        with wrap_valkey_errors("rate limit"):
-            return bool(await self.client.set(self.keys.idle_check(project), "1", px=_ms(seconds), nx=True))
-
     async def depth(self, project: str) -> dict[str, int]:
         """Ready-list length per role (all priorities summed), for every known role."""
         roles = await self.roles(project)

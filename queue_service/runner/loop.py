@@ -18,8 +18,8 @@ The session files (``session.lock``, ``next-task.json``) are written by ``runner
 child's environment is built by ``runner.child``, its output captured by ``runner.output`` and
 published by ``runner.stream``; this module is the run loop.
 
-The runner only needs :class:`RunnerOps`, which QueueService (local mode) satisfies as it is and
-the REST client through ``cli._remote.RemoteOps`` (remote mode).
+The runner only needs :class:`RunnerOps`, which QueueService (local mode) and the REST
+:class:`~queue_service.client.AsyncClient` (remote mode) both satisfy as they are.
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ EXIT_TASK_FAILED = 4
 
 
 class RunnerOps(Protocol):
-    """What the runner needs from the service (QueueService, or RemoteOps over the REST AsyncClient)."""
+    """What the runner needs from the service (QueueService, or the REST AsyncClient itself)."""
 
     async def get_project(self, slug: str, /) -> Project: ...
     async def register_agent(self, project: str, data: Mapping[str, Any], /) -> Agent: ...

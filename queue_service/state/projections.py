@@ -34,6 +34,7 @@ class Projections(StateCore):
         """Filtered, seq-ordered page."""
         after = decode_cursor(cursor)
         statuses = set(filters.status) if filters.status else None
+        needle = filters.text.casefold() if filters.text else None
         view = View(self, Changes())
         items: list[Task] = []
         more = False
@@ -51,6 +52,8 @@ class Projections(StateCore):
             if filters.milestone is not None and task.milestone != filters.milestone:
                 continue
             if filters.label is not None and filters.label not in task.labels:
+                continue
+            if needle is not None and not _has_text(task, needle):
                 continue
             if filters.ready is not None and view.is_ready(task, now) != filters.ready:
                 continue
@@ -133,3 +136,8 @@ class Projections(StateCore):
                 if len(out) >= limit:
                     break
         return out
+
+
+def _has_text(task: Task, needle: str) -> bool:
+    """The board's search (``TaskFilter.text``): *needle* (casefolded) in the key, title or description."""
+    return needle in task.key.casefold() or needle in task.title.casefold() or needle in task.description.casefold()

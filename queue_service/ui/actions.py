@@ -103,7 +103,7 @@ async def create_task(request: Request, project: str) -> Response:
 @router.post("/p/{project}/tasks/{key}/retry")
 async def retry(request: Request, project: str, key: str) -> Response:
     async def run(_: FormData, principal: Principal) -> str:
-        await get_service(request).retry(project, key, actor=principal.actor)
+        await get_service(request).retry_task(project, key, actor=principal.actor)
         return _task_url(project, key)
 
     return await _guarded(request, project, Action.ADMIN, run)

@@ -12,7 +12,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from queue_service import exceptions
 from queue_service.api.deps import get_service, get_state
 from queue_service.auth import Action, Principal
-from queue_service.models import TaskFilter, TaskStatus, parse_status, validate_slug
+from queue_service.models import TaskFilter, TaskStatus, parse_status, validate_slug, validated
 from queue_service.ui import graphs, session, views
 from queue_service.ui.render import error_page, page
 
@@ -149,19 +149,24 @@ async def task_list(
     label: _Text = None,
     mission: _Text = None,
     milestone: _Text = None,
+    q: _Text = None,
     cursor: _Cursor = None,
 ) -> Response:
     """Every task matching the filters, a page at a time (the board's "all N" links)."""
     principal = await _reader(request, project)
     service = get_service(request)
     try:
-        filters = TaskFilter(
-            status=list(_statuses(status)) or None,
-            role=_blank(role),
-            assignee=_blank(assignee),
-            label=_blank(label),
-            mission=_blank(mission),
-            milestone=_blank(milestone),
+        filters = validated(
+            TaskFilter,
+            {
+                "status": list(_statuses(status)) or None,
+                "role": _blank(role),
+                "assignee": _blank(assignee),
+                "label": _blank(label),
+                "mission": _blank(mission),
+                "milestone": _blank(milestone),
+                "text": _blank(q),
+            },
         )
         found = await service.list_tasks(project, filters, limit=PAGE_ROWS, cursor=_blank(cursor))
     except exceptions.QueueServiceError as exc:

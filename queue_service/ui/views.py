@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from queue_service import exceptions
-from queue_service.models import Event, Task, TaskFilter, TaskStatus, utcnow
+from queue_service.models import Event, Task, TaskFilter, TaskStatus, utcnow, validated
 from queue_service.service import QueueService
 
 __all__ = [
@@ -52,25 +52,28 @@ class BoardFilter:
     text: str | None = None
 
     def store_filter(self, statuses: Sequence[TaskStatus]) -> TaskFilter:
-        return TaskFilter(
-            status=list(statuses),
-            role=self.role,
-            assignee=self.assignee,
-            label=self.label,
-            mission=self.mission,
-            milestone=self.milestone,
+        """The store-side filter; the text search runs in the store too (an index on Postgres, issue 12).
+
+        Raises:
+            ValidationError: a filter value is refused (a search text with control characters).
+        """
+        return validated(
+            TaskFilter,
+            {
+                "status": list(statuses),
+                "role": self.role,
+                "assignee": self.assignee,
+                "label": self.label,
+                "mission": self.mission,
+                "milestone": self.milestone,
+                "text": self.text,
+            },
         )
 
     @property
     def store_only(self) -> bool:
         """True when the stats' per-status counts are the column counts (no filter but status)."""
         return not (self.role or self.assignee or self.label or self.mission or self.milestone or self.text)
-
-    def matches_text(self, task: Task) -> bool:
-        if not self.text:
-            return True
-        needle = self.text.casefold()
-        return needle in task.key.casefold() or needle in task.title.casefold() or needle in task.description.casefold()
 
 
 @dataclass
@@ -115,11 +118,10 @@ async def board(service: QueueService, project: str, f: BoardFilter) -> list[Col
     read = 0
     async for task in iter_tasks(service, project, f.store_filter(statuses), SCAN_LIMIT):
         read += 1
-        if f.matches_text(task):
-            col = columns[task.status]
-            col.count += 1
-            if len(col.cards) < CARDS:
-                col.cards.append(task)
+        col = columns[task.status]
+        col.count += 1
+        if len(col.cards) < CARDS:
+            col.cards.append(task)
     if read >= SCAN_LIMIT:
         for col in columns.values():
             col.capped = True
@@ -269,7 +271,7 @@ async def retry_many(service: QueueService, project: str, keys: Sequence[str], a
     errors: list[str] = []
     for key in keys:
         try:
-            await service.retry(project, key, actor=actor)
+            await service.retry_task(project, key, actor=actor)
             done += 1
         except exceptions.QueueServiceError as exc:
             errors.append(f"{key}: {exc.message}")

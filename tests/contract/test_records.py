@@ -258,6 +258,33 @@ async def test_list_filters_and_pagination(svc: QueueService, web: str) -> None:
         await svc.list_tasks(web, None, limit=0)
 
 
+async def test_list_text_search(svc: QueueService, web: str) -> None:
+    """``text``: a case-insensitive substring of key, title or description; LIKE wildcards are plain text."""
+    await svc.create_tasks(
+        web,
+        [
+            {"title": "Fix the Login form"},
+            {"title": "b", "description": "the LOGIN page is slow"},
+            {"title": "100% done_ish"},
+            {"title": "1000 done-ish"},
+            {"title": "unrelated", "status": "done"},
+        ],
+    )
+
+    async def keys(**f: object) -> list[str]:
+        return [t.key for t in (await svc.list_tasks(web, f)).items]
+
+    assert await keys(text="login") == ["WEB-1", "WEB-2"]
+    assert await keys(text="web-5") == ["WEB-5"]
+    assert await keys(text="0% done_") == ["WEB-3"]  # % and _ match themselves, not "anything"
+    assert await keys(text="login", status=["done"]) == []
+    page = await svc.list_tasks(web, {"text": "e"}, limit=2)
+    assert len(page.items) == 2 and page.next_cursor is not None
+    for bad in ("two\nlines", "x" * 201, ""):
+        with pytest.raises(exceptions.ValidationError):
+            await svc.list_tasks(web, {"text": bad})
+
+
 async def test_get_tasks_returns_only_asked(svc: QueueService, web: str) -> None:
     await svc.create_tasks(web, [{"title": str(i)} for i in range(5)])
     got = await svc.get_tasks(web, ["WEB-4", "WEB-2", "WEB-99"])

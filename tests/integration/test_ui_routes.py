@@ -130,6 +130,11 @@ async def test_board_columns_cards_and_filters(app: FastAPI) -> None:
         assert cols == ["needs-qa", "done"]
         r = await c.get("/ui/p/web", params={"q": "api"})
         assert 'data-testid="card-WEB-2"' in r.text and 'data-testid="card-WEB-1"' not in r.text
+        # the search runs in the store (issue 12): the same on the list page, and bad input is a 422
+        r = await c.get("/ui/p/web/list", params={"q": "API"})
+        assert 'tasks/WEB-2"' in r.text and 'tasks/WEB-1"' not in r.text
+        r = await c.get("/ui/p/web", params={"q": "two\tlines"})
+        assert r.status_code == 422 and "control characters" in r.text
         r = await c.get("/ui/p/web", params={"label": "v1", "mission": "launch"})
         assert 'data-testid="card-WEB-1"' in r.text and 'data-testid="card-WEB-2"' not in r.text
         r = await c.get("/ui/p/web", params={"status": "bogus"})

@@ -128,6 +128,32 @@ async def test_missions(http: httpx.AsyncClient, project: str) -> None:
     assert error_of(missing)["code"] == "mission_not_found"
 
 
+async def test_project_mission_and_event_lists_are_bounded(http: httpx.AsyncClient, project: str) -> None:
+    """Issue 11: a default page, a bounded ``limit`` (422 beyond), and a cursor when more follow."""
+    for i in range(3):
+        assert (await http.post(f"{P}/missions", json={"id": f"m{i}"})).status_code == 201
+    first = (await http.get(f"{P}/missions", params={"limit": 2})).json()
+    assert [m["id"] for m in first["items"]] == ["default", "m0"] and first["total"] == 4
+    rest = (await http.get(f"{P}/missions", params={"limit": 2, "cursor": first["next_cursor"]})).json()
+    assert [m["id"] for m in rest["items"]] == ["m1", "m2"] and rest["next_cursor"] is None
+    everything = (await http.get(f"{P}/missions")).json()
+    assert len(everything["items"]) == 4 and everything["next_cursor"] is None
+    projects = (await http.get("/v1/projects", params={"limit": 1})).json()
+    assert len(projects["items"]) == 1 and projects["total"] >= 1
+    for url in ("/v1/projects", f"{P}/missions"):
+        for bad in ({"limit": 1001}, {"limit": 0}, {"cursor": "x"}):
+            response = await http.get(url, params=bad)
+            assert response.status_code == 422, (url, bad, response.text)
+    for i in range(5):
+        await http.post(f"{P}/tasks", json={"title": f"t{i}"})
+    replay = await http.get(f"{P}/events", params={"follow": "false", "after": "0", "limit": 2})
+    assert replay.text.count("\ndata: ") + replay.text.startswith("data: ") == 2
+    assert ": truncated; 2 events shown; resume with after=" in replay.text
+    whole = await http.get(f"{P}/events", params={"follow": "false", "after": "0"})
+    assert whole.text.count("data: ") >= 5 and "truncated" not in whole.text  # no limit: the whole log
+    assert (await http.get(f"{P}/events", params={"follow": "false", "limit": 10_001})).status_code == 422
+
+
 # -- tasks --------------------------------------------------------------------------------------
 
 

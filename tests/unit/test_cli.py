@@ -678,3 +678,30 @@ def test_serve_refuses_reachable_address_without_tokens_in_one_line(
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("error: refusing to start: bound to 0.0.0.0")
+
+
+def test_listings_have_a_default_limit_and_say_when_they_cut(cli: Cli) -> None:
+    """Issue 11: project list, mission list and events print 20 by default and say how to see more."""
+    for i in range(20):
+        cli("project", "create", f"p{i:02d}")
+        cli("mission", "create", "web", f"m{i:02d}")
+    out = cli("project", "list").stdout
+    assert "20 of 21 shown; --limit N or --all" in out
+    assert "p19" in out and "web" not in out  # by slug: p00..p19, then web
+    assert "shown" not in cli("project", "list", "--all").stdout
+    listed = cli("project", "list", "--json")
+    assert len(json.loads(listed.stdout)) == 20 and "20 of 21 shown" in listed.stderr
+    assert len(cli.json("project", "list", "--limit", "3")) == 3
+    assert "20 of 21 shown; --limit N or --all" in cli("mission", "list", "-p", "web").stdout
+    assert len(cli.json("mission", "list", "-p", "web", "--all")) == 21
+    assert "less than or equal to 1000" in cli("project", "list", "--limit", "1001", code=2).stderr
+    cli("task", "add", "-p", "web", "--from", "-", input=json.dumps([{"title": f"T{i}"} for i in range(30)]))
+    events = cli("events", "-p", "web")
+    assert "20 shown; --since " in events.stdout and "or --all" in events.stdout
+    as_json = cli("events", "-p", "web", "--json")
+    assert len(as_json.stdout.splitlines()) == 20 and "20 shown; --since" in as_json.stderr
+    last = json.loads(as_json.stdout.splitlines()[-1])["id"]
+    rest = cli("events", "-p", "web", "--json", "--since", str(last)).stdout.splitlines()
+    assert len(rest) == 20 and json.loads(rest[0])["id"] > last
+    every = cli("events", "-p", "web", "--json", "--all")
+    assert len(every.stdout.splitlines()) >= 20 + 30 and "shown" not in every.stderr

@@ -45,3 +45,13 @@ def test_package_data_ships_every_sql_and_lua_file() -> None:
     for path in data:
         rel = path.relative_to(PACKAGE).as_posix()
         assert any(fnmatch.fnmatch(rel, pattern) for pattern in patterns), f"{rel} is not package data"
+
+
+def test_installed_migrations_are_found_without_a_source_tree(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from queue_service.postgres import migrate
+
+    # no source-tree migrations/ beside the package: the installed package is found by its spec (not
+    # imported: import-linter keeps postgres below migrations, whose env.py imports postgres.tables)
+    monkeypatch.setattr(migrate, "MIGRATIONS_DIR", tmp_path / "migrations")
+    assert (migrate._migrations_dir() / "env.py").is_file()
+    assert migrate.alembic_config().get_main_option("script_location") == str(migrate._migrations_dir())

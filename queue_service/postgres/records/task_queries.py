@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import timedelta
 
-from sqlalchemy import ColumnElement, and_, bindparam, func, not_, select
+from sqlalchemy import ColumnElement, Text, and_, bindparam, func, literal_column, not_, select
 
 from queue_service import routing
 from queue_service.cursors import decode_cursor, encode_cursor
@@ -58,6 +58,10 @@ class TaskQueries(PostgresRecordsBase):
             where.append(tc.milestone == f.milestone)
         if f.label is not None:
             where.append(tc.labels.contains([f.label]))
+        if f.text:
+            # the expression migration 0007 indexes with pg_trgm (when the server has it)
+            needle = f.text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            where.append(literal_column(t.TASK_SEARCH_SQL, Text).ilike(f"%{needle}%", escape="\\"))
         if f.ready is not None:
             ready = and_(READY, due(now))
             where.append(ready if f.ready else not_(ready))
