@@ -1,7 +1,7 @@
 """``python -m bench [suite ...] [--quick] [--runs N] [--json PATH]``: print the benchmark tables.
 
-With no suite named, every suite runs (``peers records dispatch rest flatfile sync ui streams``); ``peers`` is
-the issue-15 comparison with pgqueuer and Celery (``--tasks`` sets its size). ``--quick`` shrinks
+With no suite named, every suite runs (``peers records dispatch rest flatfile sync ui streams routing``); ``peers``
+is the issue-15 comparison with pgqueuer and Celery (``--tasks`` sets its size). ``--quick`` shrinks
 every size for a ~1-minute smoke run. Raw numbers go to ``bench/results/<timestamp>.json`` (gitignored)
 unless ``--no-json``.
 """
@@ -34,6 +34,7 @@ SUITES = {
     "sync": "bench.sync",
     "ui": "bench.ui",
     "streams": "bench.streams",
+    "routing": "bench.routing",
 }
 
 

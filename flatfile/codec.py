@@ -24,13 +24,17 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from datetime import datetime
 from typing import Any, TypeVar
 
 import pydantic
 import pydantic_core
 
 from queue_service import exceptions
+from queue_service.agents import AgentRecord
 from queue_service.models import Event, Mission, Note, Project, Task
+from queue_service.routing import Offer
+from queue_service.routing_state import RoutingDelta
 from queue_service.state import Changes, ProjectState
 
 __all__ = [
@@ -131,6 +135,8 @@ def encode_changes(changes: Changes) -> bytes:
         obj["sync_state"] = changes.sync_state
     if changes.sync_rows:
         obj["sync_rows"] = changes.sync_rows
+    if changes.routing:
+        obj["routing"] = _encode_routing(changes.routing)
     return _json(obj)
 
 
@@ -150,6 +156,7 @@ def decode_changes(obj: dict[str, Any]) -> Changes:
         "next_seq",
         "sync_state",
         "sync_rows",
+        "routing",
     }
     if unknown:
         raise Malformed(f"unknown field(s) {', '.join(sorted(unknown))}")
@@ -177,7 +184,45 @@ def decode_changes(obj: dict[str, Any]) -> Changes:
         changes.sync_state[path] = value
     for path, value in _mapping(obj, "sync_rows").items():
         changes.sync_rows[path] = _sync_rows(path, value, deletions=True)
+    if "routing" in obj:
+        changes.routing = _decode_routing(obj["routing"])
     return changes
+
+
+def _encode_routing(delta: RoutingDelta) -> dict[str, Any]:
+    return {
+        "agents": {k: None if a is None else _dump(a) for k, a in delta.agents.items()},
+        "offers": {
+            k: None if o is None else {"agent": o.agent, "expires_at": o.expires_at.isoformat()}
+            for k, o in delta.offers.items()
+        },
+        "cursors": dict(delta.cursors),
+    }
+
+
+def _decode_routing(obj: Any) -> RoutingDelta:
+    """The registry part of a journal line or snapshot (issue 13). Raises Malformed."""
+    if not isinstance(obj, dict):
+        raise Malformed("routing must be an object")
+    delta = RoutingDelta()
+    for key, value in _mapping(obj, "agents").items():
+        delta.agents[key] = None if value is None else _model(AgentRecord, value, f"agent {key!r}")
+    for key, value in _mapping(obj, "offers").items():
+        if value is None:
+            delta.offers[key] = None
+            continue
+        if not isinstance(value, dict) or not isinstance(value.get("agent"), str):
+            raise Malformed(f"offer of {key!r} needs a string 'agent'")
+        try:
+            expires = datetime.fromisoformat(str(value.get("expires_at")))
+        except ValueError:
+            raise Malformed(f"offer of {key!r}: bad expires_at {value.get('expires_at')!r}") from None
+        delta.offers[key] = Offer(agent=value["agent"], expires_at=expires)
+    for role, value in _mapping(obj, "cursors").items():
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise Malformed(f"round-robin cursor of {role!r} must be a non-negative integer")
+        delta.cursors[role] = value
+    return delta
 
 
 def _sync_rows(path: str, value: Any, *, deletions: bool) -> dict[str, dict[str, Any] | None]:
@@ -223,6 +268,10 @@ def encode_snapshot(state: ProjectState, generation: int) -> Iterator[bytes]:
         batch.append(_json({"type": "sync", "path": path, "state": value}))
     for path, rows in state.sync_rows.items():
         batch.append(_json({"type": "sync_rows", "path": path, "rows": rows}))
+    index = state.routing
+    if index.agents or index.offers or index.cursors:
+        delta = RoutingDelta(agents=dict(index.agents), offers=dict(index.offers), cursors=dict(index.cursors))
+        batch.append(_json({"type": "routing", "routing": _encode_routing(delta)}))
     for start in range(0, len(batch), 1000):
         yield b"\n".join(batch[start : start + 1000]) + b"\n"
 
@@ -290,6 +339,8 @@ class SnapshotReader:
             if not isinstance(path, str):
                 raise Malformed("sync_rows record needs a string 'path'")
             self.changes.sync_rows[path] = _sync_rows(path, obj.get("rows"), deletions=False)
+        elif kind == "routing":
+            self.changes.routing = _decode_routing(obj.get("routing"))
         else:
             raise Malformed(f"unknown record type {kind!r}")
 

@@ -18,6 +18,7 @@ from starlette.routing import Route
 from queue_service import __version__, exceptions
 from queue_service.api import (
     errors,
+    routes_agents,
     routes_coord,
     routes_dispatch,
     routes_events,
@@ -159,6 +160,7 @@ def create_app(settings: Settings, backend: Backend | None = None) -> FastAPI:
         routes_projects,
         routes_tasks,
         routes_dispatch,
+        routes_agents,
         routes_events,
         routes_streams,
         routes_coord,

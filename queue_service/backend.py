@@ -28,6 +28,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 from queue_service import exceptions
+from queue_service.agents import AgentRegistry
 from queue_service.dispatch_config import DispatchConfig
 from queue_service.models import (
     ApiToken,
@@ -453,6 +454,8 @@ class Backend(abc.ABC):
     events: EventStream
     #: per-task chunk streams (issue 14)
     streams: StreamStore
+    #: the agent registry (issue 13)
+    agents: AgentRegistry
     config: DispatchConfig
     #: short name for logs and /readyz ("memory", "postgres+valkey", "flatfile")
     name: str = "backend"

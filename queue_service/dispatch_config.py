@@ -29,4 +29,8 @@ class DispatchConfig:
     sweep_seconds: float = 1.0
     #: default max_attempts for tasks created without one
     default_max_attempts: int = 3
+    #: an agent is ready while seen (registered, heartbeat, claim) within this many seconds (issue 13)
+    agent_ready_seconds: float = 30.0
+    #: how long a task routed by a strategy waits for the agent it was offered to, seconds
+    offer_seconds: float = 10.0
     extra: dict[str, Any] = field(default_factory=dict)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from queue_service import domain, exceptions, tracing
+from queue_service.agents import Agent, AgentRegister, validate_agent_id
 from queue_service.backend import Backend
 from queue_service.ids import new_agent_id
 from queue_service.models import (
@@ -62,6 +63,13 @@ MAX_BATCH = 10_000
 #: a task in one of these has no lease holder any more: its streams get no more output (issue 14)
 STREAM_FINAL_STATUSES = frozenset({TaskStatus.DONE, TaskStatus.NEEDS_QA, TaskStatus.FAILED, TaskStatus.CANCELLED})
 MAX_PAGE = 1000
+
+
+def _agent_id(value: str) -> str:
+    try:
+        return validate_agent_id(value)
+    except ValueError as exc:
+        raise exceptions.ValidationError(str(exc), agent=value[:200]) from None
 
 
 def _check_text(name: str, value: str) -> str:
@@ -535,6 +543,23 @@ class QueueService:
     #: Deprecated spellings, kept for one release (CHANGELOG: use ``ready_tasks``/``retry_task``).
     ready = ready_tasks
     retry = retry_task
+
+    # -- agents (issue 13) ------------------------------------------------------------------
+    async def register_agent(self, project: str, data: AgentRegister | Mapping[str, Any]) -> Agent:
+        """Register an agent (or replace its roles, labels and capacity, and undrain it)."""
+        return await self.backend.agents.register_agent(validate_slug(project), validated(AgentRegister, data))
+
+    async def agent_heartbeat(self, project: str, agent_id: str) -> Agent:
+        """The agent is alive: ready again (unless drained)."""
+        return await self.backend.agents.agent_heartbeat(validate_slug(project), _agent_id(agent_id))
+
+    async def drain_agent(self, project: str, agent_id: str) -> Agent:
+        """Hand the agent no new work; what it holds it keeps."""
+        return await self.backend.agents.drain_agent(validate_slug(project), _agent_id(agent_id))
+
+    async def list_agents(self, project: str) -> list[Agent]:
+        """Every agent of the project with readiness, holdings and counts."""
+        return await self.backend.agents.list_agents(validate_slug(project))
 
     # -- snapshots --------------------------------------------------------------------------
     async def export_project(self, project: str) -> ProjectSnapshot:

@@ -61,6 +61,10 @@ class Settings(BaseSettings):
     max_queue_depth: int = Field(default=10_000, ge=1)
     max_attempts: int = Field(default=3, ge=1)
     sweep_seconds: float = Field(default=1.0, gt=0)
+    #: an agent is ready while seen within this many seconds (QUEUE_AGENT_READY_SECONDS, issue 13)
+    agent_ready_seconds: float = Field(default=30.0, gt=0, le=86_400)
+    #: how long a routed task is reserved for the agent it was offered to (QUEUE_OFFER_SECONDS)
+    offer_seconds: float = Field(default=10.0, gt=0, le=3600)
     #: run the orchestrator monitor inside ``serve``
     orchestrator: bool = True
     #: run workspace sync inside ``serve`` for projects with a workspace
@@ -127,6 +131,8 @@ class Settings(BaseSettings):
             max_queue_depth=self.max_queue_depth,
             sweep_seconds=self.sweep_seconds,
             default_max_attempts=self.max_attempts,
+            agent_ready_seconds=self.agent_ready_seconds,
+            offer_seconds=self.offer_seconds,
         )
 
     def build_backend(self) -> Backend:

@@ -25,6 +25,8 @@ from datetime import datetime
 from typing import Any, Protocol, TypeVar
 
 from queue_service import exceptions
+from queue_service.agents import Agent
+from queue_service.agents_state import StateAgentRegistry
 from queue_service.backend import Backend, RecordStore
 from queue_service.dispatching import BaseDispatcher
 from queue_service.models import (
@@ -237,7 +239,7 @@ class _Records(RecordStore):
 
     async def ready_tasks(self, project: str, roles: Sequence[str] | None = None, limit: int = 20) -> ReadyList:
         def op(txn: StateTxn) -> ReadyList:
-            tasks, total = txn.state.ready_ordered(roles, limit, txn.now)
+            tasks, total = txn.state.ready_listed(roles, limit, txn.now)
             return ReadyList(tasks=tasks, total=total, unblocks={t.key: txn.state.unblocks(t.key) for t in tasks})
 
         return await self.b.run(project, op, exclusive=False)
@@ -306,9 +308,9 @@ class _Dispatch(BaseDispatcher[None]):
         if self.b.sweeps_on_claim and state.has_expired_lease(now):
             changes, _ = state.plan_sweep(self.config, now)
             txn.commit(changes)
-        changes, claims = state.plan_claim_many(agent, roles, limit, lease, now)
+        changes, claims = state.plan_claim_many(agent, roles, limit, lease, now, self.config)
+        txn.commit(changes)  # the whole batch is one change (one journal entry), or a registry-only one
         if claims:
-            txn.commit(changes)  # the whole batch is one change (one journal entry)
             return claims, None
         return [], state.next_due(roles, now, leases=self.b.sweeps_on_claim) if want_due else None
 
@@ -412,6 +414,7 @@ class StateMachineBackend(Backend):
         self._signals: dict[str, Signal] = {}
         self.records = _Records(self)
         self.dispatch = _Dispatch(self)
+        self.agents = StateAgentRegistry(self._plan_agent, self._read_agents, lambda: self.config.agent_ready_seconds)
 
     # -- primitives -----------------------------------------------------------------------------
     @abc.abstractmethod
@@ -443,6 +446,17 @@ class StateMachineBackend(Backend):
         if sig is None:
             sig = self._signals[slug] = Signal()
         return sig
+
+    async def _plan_agent(self, slug: str, fn: Callable[[ProjectState, datetime], tuple[Changes, Agent]]) -> Agent:
+        def op(txn: StateTxn) -> Agent:
+            changes, result = fn(txn.state, txn.now)
+            txn.commit(changes)
+            return result
+
+        return await self.run(slug, op, exclusive=True)
+
+    async def _read_agents(self, slug: str, fn: Callable[[ProjectState, datetime], list[Agent]]) -> list[Agent]:
+        return await self.run(slug, lambda txn: fn(txn.state, txn.now), exclusive=False)
 
     async def read(self, slug: str, fn: Callable[[ProjectState], R]) -> R:
         """A read on the caught-up state."""

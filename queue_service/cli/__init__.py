@@ -22,7 +22,7 @@ import typer
 from typer.core import TyperGroup
 
 from queue_service import exceptions
-from queue_service.cli import admin, agent_loop, dispatch, mcp, mosaic_queue, sync, transfer, watch
+from queue_service.cli import admin, agent_loop, agents, dispatch, mcp, mosaic_queue, sync, transfer, watch
 from queue_service.cli import run as run_cmd
 from queue_service.cli._core import (
     EXIT_DOMAIN,
@@ -155,6 +155,7 @@ app.add_typer(project_app, name="project", rich_help_panel="Plan")
 app.add_typer(mission_app, name="mission", rich_help_panel="Plan")
 app.add_typer(task_app, name="task", rich_help_panel="Plan")
 agent_loop.register(app)  # claim, next, ready, prime (Agents); dead-letter (Observe); dep (Plan)
+agents.register(app)  # agents, agent register|heartbeat|drain|route|limit (Agents, issue 13)
 dispatch.register(app)  # heartbeat, complete, fail, release (Agents); stats, events (Observe)
 run_cmd.register(app)  # run (Agents)
 mcp.register(app)  # mcp (Agents): the MCP tools over stdio

@@ -34,6 +34,7 @@ from queue_service.cli._core import (
     when,
     write_json,
 )
+from queue_service.cli.agents import parse_labels
 from queue_service.models import Note, Task, TaskPage, validate_key
 
 __all__ = ["task_app"]
@@ -116,6 +117,14 @@ def task_add(
             envvar="QUEUE_LEASE_TOKEN", help="Your lease on --discovered-from; renews it (env QUEUE_LEASE_TOKEN)."
         ),
     ] = None,
+    requires: Annotated[
+        list[str] | None,
+        typer.Option("--requires", help="A label NAME=VALUE an agent must carry to get it (repeat)."),
+    ] = None,
+    concurrency_key: Annotated[
+        str | None, typer.Option(help="Tasks sharing it obey the project's concurrency_limits.")
+    ] = None,
+    group: Annotated[str | None, typer.Option(help="Fair-share group (default: the mission).")] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Add a task (JSON: the task), or with --from a batch (JSON: the list; all or nothing; '#0' in depends_on
@@ -145,6 +154,9 @@ def task_add(
             "status": status,
             "max_attempts": max_attempts,
             "idempotency_key": idempotency_key,
+            "requires": parse_labels(requires) or None,
+            "concurrency_key": concurrency_key,
+            "group": group,
         }
         items = [{k: v for k, v in item.items() if v is not None}]
 

@@ -14,6 +14,7 @@ import pydantic
 import pydantic_core
 
 from queue_service import exceptions, tracing
+from queue_service.agents import Agent, AgentRegister
 from queue_service.client._base import DEFAULT_TIMEOUT, LEASE_HEADER, Request
 from queue_service.models import (
     Claim,
@@ -175,6 +176,37 @@ def get_project(project: str) -> Request[Project]:
 
 def update_project(project: str, patch: ProjectUpdate | Mapping[str, Any]) -> Request[Project]:
     return Request("PATCH", f"/v1/projects/{_p(project)}", one(Project), _dump(patch))
+
+
+# -- agents (issue 13) ----------------------------------------------------------------------------
+
+
+def array(model: type[M]) -> Callable[[httpx.Response], list[M]]:
+    """Read the body, a JSON array, as a list of *model*."""
+
+    def parse(response: httpx.Response) -> list[M]:
+        try:
+            return [model.model_validate(item, extra="ignore") for item in response.json()]
+        except (ValueError, TypeError, pydantic.ValidationError) as exc:
+            raise _unexpected(response, exc, status=False) from exc
+
+    return parse
+
+
+def register_agent(project: str, data: AgentRegister | Mapping[str, Any]) -> Request[Agent]:
+    return Request("POST", f"/v1/projects/{_p(project)}/agents", one(Agent), _dump(data))
+
+
+def agent_heartbeat(project: str, agent_id: str) -> Request[Agent]:
+    return Request("POST", f"/v1/projects/{_p(project)}/agents/{_p(agent_id)}/heartbeat", one(Agent))
+
+
+def drain_agent(project: str, agent_id: str) -> Request[Agent]:
+    return Request("POST", f"/v1/projects/{_p(project)}/agents/{_p(agent_id)}/drain", one(Agent))
+
+
+def list_agents(project: str) -> Request[list[Agent]]:
+    return _get(f"/v1/projects/{_p(project)}/agents", array(Agent))
 
 
 def create_mission(project: str, data: MissionCreate | Mapping[str, Any]) -> Request[Mission]:

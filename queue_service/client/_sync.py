@@ -10,6 +10,7 @@ from typing import Any, TypeVar, Unpack
 import httpx
 
 from queue_service import exceptions
+from queue_service.agents import Agent, AgentRegister
 from queue_service.client import _endpoints as api
 from queue_service.client._base import (
     DEFAULT_TIMEOUT,
@@ -152,8 +153,24 @@ class Client(BaseClient):
         return self.send(api.get_project(project))
 
     def update_project(self, project: str, patch: ProjectUpdate | Mapping[str, Any]) -> Project:
-        """Change a project's name or workspace."""
+        """Change a project's name, workspace, routing or concurrency limits."""
         return self.send(api.update_project(project, patch))
+
+    def register_agent(self, project: str, data: AgentRegister | Mapping[str, Any]) -> Agent:
+        """Register an agent ``{"id", "roles", "labels", "capacity"}`` (or update it; undrains it)."""
+        return self.send(api.register_agent(project, data))
+
+    def agent_heartbeat(self, project: str, agent_id: str) -> Agent:
+        """Keep the agent ready (call more often than ``QUEUE_AGENT_READY_SECONDS``)."""
+        return self.send(api.agent_heartbeat(project, agent_id))
+
+    def drain_agent(self, project: str, agent_id: str) -> Agent:
+        """Hand the agent no new work."""
+        return self.send(api.drain_agent(project, agent_id))
+
+    def list_agents(self, project: str) -> list[Agent]:
+        """Every agent: readiness, capacity, what it holds with the lease left, done/failed."""
+        return self.send(api.list_agents(project))
 
     def create_mission(self, project: str, data: MissionCreate | Mapping[str, Any]) -> Mission:
         """Create a mission."""

@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from queue_service import exceptions
 from queue_service.backend import Backend, DispatchConfig, EventStream
 from queue_service.models import Event, TaskStatus
+from queue_service.postgres.agents import PostgresAgentRegistry
 from queue_service.postgres.dispatch import PostgresValkeyDispatcher
 from queue_service.postgres.errors import is_connection_failure, wrap_errors
 from queue_service.postgres.records import PostgresRecordStore
@@ -147,6 +148,9 @@ class PostgresValkeyBackend(Backend):
         )
         self.records.raw = self.dispatch.raw_pool
         self.events: ValkeyEventStream = ValkeyEventStream(self.broker, self.dispatch)
+        self.agents: PostgresAgentRegistry = PostgresAgentRegistry(
+            self.dispatch._raw, lambda: self.config.agent_ready_seconds
+        )
         # issue 14: chunk streams, on their own Valkey when QUEUE_STREAM_URL is set
         self.streams: ValkeyStreamStore = ValkeyStreamStore(stream_url or valkey_url, key_prefix, self.dispatch)
         self._open = False

@@ -2,15 +2,17 @@
 
 The split of responsibilities:
 
-* **Postgres decides.** A claim is a conditional ``UPDATE`` (still not-started, ``pending_deps = 0``,
-  ``not_before`` passed): exactly one racer matches. Heartbeat/complete/fail/release match on
+* **Postgres decides.** A claim is a routed claim (issue 13, :mod:`queue_service.postgres.claims`):
+  one transaction picks among the ready tasks (not-started, ``pending_deps = 0``, ``not_before``
+  passed) by fair share, labels, concurrency keys and the role's strategy and takes them with
+  ``FOR UPDATE SKIP LOCKED``: exactly one racer gets a task. Heartbeat/complete/fail/release match on
   ``lease_token = :token AND status = 'in-progress' AND lease_expires_at > statement_timestamp()``
   (the database's clock, never a replica's), so a zombie whose
   lease expired or was reclaimed changes nothing.
-* **Valkey signals.** Ready lists tell claimers *which* key to try (BLPOP wakes them instantly, no
-  polling); the lock key mirrors the lease for observers; pub/sub carries events after commit. All of
+* **Valkey signals.** Ready lists wake idle claimers (BLPOP, no polling); Postgres still picks what
+  a woken claimer gets. The lock key mirrors the lease for observers; pub/sub carries events after commit. All of
   it is derived state: a lost entry is found again by :meth:`PostgresValkeyDispatcher.sweep`'s
-  reconcile, a stale entry is dropped by the claimer whose ``UPDATE`` matched nothing.
+  reconcile, a stale entry is dropped by the claimer it woke.
 
 Valkey is only written *after* the Postgres transaction committed, and a Valkey failure at that point
 is logged, not raised: the durable change stands and the next sweep repairs the derived state.
@@ -22,11 +24,12 @@ import asyncio
 import json
 import logging
 import random
-import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
+from contextvars import ContextVar
+from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any
 
 import asyncpg
 from sqlalchemy import Text, bindparam, select, update
@@ -39,11 +42,12 @@ from queue_service.models import Claim, Event, Lease, SweepReport, Task, TaskSta
 from queue_service.postgres import outcomes, transitions
 from queue_service.postgres import tables as t
 from queue_service.postgres.asyncpg_pool import RawPool, asyncpg_dsn
+from queue_service.postgres.claims import claim_routed
 from queue_service.postgres.errors import wrap_errors
 from queue_service.postgres.outcomes import DB_NOW, END_LEASE
 from queue_service.postgres.resources import load_queries
 from queue_service.postgres.rows import TASK_RETURNING_SQL, task_columns, task_from_row
-from queue_service.postgres.sweep import READY, PostgresSweeper, ready_item
+from queue_service.postgres.sweep import PostgresSweeper, ready_item
 from queue_service.postgres.transitions import (
     EVENT_CLAIMED,
     EVENT_COMPLETED,
@@ -67,8 +71,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-_T = TypeVar("_T")
 
 S = TaskStatus
 
@@ -105,6 +107,24 @@ _RELEASE = (
     .returning(*task_columns)
 )
 _LOCK_FOR_FAILURE = select(_tasks.c.id, _tasks.c.attempts, _tasks.c.max_attempts).where(_LEASE_MATCH).with_for_update()
+
+
+#: longest pause of a waiting claimer whose wake-ups are for tasks it may not take, seconds
+_MAX_PAUSE = 0.5
+
+
+@dataclass
+class _Waiting:
+    """One claim call's waits (:meth:`PostgresValkeyDispatcher._wait_for_ready`)."""
+
+    #: the last wake-up was for a task this claimer may not take: pause before blocking again
+    refused: bool = False
+    pause: float = 0.02
+
+
+#: the waits of the claim call running in this task; the base's wait loop runs in the caller's
+#: task, so its attempts and waits share it (concurrent calls each have their own)
+_WAITING: ContextVar[_Waiting | None] = ContextVar("queue_service_pg_claim_waiting", default=None)
 
 
 def event_payload(event: Event) -> dict[str, Any]:
@@ -190,10 +210,9 @@ class PostgresValkeyDispatcher(BaseDispatcher[Popped]):
         self._now = clock
         self._known_projects: set[str] = set()
         self._sweeper = PostgresSweeper(engine, broker, config, node_id=self.node_id, apply_effects=self.apply_effects)
-        #: shortest interval between two reconciles a claimer starts itself because Valkey had nothing
-        #: for it while Postgres may have ready tasks (no orchestrator: serverless/direct mode)
+        #: longest a waiting claimer blocks on the Valkey lists before asking Postgres again: a ready
+        #: task no list holds (Valkey emptied, no orchestrator: serverless/direct mode) is still found
         self.idle_check_seconds = float(config.extra.get("idle_check_seconds", max(1.0, config.sweep_seconds)))
-        self._next_idle_check: dict[str, float] = {}
 
     async def close(self) -> None:
         """Close the lease statements' asyncpg pool (the engine is the backend's to dispose). Idempotent."""
@@ -275,6 +294,8 @@ class PostgresValkeyDispatcher(BaseDispatcher[Popped]):
         )
 
     # -- claim: BaseDispatcher's argument rules and wait loop over these primitives --------------
+    # Every claim is routed (issue 13): Postgres picks (queue_service/postgres/claims.py); the Valkey
+    # lists only wake waiting claimers.
     async def _try_claim(
         self,
         project: str,
@@ -285,218 +306,48 @@ class PostgresValkeyDispatcher(BaseDispatcher[Popped]):
         want_due: bool,
         woken: Popped | None = None,
     ) -> tuple[list[Claim], float | None]:
-        """Pop keys from Valkey and win them with a conditional UPDATE: for one claim one key and the
-        single-row statement; for a batch up to *limit* keys in one Valkey call and one statement, then
-        their locks and events in one pipeline. *woken* (the key the last wait's BLPOP took) goes
-        first. A stale key (claimed, changed or not ready since it was queued) is dropped and the next
-        one popped.
+        """One routed claim (:func:`queue_service.postgres.claims.claim_routed`): one transaction
+        registers the agent, checks its capacity and picks by fair share, labels, concurrency keys and
+        the role's strategy, in ``domain.dispatch_order`` within those rules. *woken* (the key the last
+        wait popped) goes back to its list unless this claim took it.
 
-        Lists empty: backoffs that came due are queued here, so a waiting claimer does not depend on
-        the orchestrator's period, and the next one's due time bounds the wait's BLPOP. Postgres is
-        touched while idle only by the rate-limited check for ready tasks that no list holds (an
-        emptied Valkey without orchestrator).
+        Nothing claimed: backoffs that came due are queued (waking claimers), and the wait is bounded
+        by the next one's due time and by ``idle_check_seconds``, so a waiting claimer asks Postgres
+        again even when no list holds its ready tasks (Valkey emptied or restarted, no orchestrator).
         """
         if woken is None:  # (a woken claimer's project was checked by the attempt before its wait)
             await self.require_project(None, project)
-        single = limit == 1
-        claims: list[Claim] = []
+        got = await claim_routed(self, project, agent, roles, limit, lease, woken)
+        if got:
+            got.sort(key=lambda c: (c.task.priority.value, c.task.seq))
+            return got, None
+        waiting = _WAITING.get()
+        if woken is not None and waiting is not None:
+            waiting.refused = True
+        _, next_in = await self.release_due(project)
+        return [], self.idle_check_seconds if next_in is None else min(next_in, self.idle_check_seconds)
 
-        def done() -> tuple[list[Claim], float | None]:
-            claims.sort(key=lambda c: (c.task.priority.value, c.task.seq))
-            return claims, None
+    def _start_waiting(self, project: str) -> None:
+        _WAITING.set(_Waiting())
 
-        pending = [woken] if woken is not None else []
-        while True:
-            want = limit - len(claims)
-            popped, pending = pending, []
-            if not popped:
-                try:
-                    popped = await self._try_pop(project, roles, want, single)
-                except exceptions.BackendError as exc:
-                    # claims already won are committed and hold live locks: hand them out, never drop them
-                    if not claims:
-                        raise
-                    logger.warning("claim_many: keeping %d claim(s) already won: %s", len(claims), exc)
-                    return done()
-            if not popped:
-                if claims:
-                    return done()
-                released, next_in = await self.release_due(project)
-                if released or await self._requeue_stranded(project, roles):
-                    continue
-                return [], next_in
-            try:
-                claims.extend(
-                    await self._or_push_back(popped, self._claim_popped(project, popped, agent, roles, lease, single))
-                )
-            except exceptions.BackendError as exc:
-                if not claims:
-                    raise
-                logger.warning("claim_many: keeping %d claim(s) already won: %s", len(claims), exc)
-                return done()
-            # Done when full, or when the lists ran dry (fewer keys than asked) and we hold something.
-            # Otherwise some popped keys were stale and more may be listed: pop again.
-            if len(claims) >= limit or (claims and len(popped) < want):
-                return done()
+    def _stop_waiting(self, project: str) -> None:
+        _WAITING.set(None)
 
     async def _wait_for_ready(
         self, project: str, roles: list[str] | None, armed: asyncio.Event | None, timeout: float
     ) -> Popped | None:
         """Block in BLPOP on the ready lists of *roles* (every commit that makes a task ready pushes its
-        key there after it committed) for up to *timeout* seconds. A key it pops is this claimer's: the
-        base hands it to the next :meth:`_try_claim`, which gives it back if the claim fails."""
+        key there after it committed) for up to *timeout* seconds; the key it pops is handed to the next
+        :meth:`_try_claim`. After a wake-up for a task this claimer may not take (offered to another
+        agent, a label it lacks, a key at its limit) it pauses instead, growing: that key went back to
+        its list, and blocking at once would pop it again and spin."""
+        waiting = _WAITING.get()
+        if waiting is not None and waiting.refused:
+            waiting.refused = False
+            await asyncio.sleep(min(waiting.pause, timeout))
+            waiting.pause = min(_MAX_PAUSE, waiting.pause * 2)
+            return None
         return await self.broker.pop(project, roles, timeout=timeout, try_first=False)
-
-    async def _try_pop(self, project: str, roles: list[str] | None, want: int, single: bool) -> list[Popped]:
-        if single:
-            one = await self.broker.try_pop(project, roles)
-            return [one] if one is not None else []
-        return await self.broker.try_pop_many(project, roles, want)
-
-    async def _claim_popped(
-        self, project: str, popped: list[Popped], agent: str, roles: list[str] | None, lease: float, single: bool
-    ) -> list[Claim]:
-        if single:
-            got = await self._claim_key(project, popped[0].key, agent, roles, lease)
-            return [got] if got is not None else []
-        return await self._claim_keys(project, [p.key for p in popped], agent, roles, lease)
-
-    async def _or_push_back(self, popped: list[Popped], claiming: Awaitable[_T]) -> _T:
-        """Await the claim of keys just popped from Valkey; if it fails (Postgres error, lost
-        connection) or is cancelled, give the keys back to the head of their lists before raising.
-
-        Whether the claim's UPDATE committed is unknown at that point; giving back is safe either
-        way, because a key whose task is no longer ready is dropped by the next claimer.
-        """
-        try:
-            return await claiming
-        except BaseException:
-            await asyncio.shield(self._push_back(popped))
-            raise
-
-    async def _push_back(self, popped: list[Popped]) -> None:
-        try:
-            await self.broker.push_back(popped)
-        except exceptions.BackendError as exc:
-            logger.warning("could not give back %d popped key(s) (the sweep will reconcile): %s", len(popped), exc)
-
-    async def _requeue_stranded(self, project: str, roles: list[str] | None) -> bool:
-        """Valkey had nothing for a claimer. Without an orchestrator (serverless/direct mode) nothing
-        else would notice ready tasks that no list holds (Valkey emptied or restarted), so the claimer
-        checks Postgres itself: at most once per ``idle_check_seconds`` per process and, through a
-        shared key, across processes. True if it queued something (claim again)."""
-        now_m = time.monotonic()
-        if now_m < self._next_idle_check.get(project, 0.0):
-            return False
-        self._next_idle_check[project] = now_m + self.idle_check_seconds
-        try:
-            if not await self.broker.take_idle_check(project, self.idle_check_seconds):
-                return False
-            now = self._now()
-            ready = READY & (_tasks.c.project == project)
-            ready = ready & (_tasks.c.not_before.is_(None) | (_tasks.c.not_before <= now))
-            if roles is not None:
-                ready = ready & _tasks.c.role.in_(roles)
-            async with wrap_errors(), self.engine.connect() as conn:
-                found = (await conn.execute(select(_tasks.c.id).where(ready).limit(1))).first()
-            if found is None:
-                return False
-            return await self.reconcile_project(project, now) > 0
-        except exceptions.BackendError as exc:
-            logger.warning("claimer's reconcile of %s failed: %s", project, exc)
-            return False
-
-    async def _claim_key(
-        self, project: str, key: str, agent: str, roles: list[str] | None, lease: float
-    ) -> Claim | None:
-        token = domain.new_lease_token(lease)
-        data = {"agent": agent}
-        restage: BrokerBatch | None = None
-        async with wrap_errors(), self._raw.connection() as conn:
-            row = await conn.fetchrow(_Q["claim"], project, key, agent, token, lease, data, roles)
-            if row is None:
-                restage = self._restage(await conn.fetchrow(_Q["restage"], project, key), project, key, roles)
-        if row is None:
-            if restage:
-                await self._signal(restage)
-            return None
-        payload = _lease_event(project, row, EVENT_CLAIMED, S.IN_PROGRESS, data)
-        await self._signal(BrokerBatch(locks=[(project, key, token, lease)], events=[(project, payload)]))
-        return Claim.model_construct(
-            task=task_from_row(row),
-            lease=Lease.model_construct(token=token, holder=agent, expires_at=row["lease_expires_at"], seconds=lease),
-        )
-
-    async def _claim_best(self, project: str, agent: str, roles: list[str] | None, lease: float) -> Claim | None:
-        """The best ready task by ``domain.dispatch_order``, read from Postgres (the Valkey lists only
-        know priority and arrival), won with the same conditional UPDATE as a claim. A racer that wins
-        a candidate first makes ours match nothing: we try the next one. The key's list entry, now
-        stale, is dropped by whoever pops it."""
-        await self.require_project(None, project)
-        await self.release_due(project)
-        for _ in range(3):
-            async with wrap_errors(), self._raw.connection() as conn:
-                rows = await conn.fetch(_Q["ready_keys"], project, roles, 10)
-            if not rows:
-                return None
-            for row in rows:
-                got = await self._claim_key(project, row["key"], agent, roles, lease)
-                if got is not None:
-                    return got
-        return None
-
-    async def _claim_keys(
-        self, project: str, keys: list[str], agent: str, roles: list[str] | None, lease: float
-    ) -> list[Claim]:
-        """Claim whichever of *keys* are still ready, in one statement; re-file misplaced stale ones."""
-        keys = sorted(set(keys))  # one lock order for racing batches; a key listed twice counts once
-        tokens = [domain.new_lease_token(lease) for _ in keys]
-        data = {"agent": agent}
-        restage = BrokerBatch()
-        async with wrap_errors(), self._raw.connection() as conn:
-            rows = await conn.fetch(_Q["claim_many"], project, keys, agent, tokens, lease, data, roles)
-            won = {row["key"] for row in rows}
-            stale = [k for k in keys if k not in won]
-            states: list[Any] = []
-            if stale:
-                try:
-                    states = list(await conn.fetch(_Q["batch_state"], project, stale))
-                except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
-                    # the claims above are committed: keep them; a misplaced stale key is left to reconcile
-                    logger.warning("restage lookup after a batch claim failed: %s", exc)
-                for st in states:
-                    fix = self._restage(st, project, st["key"], roles)
-                    if fix:
-                        restage.ready.extend(fix.ready)
-                        restage.scheduled.extend(fix.scheduled)
-        claims: list[Claim] = []
-        for row in rows:
-            token = row["claim_token"]
-            restage.locks.append((project, row["key"], token, lease))
-            restage.events.append((project, _lease_event(project, row, EVENT_CLAIMED, S.IN_PROGRESS, data)))
-            claims.append(
-                Claim.model_construct(
-                    task=task_from_row(row),
-                    lease=Lease.model_construct(
-                        token=token, holder=agent, expires_at=row["lease_expires_at"], seconds=lease
-                    ),
-                )
-            )
-        await self._signal(restage)
-        return claims
-
-    @staticmethod
-    def _restage(row: Any, project: str, key: str, roles: list[str] | None) -> BrokerBatch | None:
-        """A popped key did not claim. If the task still waits to be dispatched but sat in the wrong
-        place (its role changed, or its backoff is not over by the database's clock), put it where
-        it belongs now."""
-        if row is None or row["status"] != S.NOT_STARTED.value or row["pending_deps"] != 0:
-            return None
-        if row["not_due"]:
-            return BrokerBatch(scheduled=[(project, key, row["not_before"])])
-        if roles is not None and row["role"] not in roles:
-            return BrokerBatch(ready=[ReadyItem(project, key, row["role"], row["priority"])])
-        return None
 
     # -- lease operations --------------------------------------------------------------------
     async def _heartbeat(self, project: str, key: str, token: str, lease: float) -> Lease:

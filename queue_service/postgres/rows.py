@@ -13,6 +13,7 @@ from sqlalchemy import ARRAY, Text, literal_column
 
 from queue_service.models import Event, Priority, Task, TaskStatus
 from queue_service.postgres import tables as t
+from queue_service.postgres.routing_columns import routing_fields
 
 __all__ = ["TASK_RETURNING_SQL", "event_from_row", "task_columns", "task_from_row"]
 
@@ -71,6 +72,7 @@ def task_from_row(row: Any) -> Task:
         completed_at=r["completed_at"],
         traceparent=r["traceparent"],
         tracestate=r["tracestate"],
+        **routing_fields(r["routing"]),
     )
 
 

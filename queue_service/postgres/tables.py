@@ -16,6 +16,7 @@ from typing import Any, cast
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     CheckConstraint,
     DateTime,
     ForeignKey,
@@ -36,6 +37,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 __all__ = [
     "OPTIONAL_INDEXES",
     "TASK_SEARCH_SQL",
+    "AgentRow",
     "ApiTokenRow",
     "Base",
     "EventRow",
@@ -46,7 +48,11 @@ __all__ = [
     "SyncRowRow",
     "SyncStateRow",
     "TaskDependencyRow",
+    "TaskOfferRow",
+    "RoutingCursorRow",
+    "GroupTurnRow",
     "TaskRow",
+    "agents",
     "api_tokens",
     "events",
     "metadata",
@@ -57,6 +63,7 @@ __all__ = [
     "sync_rows",
     "sync_state",
     "task_dependencies",
+    "task_offers",
     "tasks",
 ]
 
@@ -101,6 +108,9 @@ class ProjectRow(Base):
     created_at: Mapped[datetime] = mapped_column(_TZ, server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(_TZ, server_default=func.now())
     version: Mapped[int] = mapped_column(BigInteger, server_default=text("1"))
+    #: issue 13 (migration 0006): routing strategy per role, and in-progress caps per concurrency key
+    routing: Mapped[dict[str, str]] = mapped_column(JSONB, server_default=text("'{}'"))
+    concurrency_limits: Mapped[dict[str, int]] = mapped_column(JSONB, server_default=text("'{}'"))
 
 
 class MissionRow(Base):
@@ -192,6 +202,14 @@ class TaskRow(Base):
             "updated_at",
             postgresql_where=text("status = 'failed'"),
         ),
+        # Issue 13: what each agent holds (capacity), and in-progress tasks per concurrency key.
+        Index("ix_tasks_holder", "project", "lease_holder", postgresql_where=text("status = 'in-progress'")),
+        Index(
+            "ix_tasks_concurrency_key",
+            "project",
+            text("(routing->>'concurrency_key')"),
+            postgresql_where=text("status = 'in-progress' AND routing IS NOT NULL"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
@@ -230,6 +248,9 @@ class TaskRow(Base):
     #: the producer's W3C trace context (issue 14, migration 0005)
     traceparent: Mapped[str | None] = mapped_column(Text)
     tracestate: Mapped[str | None] = mapped_column(Text)
+    #: issue 13 (migration 0006): prefers/concurrency_key/group, NULL when none is set
+    #: (see :mod:`queue_service.postgres.routing_columns`)
+    routing: Mapped[dict[str, Any] | None] = mapped_column(JSONB(none_as_null=True), nullable=True)
 
 
 class TaskDependencyRow(Base):
@@ -336,3 +357,61 @@ events: Table = cast(Table, EventRow.__table__)
 sync_state: Table = cast(Table, SyncStateRow.__table__)
 sync_rows: Table = cast(Table, SyncRowRow.__table__)
 api_tokens: Table = cast(Table, ApiTokenRow.__table__)
+
+
+class AgentRow(Base):
+    """An agent of a project (issue 13). Readiness is ``last_seen`` against the database's clock."""
+
+    __tablename__ = "agents"
+    __table_args__ = (PrimaryKeyConstraint("project", "id"), CheckConstraint("capacity >= 1", name="capacity"))
+
+    project: Mapped[str] = mapped_column(Text, ForeignKey("projects.slug", ondelete="CASCADE"))
+    id: Mapped[str] = mapped_column(Text)
+    roles: Mapped[list[str]] = mapped_column(ARRAY(Text), server_default=text("'{}'"))
+    labels: Mapped[dict[str, str]] = mapped_column(JSONB, server_default=text("'{}'"))
+    capacity: Mapped[int] = mapped_column(Integer, server_default=text("1"))
+    implicit: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
+    drained: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
+    last_seen: Mapped[datetime] = mapped_column(_TZ, server_default=func.now())
+    registered_at: Mapped[datetime] = mapped_column(_TZ, server_default=func.now())
+
+
+class TaskOfferRow(Base):
+    """A ready task reserved for one agent until ``expires_at`` (routing strategies, issue 13)."""
+
+    __tablename__ = "task_offers"
+    __table_args__ = (PrimaryKeyConstraint("project", "key"),)
+
+    project: Mapped[str] = mapped_column(Text, ForeignKey("projects.slug", ondelete="CASCADE"))
+    key: Mapped[str] = mapped_column(Text)
+    agent: Mapped[str] = mapped_column(Text)
+    expires_at: Mapped[datetime] = mapped_column(_TZ)
+
+
+class RoutingCursorRow(Base):
+    """The round-robin position of one project's role."""
+
+    __tablename__ = "routing_cursors"
+    __table_args__ = (PrimaryKeyConstraint("project", "role"),)
+
+    project: Mapped[str] = mapped_column(Text, ForeignKey("projects.slug", ondelete="CASCADE"))
+    role: Mapped[str] = mapped_column(Text)
+    position: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+
+
+class GroupTurnRow(Base):
+    """When a (role, group) was last served: fair share takes the group served longest ago."""
+
+    __tablename__ = "group_turns"
+    __table_args__ = (PrimaryKeyConstraint("project", "role", "grp"),)
+
+    project: Mapped[str] = mapped_column(Text, ForeignKey("projects.slug", ondelete="CASCADE"))
+    role: Mapped[str] = mapped_column(Text)
+    grp: Mapped[str] = mapped_column(Text)
+    turn: Mapped[int] = mapped_column(BigInteger)
+
+
+agents: Table = cast(Table, AgentRow.__table__)
+task_offers: Table = cast(Table, TaskOfferRow.__table__)
+routing_cursors: Table = cast(Table, RoutingCursorRow.__table__)
+group_turns: Table = cast(Table, GroupTurnRow.__table__)

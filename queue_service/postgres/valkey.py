@@ -468,12 +468,6 @@ class ValkeyBroker:
                 n += int(await self._scripts["push_back"](keys=[self.keys.queued(project)], args=args))
         return n
 
-    async def take_idle_check(self, project: str, seconds: float) -> bool:
-        """True for the first caller (across processes) per *seconds* window: the shared rate limit
-        (``SET NX PX``) of the reconcile a claimer starts when Valkey had nothing for it."""
-        with wrap_valkey_errors("rate limit"):
-            return bool(await self.client.set(self.keys.idle_check(project), "1", px=_ms(seconds), nx=True))
-
     async def depth(self, project: str) -> dict[str, int]:
         """Ready-list length per role (all priorities summed), for every known role."""
         roles = await self.roles(project)
@@ -494,6 +488,22 @@ class ValkeyBroker:
         """The dedupe hash: task key → the ready list it is believed to sit in."""
         with wrap_valkey_errors("queued"):
             return {str(k): str(v) for k, v in (await self.client.hgetall(self.keys.queued(project))).items()}
+
+    async def unlist(self, project: str, keys: Sequence[str]) -> None:
+        """Take *keys* out of the ready lists the dedupe hash places them in (claimed by a routed
+        claim, which picks in Postgres rather than popping). Two round trips; not atomic with a
+        re-queue in between, which the next reconcile repairs (the lists are derived state)."""
+        if not keys:
+            return
+        queued = self.keys.queued(project)
+        with wrap_valkey_errors("unlist"):
+            where = await self.client.hmget(queued, list(keys))
+            async with self.client.pipeline(transaction=False) as pipe:
+                for key, list_key in zip(keys, where, strict=True):
+                    if list_key is not None:
+                        pipe.lrem(str(list_key), 0, key)
+                pipe.hdel(queued, *keys)
+                await pipe.execute()
 
     async def listed(self, project: str) -> dict[str, set[str]]:
         """Task key → the ready lists it actually sits in, for the whole project (reconcile; O(depth))."""

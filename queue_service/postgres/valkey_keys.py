@@ -92,10 +92,6 @@ class ValkeyKeys:
         """Sorted set of the project's backed-off task keys, score = ``not_before`` (epoch seconds)."""
         return f"{self.project(project)}:scheduled"
 
-    def idle_check(self, project: str) -> str:
-        """Shared rate limit of the claimers' own reconcile when Valkey had nothing for them."""
-        return f"{self.project(project)}:idle-check"
-
     # -- global ------------------------------------------------------------------------------
     @property
     def leader(self) -> str:

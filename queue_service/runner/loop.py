@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any, Protocol, TextIO, cast
 
 from queue_service import exceptions, tracing
+from queue_service.agents import Agent
 from queue_service.ids import new_agent_id
 from queue_service.models import Claim, Lease, Mission, Project, Task, TaskFilter, TaskPage, TaskStatus
 from queue_service.runner.child import child_environment
@@ -73,6 +74,7 @@ class RunnerOps(Protocol):
     """What the runner needs from the service (QueueService, or the REST AsyncClient itself)."""
 
     async def get_project(self, slug: str, /) -> Project: ...
+    async def register_agent(self, project: str, data: Mapping[str, Any], /) -> Agent: ...
     async def claim(
         self,
         project: str,
@@ -328,6 +330,10 @@ class Runner:
                     installed.append(sig)
                 except (ValueError, RuntimeError, NotImplementedError):
                     pass  # not the main thread: the caller handles stopping
+        # issue 13: the session registers its concurrency as its capacity, so the service never
+        # hands it more tasks than it runs at once (and routing strategies weigh it by it)
+        roles = list(opts.roles) if opts.roles else []
+        await self.ops.register_agent(opts.project, {"id": self.agent, "roles": roles, "capacity": opts.concurrency})
         sweeper_done = asyncio.Event()
         sweeper = asyncio.create_task(self._sweeper(sweeper_done)) if self._sweep is not None else None
         try:

@@ -12,6 +12,7 @@ from queue_service.models import (
     Project,
     Task,
 )
+from queue_service.routing_state import RoutingDelta
 
 __all__ = ["Changes"]
 
@@ -34,6 +35,8 @@ class Changes:
     sync_rows: dict[str, dict[str, dict[str, Any] | None]] = field(default_factory=dict)
     #: tasks that became ready (for waking claimers / queueing)
     ready: list[str] = field(default_factory=list)
+    #: agent registry, offers and round-robin cursors (issue 13)
+    routing: RoutingDelta | None = None
 
     def is_empty(self) -> bool:
         """True when nothing would change."""
@@ -46,6 +49,7 @@ class Changes:
                 or self.missions
                 or self.sync_state
                 or self.sync_rows
+                or self.routing
             )
             and self.next_seq is None
         )

@@ -24,6 +24,7 @@ from queue_service.models import (
     Task,
     TaskStatus,
 )
+from queue_service.routing_state import RoutingIndex
 from queue_service.state.changes import Changes
 
 __all__ = ["EVENT_LEASE_EXPIRED", "PRIORITY_RANK", "StateCore", "View"]
@@ -91,6 +92,8 @@ class StateCore:
         self.last_seq = 0
         self.last_note_id = 0
         self.last_event_id = 0
+        #: agents, offers and routing bookkeeping (issue 13)
+        self.routing = RoutingIndex()
 
     # -- helpers ----------------------------------------------------------------------------
     def _event(self, changes: Changes, kind: str, now: datetime, task: Task | None = None, **data: Any) -> None:
@@ -285,6 +288,11 @@ class StateCore:
                 self.tokens[key] = token
         for key, new in changes.tasks.items():
             self._store_task(key, new)
+        if changes.routing is not None:
+            self.routing.apply(changes.routing)
+        for event in changes.events:
+            if event.kind == "claimed" and event.task is not None:
+                self.routing.served(self.tasks[event.task])
         # A task whose lease expired goes to the head of its priority's line (it waited its turn
         # already). Derived from the event, so a journal replay orders it the same way.
         for event in changes.events:
@@ -301,6 +309,7 @@ class StateCore:
     def _store_task(self, key: str, new: Task) -> None:
         old = self.tasks.get(key)
         self.tasks[key] = new
+        self.routing.observe(old, new)
         self.last_seq = max(self.last_seq, new.seq)
         if new.idempotency_key:
             self.idempotency[new.idempotency_key] = key

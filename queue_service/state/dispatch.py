@@ -9,7 +9,7 @@ from __future__ import annotations
 import heapq
 from collections.abc import Sequence
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 from queue_service import domain, exceptions
 from queue_service.dispatch_config import DispatchConfig
@@ -19,6 +19,7 @@ from queue_service.models import (
     Task,
     TaskStatus,
 )
+from queue_service.routing_state import RoutingDelta, StateLike, pick_routed
 from queue_service.state.changes import Changes
 from queue_service.state.core import EVENT_LEASE_EXPIRED, StateCore, View
 
@@ -60,22 +61,68 @@ class DispatchRules(StateCore):
         return best
 
     def plan_claim(
-        self, agent: str, roles: Sequence[str] | None, lease_seconds: float, now: datetime
+        self,
+        agent: str,
+        roles: Sequence[str] | None,
+        lease_seconds: float,
+        now: datetime,
+        config: DispatchConfig | None = None,
     ) -> tuple[Changes, Claim] | None:
         """Claim the best ready task of *roles*, or None. Stale heap entries are dropped as found."""
-        changes, claims = self.plan_claim_many(agent, roles, 1, lease_seconds, now)
+        changes, claims = self.plan_claim_many(agent, roles, 1, lease_seconds, now, config)
         return (changes, claims[0]) if claims else None
 
     def plan_claim_many(
-        self, agent: str, roles: Sequence[str] | None, limit: int, lease_seconds: float, now: datetime
+        self,
+        agent: str,
+        roles: Sequence[str] | None,
+        limit: int,
+        lease_seconds: float,
+        now: datetime,
+        config: DispatchConfig | None = None,
     ) -> tuple[Changes, list[Claim]]:
-        """Claim up to *limit* ready tasks of *roles*, best first, in one Changes (one token each).
+        """Claim up to *limit* ready tasks of *roles* for *agent*, in one Changes (one token each).
+
+        The agent is registered implicitly if unknown, and a registered agent never gets more than its
+        free capacity (issue 13). When routing matters (strategies, labels, concurrency keys, several
+        groups) the pick is :func:`queue_service.routing_state.pick_routed`; otherwise the heap pick.
+        (The Changes may hold only a registry update when nothing was claimed.)
+        """
+        cfg = config or DispatchConfig()
+        delta = RoutingDelta()
+        me = self.routing.admit(self.project.slug, agent, roles, now, delta)
+        # a claim without roles takes any role, as before (registered roles steer routing only)
+        names = list(dict.fromkeys(roles)) if roles else list(self._heaps)
+        want = min(limit, self.routing.free(me))
+        if want <= 0:
+            chosen: list[Task] = []
+        elif self.routing.needs_routing(self.project, names):
+            # a ProjectState (these rules' only concrete class) has the read projections pick_routed needs
+            state = cast(StateLike, self)
+            chosen = pick_routed(state, me, names, want, now, cfg.agent_ready_seconds, cfg.offer_seconds, delta)
+        else:
+            chosen = self._pick_heap(names, want, now)
+        changes = Changes(routing=delta if delta else None)
+        claims: list[Claim] = []
+        expires = now + timedelta(seconds=lease_seconds)
+        for task in chosen:
+            token = domain.new_lease_token(lease_seconds)
+            new = task.model_copy(
+                update={"status": S.IN_PROGRESS, "assignee": agent, "lease_holder": agent, "lease_expires_at": expires}
+            )
+            stored = self._transition(changes, task, new, "claimed", now, token=token, agent=agent)
+            claims.append(
+                Claim(task=stored, lease=Lease(token=token, holder=agent, expires_at=expires, seconds=lease_seconds))
+            )
+        return changes, claims
+
+    def _pick_heap(self, names: list[str], limit: int, now: datetime) -> list[Task]:
+        """The first *limit* ready tasks of roles *names* in dispatch order, off the heaps.
 
         Stale heap entries are dropped as found; every entry still eligible goes back into its heap
         (the chosen ones too: ``apply`` drops them once they are in-progress, and a commit that fails
         must not lose them).
         """
-        names = list(roles) if roles else list(self._heaps)
         deferred: list[tuple[str, tuple[int, int, str]]] = []
         chosen: list[Task] = []
         picked: set[str] = set()
@@ -106,20 +153,7 @@ class DispatchRules(StateCore):
         finally:
             for role, entry in deferred:
                 heapq.heappush(self._heaps[role], entry)
-        chosen = self._dispatch_first(chosen, names, limit, now)
-        changes = Changes()
-        claims: list[Claim] = []
-        expires = now + timedelta(seconds=lease_seconds)
-        for task in chosen:
-            token = domain.new_lease_token(lease_seconds)
-            new = task.model_copy(
-                update={"status": S.IN_PROGRESS, "assignee": agent, "lease_holder": agent, "lease_expires_at": expires}
-            )
-            stored = self._transition(changes, task, new, "claimed", now, token=token, agent=agent)
-            claims.append(
-                Claim(task=stored, lease=Lease(token=token, holder=agent, expires_at=expires, seconds=lease_seconds))
-            )
-        return changes, claims
+        return self._dispatch_first(chosen, names, limit, now)
 
     def _dispatch_first(self, by_age: list[Task], names: list[str], limit: int, now: datetime) -> list[Task]:
         """The first *limit* ready tasks in ``domain.dispatch_order``, from *by_age* (the first *limit*

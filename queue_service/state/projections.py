@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 
-from queue_service import domain
+from queue_service import domain, routing
 from queue_service.cursors import decode_cursor, encode_cursor
 from queue_service.models import (
     Event,
@@ -118,6 +118,13 @@ class Projections(StateCore):
         ready = [t for r in names for k in self.eligible.get(r, ()) if (t := self._ready_now(k, wanted, now))]
         ready.sort(key=lambda t: domain.dispatch_order(t, self.unblocks(t.key)))
         return ready[:limit], len(ready)
+
+    def ready_listed(self, roles: Sequence[str] | None, limit: int, now: datetime) -> tuple[list[Task], int]:
+        """The first *limit* ready tasks in the order claims take them (fair share included), and how
+        many are ready in all: what ``ready``/``next`` show (issue 11's one dispatch order)."""
+        ready, total = self.ready_ordered(roles, 1 << 62, now)
+        candidates = [routing.Candidate(t, self.unblocks(t.key)) for t in ready]
+        return [c.task for c in routing.fair_order(candidates, self.routing.turns, limit)], total
 
     def task_events(self, key: str, limit: int) -> list[Event]:
         """The task's newest events, newest first."""

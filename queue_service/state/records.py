@@ -33,6 +33,9 @@ class RecordRules(StateCore):
         fields = {k: getattr(patch, k) for k in patch.model_fields_set}
         if fields.get("name") is None:
             fields.pop("name", None)
+        for name in ("routing", "concurrency_limits"):
+            if name in fields and fields[name] is None:
+                fields[name] = {}
         changed = {k: v for k, v in fields.items() if getattr(self.project, k) != v}
         if not changed:
             return Changes()
@@ -172,6 +175,9 @@ class RecordRules(StateCore):
                 idempotency_key=item.idempotency_key,
                 traceparent=item.traceparent,
                 tracestate=item.tracestate,
+                prefers=tuple(item.prefers),
+                concurrency_key=item.concurrency_key,
+                group=item.group,
                 created_at=now,
                 updated_at=now,
                 started_at=now if item.status is S.IN_PROGRESS else None,
@@ -246,6 +252,8 @@ class RecordRules(StateCore):
             fields["extra"] = dict(fields["extra"] or {})
         if "requires" in fields:
             fields["requires"] = dict(fields["requires"] or {})
+        if "prefers" in fields:
+            fields["prefers"] = tuple(fields["prefers"] or ())
         if "mission" in fields:
             self.require_mission(fields["mission"])
         if "depends_on" in fields:

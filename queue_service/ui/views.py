@@ -134,14 +134,34 @@ class AgentRow:
     held: list[Task] = field(default_factory=list)
     #: the latest lease expiry among held tasks: the last heartbeat renewed it
     lease_expires_at: datetime | None = None
+    #: the registry's last sign of life (registration, agent heartbeat, claim); for an agent the
+    #: registry does not list, the latest change to a task it holds
     last_seen: datetime | None = None
+    #: from the registry (issue 13); None for a holder it does not list (e.g. imported tasks)
+    ready: bool | None = None
+    drained: bool = False
+    capacity: int | None = None
+    roles: list[str] = field(default_factory=list)
+    done: int = 0
+    failed: int = 0
 
 
 async def agents(service: QueueService, project: str) -> list[AgentRow]:
-    """Agents as seen today (a registry arrives with routing): whoever holds or works an
-    in-progress task. Each heartbeat renews the lease, so the lease expiry moves with the agent's
-    last heartbeat; ``last_seen`` is the latest change to a task it holds (its claim)."""
+    """Each agent of the registry (issue 13) with readiness and capacity, plus whoever holds an
+    in-progress task, with what it holds. Each heartbeat renews a lease, so the lease expiry moves
+    with the agent's last task heartbeat; ``last_seen`` is its last agent heartbeat or claim."""
     rows: dict[str, AgentRow] = {}
+    for a in await service.list_agents(project):
+        rows[a.id] = AgentRow(
+            a.id,
+            last_seen=a.last_seen,
+            ready=a.ready,
+            drained=a.drained,
+            capacity=a.capacity,
+            roles=list(a.roles),
+            done=a.done,
+            failed=a.failed,
+        )
     held = TaskFilter(status=[S.IN_PROGRESS])
     async for task in iter_tasks(service, project, held, SCAN_LIMIT):
         name = task.lease_holder or task.assignee
@@ -151,7 +171,7 @@ async def agents(service: QueueService, project: str) -> list[AgentRow]:
         row.held.append(task)
         if task.lease_expires_at and (row.lease_expires_at is None or task.lease_expires_at > row.lease_expires_at):
             row.lease_expires_at = task.lease_expires_at
-        if row.last_seen is None or task.updated_at > row.last_seen:
+        if row.ready is None and (row.last_seen is None or task.updated_at > row.last_seen):
             row.last_seen = task.updated_at
     return sorted(rows.values(), key=lambda r: (not r.held, r.name))
 

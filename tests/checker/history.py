@@ -15,7 +15,11 @@ them). At quiescence the checker verifies, from the store and its event log:
 5. after that sweep nothing is in progress without a live lease, and the sweep's safety net (the
    recount of pending counts that disagree with their dependencies) never had anything to repair;
 6. no call failed with a non-domain error: a :class:`BackendError` other than
-   :class:`BackendUnavailable` (a 500) or a foreign exception.
+   :class:`BackendUnavailable` (a 500) or a foreign exception;
+7. routing (issue 13), replayed from the event log: no concurrency key ever had more tasks in
+   progress than its limit, no registered agent ever held more than its capacity, and no agent was
+   handed a task whose required labels it lacks; offers come back: once every actor is unready, one
+   agent claims every ready task, including those routed (offered) to the actors.
 
 The seed fixes every actor's choices; the interleaving also depends on timing, so a replay with the
 same seed re-runs the same *kind* of history. Violations name the seed.
@@ -41,6 +45,10 @@ __all__ = ["Chaos", "History", "RunStats", "check_round"]
 S = TaskStatus
 T = TypeVar("T")
 ROLES = ("a", "b")
+#: concurrency limits of every round: k1 at most 2 in progress, any other key at most 3
+LIMITS = {"k1": 2, "*": 3}
+KEYS = (None, None, None, "k1", "k2", "k3")
+GPU = {"gpu": "yes"}
 
 
 @dataclass
@@ -79,9 +87,17 @@ class History:
     deps_at: dict[tuple[str, int], tuple[str, ...]] = field(default_factory=dict)
     accepted_completions: Counter[str] = field(default_factory=Counter)
     errors: list[str] = field(default_factory=list)
+    #: issue 13: concurrency key and required labels per task key (fixed at creation)
+    concurrency_key: dict[str, str | None] = field(default_factory=dict)
+    requires: dict[str, dict[str, str]] = field(default_factory=dict)
+    #: capacity and labels of the agents the round registered
+    capacity: dict[str, int] = field(default_factory=dict)
+    labels: dict[str, dict[str, str]] = field(default_factory=dict)
 
     def saw(self, task: Task) -> None:
         self.deps_at[(task.key, task.version)] = tuple(task.depends_on)
+        self.concurrency_key[task.key] = task.concurrency_key
+        self.requires[task.key] = dict(task.requires)
         if task.key not in self.deps_at_keys:
             self.deps_at_keys.add(task.key)
             self.keys.append(task.key)
@@ -160,9 +176,13 @@ class _Actor:
         key = self.rng.choice(sorted(self.h.held))
         return self.h.held.pop(key)
 
+    def routing(self) -> dict[str, Any]:
+        """Random routing fields of a new task (issue 13)."""
+        return {"concurrency_key": self.rng.choice(KEYS), "requires": GPU if self.rng.random() < 0.2 else {}}
+
     async def create(self) -> None:
         deps = self.some_keys(self.rng.choice((0, 0, 1, 1, 2, 3)))
-        data = {"title": "t", "role": self.rng.choice(ROLES), "depends_on": deps, "max_attempts": 3}
+        data = {"title": "t", "role": self.rng.choice(ROLES), "depends_on": deps, "max_attempts": 3, **self.routing()}
         svc = self.svc()
         task = await self.call("create", lambda: svc.create_task(self.h.project, data))
         if task is not None:
@@ -173,7 +193,7 @@ class _Actor:
         items: list[dict[str, Any]] = []
         for i in range(n):
             deps = [f"#{j}" for j in range(i) if self.rng.random() < 0.5] + self.some_keys(self.rng.randint(0, 2))
-            items.append({"title": "b", "role": self.rng.choice(ROLES), "depends_on": deps})
+            items.append({"title": "b", "role": self.rng.choice(ROLES), "depends_on": deps, **self.routing()})
         svc = self.svc()
         tasks = await self.call("create_batch", lambda: svc.create_tasks(self.h.project, items))
         for task in tasks or ():
@@ -316,6 +336,43 @@ def _repaired(replicas: Sequence[QueueService]) -> int:
     return sum(int(getattr(r.backend.dispatch, "repaired_counts", 0)) for r in replicas)
 
 
+def _check_routing(events: list[Event], history: History, violations: list[str]) -> None:
+    """Invariant 7 from the event log in id order (a slot freed by an event with a larger id than a
+    later claim's only makes the replay count lower, never higher, so a violation is real)."""
+    status: dict[str, S | None] = {}
+    holder_of: dict[str, str | None] = {}
+    by_key: Counter[str] = Counter()
+    by_agent: Counter[str] = Counter()
+    for e in sorted(events, key=lambda e: e.id):
+        if e.task is None or e.status is None:
+            continue
+        key, before = e.task, status.get(e.task)
+        status[key] = e.status
+        ck = history.concurrency_key.get(key)
+        if before is S.IN_PROGRESS and e.status is not S.IN_PROGRESS:
+            if ck is not None:
+                by_key[ck] -= 1
+            holder = holder_of.pop(key, None)
+            if holder is not None:
+                by_agent[holder] -= 1
+        elif e.status is S.IN_PROGRESS and before is not S.IN_PROGRESS:
+            agent = e.data.get("agent") if e.kind == "claimed" else None
+            if ck is not None:
+                by_key[ck] += 1
+                limit = LIMITS.get(ck, LIMITS["*"])
+                if by_key[ck] > limit:
+                    violations.append(f"{key} claimed (event {e.id}): {by_key[ck]} tasks of key {ck} in progress")
+            if agent is not None:
+                holder_of[key] = agent
+                by_agent[agent] += 1
+                cap = history.capacity.get(agent)
+                if cap is not None and by_agent[agent] > cap:
+                    violations.append(f"{key} claimed by {agent} (event {e.id}) over its capacity {cap}")
+                labels = history.labels.get(agent, {})
+                if any(labels.get(n) != v for n, v in history.requires.get(key, {}).items()):
+                    violations.append(f"{key} claimed by {agent} (event {e.id}), which lacks its required labels")
+
+
 def _check_events(events: list[Event], history: History, violations: list[str]) -> None:
     status: dict[str, S] = {}
     deps: dict[str, tuple[str, ...] | None] = {}
@@ -350,6 +407,14 @@ async def check_round(
     project = f"chk{seed}"
     await _steady(lambda: svc.create_project({"slug": project, "key_prefix": "CHK"}))
     history = History(project=project)
+    rng = random.Random(seed)
+    strategy = rng.choice(("round-robin", "least-busy", "random"))
+    await _steady(lambda: svc.update_project(project, {"concurrency_limits": LIMITS, "routing": {"b": strategy}}))
+    for n in range(0, actors, 2):  # half the actors register (capacity, labels); the others stay implicit
+        agent = {"id": f"w{n}", "capacity": 1 + n % 3, "labels": GPU if n % 4 == 0 else {}}
+        await _steady(lambda agent=agent: svc.register_agent(project, agent))  # type: ignore[misc]
+        history.capacity[str(agent["id"])] = int(agent["capacity"])  # type: ignore[call-overload]
+        history.labels[str(agent["id"])] = dict(agent["labels"])  # type: ignore[call-overload]
     repaired_before = _repaired(replicas)
     deadline = time.monotonic() + seconds
     crew = [_Actor(i, replicas, history, stats, seed) for i in range(actors)]
@@ -370,7 +435,9 @@ async def check_round(
     await _steady(svc.backend.dispatch.sweep)
     tasks = await _steady(lambda: _all_tasks(svc, project))
     by_key = {t.key: t for t in tasks}
-    _check_events(await _steady(lambda: _all_events(svc, project)), history, violations)
+    events = await _steady(lambda: _all_events(svc, project))
+    _check_events(events, history, violations)
+    _check_routing(events, history, violations)
 
     for t in tasks:
         if t.status is S.IN_PROGRESS and (t.lease_expires_at is None or t.lease_expires_at < sweep_started):
@@ -390,7 +457,13 @@ async def check_round(
         if (t.key in ready_keys) != (not not_done and due) and due:
             violations.append(f"{t.key}: listed ready={t.key in ready_keys} but deps not done: {not_done}")
 
-    # Every ready task is claimable: drain with long leases until the lists run dry.
+    # Every ready task is claimable: drain with long leases until the lists run dry. Offers come back:
+    # once the actors are unready, the drainer (carrying every label) gets what was offered to them;
+    # the limits are lifted so tasks the actors still hold do not hide the ready ones.
+    ready_window = svc.backend.config.agent_ready_seconds
+    await asyncio.sleep(ready_window + 0.1)
+    await _steady(lambda: svc.update_project(project, {"concurrency_limits": {}}))
+    await _steady(lambda: svc.register_agent(project, {"id": "drain", "capacity": 1000, "labels": GPU}))
     claimed: set[str] = set()
     while True:
         got = await _steady(lambda: svc.claim_many(project, "drain", None, 100, 0.0, 300.0))

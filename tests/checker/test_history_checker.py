@@ -34,6 +34,9 @@ CONFIG = fast(
     backoff_jitter=0.1,
     max_queue_depth=100_000,
     sweep_seconds=0.2,
+    # issue 13: agents turn unready and offers lapse within a round (the checker waits them out)
+    agent_ready_seconds=1.0,
+    offer_seconds=0.3,
 )
 ROUND_SECONDS = 10.0
 #: Read at import: the root conftest hides every QUEUE_* variable from the tests themselves.

@@ -148,6 +148,23 @@ def test_remote_project_argument_option_and_env(server: str) -> None:
     assert "Missing argument 'PROJECT'" in qs(server, "stats", code=2).stderr
 
 
+def test_remote_agents_and_routing(server: str) -> None:
+    # issue 13's commands through the AsyncClient (the same QueueOps calls as in local mode)
+    qs(server, "project", "create", "ragt", "--prefix", "RA")
+    reg = qs_json(server, "agent", "register", "ragt", "gpu-1", "-r", "dev", "-l", "model=opus", "--capacity", "2")
+    assert (reg["id"], reg["roles"], reg["labels"], reg["capacity"]) == ("gpu-1", ["dev"], {"model": "opus"}, 2)
+    assert qs_json(server, "agent", "heartbeat", "ragt", "gpu-1")["ready"] is True
+    assert qs_json(server, "agent", "route", "ragt", "dev", "least-busy")["routing"] == {"dev": "least-busy"}
+    assert qs_json(server, "agent", "limit", "ragt", "repo-a", "2")["concurrency_limits"] == {"repo-a": 2}
+    qs(server, "task", "add", "ragt", "Routed", "-r", "dev")
+    got = qs_json(server, "claim", "ragt", "-r", "dev", "--agent", "gpu-1")
+    assert got["task"]["key"] == "RA-1"
+    listed = qs_json(server, "agents", "ragt")
+    assert [(a["id"], [h["key"] for h in a["holding"]]) for a in listed] == [("gpu-1", ["RA-1"])]
+    assert qs_json(server, "agent", "drain", "ragt", "gpu-1")["drained"] is True
+    assert "gpu-1" in qs(server, "agents", "ragt").stdout
+
+
 def test_remote_errors(server: str) -> None:
     qs(server, "project", "create", "rerr")
     qs(server, "task", "add", "One", "-p", "rerr")

@@ -190,6 +190,21 @@ async def test_agents_view_lists_holders_with_lease_left(app: FastAPI) -> None:
     row = r.text.split('data-testid="agent-builder-7"', 1)[1].split("</tr>", 1)[0]
     assert f">{claim.task.key}</a>" in row and re.search(rf"{claim.task.key}: \d+m \d+s", row)
     assert 'data-testid="agent-alice"' not in r.text  # assigned, but holds nothing
+    assert "ready" in row and "0 / 1" not in row  # from the registry (implicit: capacity 1, holding 1)
+    assert "1 / 1" in row
+
+
+async def test_agents_view_shows_the_registry(app: FastAPI) -> None:
+    svc = app.state.qs.service
+    await svc.register_agent("web", {"id": "gpu-box", "roles": ["ml"], "capacity": 4})
+    await svc.register_agent("web", {"id": "retired"})
+    await svc.drain_agent("web", "retired")
+    async with browser(app) as c:
+        r = await c.get("/ui/p/web/agents")
+    box = r.text.split('data-testid="agent-gpu-box"', 1)[1].split("</tr>", 1)[0]
+    assert ">ready<" in box and "0 / 4" in box and "ml" in box
+    retired = r.text.split('data-testid="agent-retired"', 1)[1].split("</tr>", 1)[0]
+    assert ">drained<" in retired
 
 
 # -- actions ------------------------------------------------------------------------------------

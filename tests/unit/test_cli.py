@@ -28,6 +28,8 @@ from queue_service.testing import InMemoryBackend
 from queue_service.workspaces import WorkspacePolicy
 
 EXPECTED_COMMANDS = {
+    "agents",
+    "agent",
     "project",
     "mission",
     "task",
@@ -144,6 +146,7 @@ def test_help_lists_exactly_the_working_commands() -> None:
         "mission": {"create", "list"},
         "token": {"create", "list", "revoke", "purge"},
         "dep": {"add", "rm"},
+        "agent": {"register", "heartbeat", "drain", "route", "limit"},
     }.items():
         sub = CliRunner().invoke(app, [group, "--help"])
         assert sub.exit_code == 0
@@ -351,6 +354,13 @@ PER_PROJECT = {
     ("dead-letter",): "PROJECT",
     ("dep", "add"): "PROJECT KEY DEP...",
     ("dep", "rm"): "PROJECT KEY DEP...",
+    # issue 13: the agent registry and routing settings (queue_service/cli/agents.py)
+    ("agents",): "PROJECT",
+    ("agent", "register"): "PROJECT ID",
+    ("agent", "heartbeat"): "PROJECT ID",
+    ("agent", "drain"): "PROJECT ID",
+    ("agent", "route"): "PROJECT ROLE STRATEGY",
+    ("agent", "limit"): "PROJECT KEY N",
     # issue 18: the Mosaic queue / backlog verbs (queue_service/cli/mosaic_queue.py)
     ("queue", "create"): "PROJECT",
     ("queue", "list"): "PROJECT",

@@ -82,6 +82,8 @@ def project_from_row(row: Any) -> Project:
         created_at=row.created_at,
         updated_at=row.updated_at,
         version=row.version,
+        routing=dict(row.routing or {}),
+        concurrency_limits=dict(row.concurrency_limits or {}),
     )
 
 

@@ -89,6 +89,9 @@ class ProjectRecords(PostgresRecordsBase):
             fields = {k: getattr(patch, k) for k in patch.model_fields_set}
             if fields.get("name") is None:
                 fields.pop("name", None)
+            for name in ("routing", "concurrency_limits"):
+                if name in fields and fields[name] is None:
+                    fields[name] = {}
             changed = {k: v for k, v in fields.items() if getattr(row, k) != v}
             if not changed:
                 return project_from_row(row)

@@ -16,6 +16,7 @@ from queue_service.postgres import tables as t
 from queue_service.postgres.edge_locks import lock_nowait, run_without_hold_and_wait, wait_until_free
 from queue_service.postgres.records.base import READY, TEXTS, PostgresRecordsBase, S
 from queue_service.postgres.records.task_create_fast import create_one_fast, fast_eligible
+from queue_service.postgres.routing_columns import routing_column, routing_fields
 from queue_service.postgres.transitions import EVENT_CREATED, Effects, EventInput, ReadyTask, insert_events
 
 __all__ = ["TaskCreation"]
@@ -240,6 +241,7 @@ class TaskCreation(PostgresRecordsBase):
                     "completed_at": now if item.status is S.DONE else None,
                     "traceparent": item.traceparent,
                     "tracestate": item.tracestate,
+                    "routing": routing_column(item.prefers, item.concurrency_key, item.group),
                 }
             )
         created: dict[str, Task] = {}
@@ -260,7 +262,8 @@ class TaskCreation(PostgresRecordsBase):
             for row in rows_in:
                 # Built from validated input (TaskCreate) and our own values: skip re-validation,
                 # which would dominate the cost of a 10,000-task batch.
-                fields = {k: v for k, v in row.items() if k != "pending_deps"}
+                fields = {k: v for k, v in row.items() if k not in ("pending_deps", "routing")}
+                fields.update(routing_fields(row["routing"]))
                 fields.update(
                     status=TaskStatus(row["status"]),
                     priority=Priority(row["priority"]),

@@ -14,6 +14,7 @@ from queue_service.models import Task, TaskStatus, TaskUpdate
 from queue_service.postgres import tables as t
 from queue_service.postgres.edge_locks import lock_nowait, run_without_hold_and_wait, wait_until_free
 from queue_service.postgres.records.base import EDGE_QUERIES, TEXTS, PostgresRecordsBase, S
+from queue_service.postgres.routing_columns import ROUTING_FIELDS, routing_column
 from queue_service.postgres.rows import task_from_row
 from queue_service.postgres.transitions import (
     EVENT_CANCELLED,
@@ -109,6 +110,8 @@ class TaskEdits(PostgresRecordsBase):
                 fields["extra"] = dict(fields["extra"] or {})
             if "requires" in fields:
                 fields["requires"] = dict(fields["requires"] or {})
+            if "prefers" in fields:
+                fields["prefers"] = tuple(fields["prefers"] or ())
             if "depends_on" in fields:
                 fields["depends_on"] = tuple(fields["depends_on"] or ())
             changed = {k: v for k, v in fields.items() if getattr(old, k) != v}
@@ -128,8 +131,11 @@ class TaskEdits(PostgresRecordsBase):
                 if new_status is not S.BLOCKED and "blocked_reason" not in changed:
                     changed["blocked_reason"] = None
                 values.update(self._status_side_fields(old, new_status, now))
+            if any(name in changed for name in ROUTING_FIELDS):
+                merged = {name: changed.get(name, getattr(old, name)) for name in ROUTING_FIELDS}
+                values["routing"] = routing_column(**merged)
             for name, value in changed.items():
-                if name == "depends_on":
+                if name == "depends_on" or name in ROUTING_FIELDS:
                     continue
                 if name in ("status", "priority"):
                     value = value.value

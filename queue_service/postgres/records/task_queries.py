@@ -7,6 +7,7 @@ from datetime import timedelta
 
 from sqlalchemy import ColumnElement, Text, and_, bindparam, func, literal_column, not_, select
 
+from queue_service import routing
 from queue_service.cursors import decode_cursor, encode_cursor
 from queue_service.models import QueueStats, ReadyList, Task, TaskFilter, TaskPage, TaskStatus
 from queue_service.postgres import tables as t
@@ -155,7 +156,9 @@ class TaskQueries(PostgresRecordsBase):
         )
 
     async def ready_tasks(self, project: str, roles: Sequence[str] | None = None, limit: int = 20) -> ReadyList:
-        """See :meth:`RecordStore.ready_tasks` (the order of ``ready_keys`` in ``sql/leases.sql``)."""
+        """See :meth:`RecordStore.ready_tasks`: in the order claims take them (``routing.fair_order``:
+        priority, the group's turn, tasks unblocked, age), read as the best *limit* of each (role,
+        priority, group) and the groups' turns."""
         now = self.clock()
         tc = t.tasks.c
         d = t.task_dependencies
@@ -165,22 +168,32 @@ class TaskQueries(PostgresRecordsBase):
             .select_from(d.join(c, c.c.id == d.c.task_id))
             .where(d.c.depends_on_id == tc.id, c.c.status != S.DONE.value)
             .scalar_subquery()
-            .label("unblocks")
         )
         where = [tc.project == project, READY, due(now)]
         if roles:
             where.append(tc.role.in_(list(roles)))
+        group = func.coalesce(tc.routing["group"].astext, tc.mission)
+        ready = select(tc.id.label("id"), unblocks.label("unblocks"), group.label("grp")).where(*where).subquery()
+        rank = (
+            func.row_number()
+            .over(partition_by=(tc.role, tc.priority, ready.c.grp), order_by=(ready.c.unblocks.desc(), tc.seq))
+            .label("rn")
+        )
+        ranked = select(tc.id.label("id"), ready.c.unblocks, rank).join(ready, ready.c.id == tc.id).subquery()
         async with self._read(consistent=True) as conn:
             rows = (
                 await conn.execute(
-                    select(*task_columns, unblocks)
-                    .where(*where)
-                    .order_by(tc.priority, unblocks.desc(), tc.seq)
-                    .limit(limit)
+                    select(*task_columns, ranked.c.unblocks)
+                    .join(ranked, ranked.c.id == tc.id)
+                    .where(ranked.c.rn <= limit)
+                    .order_by(tc.priority, ranked.c.unblocks.desc(), tc.seq)
                 )
             ).all()
             total = int(await conn.scalar(select(func.count()).select_from(t.tasks).where(*where)) or 0)
+            turn_rows = (await conn.execute(select(t.group_turns).where(t.group_turns.c.project == project))).all()
             if not rows:
                 await self._project_exists(conn, project)
-        tasks = [task_from_row(r) for r in rows]
-        return ReadyList(tasks=tasks, total=total, unblocks={r.key: int(r.unblocks) for r in rows})
+        candidates = [routing.Candidate(task_from_row(r), int(r.unblocks)) for r in rows]
+        turns = {(r.role, r.grp): int(r.turn) for r in turn_rows}
+        listed = routing.fair_order(candidates, turns, limit)
+        return ReadyList(tasks=[x.task for x in listed], total=total, unblocks={x.task.key: x.unblocks for x in listed})

@@ -21,6 +21,7 @@ from queue_service.models import (
 )
 from queue_service.postgres import tables as t
 from queue_service.postgres.records.base import BIGINTS, PostgresRecordsBase, project_from_row, select_tasks
+from queue_service.postgres.routing_columns import ROUTING_FIELDS, routing_column
 from queue_service.postgres.rows import event_from_row, task_from_row
 from queue_service.postgres.transitions import recompute_pending_deps
 
@@ -92,6 +93,8 @@ class TransferRecords(PostgresRecordsBase):
                         name=p.name,
                         key_prefix=p.key_prefix,
                         workspace=p.workspace,
+                        routing=dict(p.routing),
+                        concurrency_limits=dict(p.concurrency_limits),
                         next_seq=snapshot.next_seq,
                         last_task_seq=max((task.seq for task in snapshot.tasks), default=0),
                         created_at=p.created_at,
@@ -210,8 +213,9 @@ class TransferRecords(PostgresRecordsBase):
 
     @staticmethod
     def _import_row(project: str, task: Task) -> dict[str, Any]:
-        data = task.model_dump(exclude={"depends_on", "project"})
+        data = task.model_dump(exclude={"depends_on", "project", *ROUTING_FIELDS})
         data.update(
+            routing=routing_column(task.prefers, task.concurrency_key, task.group),
             project=project,
             status=task.status.value,
             priority=task.priority.value,
