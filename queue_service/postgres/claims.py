@@ -14,19 +14,30 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import asyncpg
 
 from queue_service import exceptions
+from queue_service.dispatch_config import DispatchConfig
 from queue_service.models import Claim, Lease, TaskStatus
+from queue_service.postgres.asyncpg_pool import RawPool
 from queue_service.postgres.errors import wrap_errors
 from queue_service.postgres.routing import RoutedClaims, record_turns, routed_claim
 from queue_service.postgres.rows import task_from_row
-from queue_service.postgres.valkey import BrokerBatch, Popped
+from queue_service.postgres.valkey import BrokerBatch, Popped, ValkeyBroker
 
-if TYPE_CHECKING:
-    from queue_service.postgres.dispatch import PostgresValkeyDispatcher
+
+class PostgresValkeyDispatcher(Protocol):
+    """What a claim attempt needs of the dispatcher that makes it (a protocol, so this module does
+    not import ``dispatch.py``, which imports it)."""
+
+    config: DispatchConfig
+    broker: ValkeyBroker
+    _raw: RawPool
+
+    async def _signal(self, batch: BrokerBatch) -> None: ...
+
 
 __all__ = ["claim_routed"]
 
