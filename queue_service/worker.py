@@ -587,6 +587,21 @@ class AsyncWorker(_WorkerBase):
         #: what the last :meth:`run` did (claims, completions, outcomes)
         self.last_run: SlotStats | None = None
 
+    async def _register(self) -> None:
+        """Register this worker with its concurrency as its capacity (issue 13's contract: the
+        service then never hands the agent more than it runs at once, and routing weighs it by it).
+        A server without the agent registry (404 on the route, not on the project) is left alone."""
+        register = getattr(self._client, "register_agent", None)
+        if register is None:
+            return
+        body = {"id": self.agent, "roles": list(self.roles or []), "capacity": self.concurrency}
+        try:
+            await register(self.project, body)
+        except exceptions.NotFound as exc:
+            if isinstance(exc, exceptions.ProjectNotFound):
+                raise
+            logger.info("the server has no agent registry (%s); running unregistered", exc)
+
     async def __aiter__(self) -> AsyncGenerator[AsyncJob, None]:
         loop = asyncio.get_running_loop()
         backoff = 0.0
@@ -642,6 +657,7 @@ class AsyncWorker(_WorkerBase):
 
     async def _run_slots(self, fn: Callable[[Task], Any], max_tasks: int | None) -> int:
         loop = asyncio.get_running_loop()
+        await self._register()
         runner = SlotRunner(
             self._client,  # type: ignore[arg-type]
             self.project,

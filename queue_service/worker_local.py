@@ -10,10 +10,11 @@ loop (a backend is not thread-safe); run CPU-bound work as a plain function (it 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from queue_service import exceptions
+from queue_service.agents import Agent
 from queue_service.ids import new_agent_id
 from queue_service.models import Claim, Lease, Note, Task
 from queue_service.service import QueueService
@@ -56,6 +57,9 @@ class ServiceWorkerClient:
         return await self.service.claim_many(
             project, agent or new_agent_id(), roles, limit=limit, wait=wait_seconds, lease_seconds=lease_seconds
         )
+
+    async def register_agent(self, project: str, data: Mapping[str, Any]) -> Agent:
+        return await self.service.register_agent(project, data)
 
     async def heartbeat(self, project: str, key: str, token: str, *, lease_seconds: float | None = None) -> Lease:
         return await self.service.heartbeat(project, key, token, lease_seconds)

@@ -3,9 +3,12 @@
 ``AsyncWorker.run(fn)`` (the typed client's worker helper, and the in-process worker of
 ``QueueService.worker``) runs here. Per round trip it does what pgqueuer's manager does:
 
-* **claims in batches, never more than the free slots**: with ``concurrency`` slots and *k* jobs
-  running it asks for at most ``concurrency - k`` tasks (one ``claim_many`` call); a task is never
-  held by a lease while it waits for a slot;
+* **claims in batches, never more than the free slots**: with ``concurrency`` slots, *k* jobs
+  running and *c* finished tasks whose completion has not landed yet, it asks for at most
+  ``concurrency - k - c`` tasks (one ``claim_many`` call): the service counts a task as held until
+  its completion lands, and the worker registers ``concurrency`` as its capacity (issue 13); when no
+  slot is free but completions are waiting, they are sent at once; a task is never held by a lease
+  while it waits for a slot;
 * **completions are buffered** and sent together (one ``complete_many`` call) when ``batch`` of them
   are waiting or ``flush_seconds`` after the first, whichever comes first, and always before the
   worker waits idle (a dependent of the task just finished may be the next thing to claim);
@@ -30,7 +33,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from queue_service import exceptions
+from queue_service import exceptions, tracing
 from queue_service.models import Claim, Lease, Task
 
 __all__ = ["DEFAULT_BATCH", "DEFAULT_FLUSH_SECONDS", "BatchClient", "SlotRunner", "SlotStats"]
@@ -197,6 +200,13 @@ class _Completions:
     batches: int = 0
     #: the server has no batch completion (older version): one call per task
     one_by_one: bool = False
+    #: items sent whose answer has not come back yet
+    inflight: int = 0
+
+    @property
+    def outstanding(self) -> int:
+        """Finished tasks the server still counts as held (buffered or on their way)."""
+        return len(self.items) + self.inflight
 
     def add(self, key: str, token: str, result: Any) -> None:
         self.items.append(_Pending(key, token, result))
@@ -213,7 +223,8 @@ class _Completions:
             return
         items, self.items = self.items, []
         self.batches += 1
-        task = asyncio.get_running_loop().create_task(self._send(items))
+        self.inflight += len(items)
+        task = asyncio.get_running_loop().create_task(self._send_counted(items))
         self.sending.add(task)
         task.add_done_callback(self.sending.discard)
 
@@ -228,6 +239,12 @@ class _Completions:
             return await self.client.complete(self.project, item.key, item.token, item.result)
         except exceptions.QueueServiceError as exc:
             return exc
+
+    async def _send_counted(self, items: list[_Pending]) -> None:
+        try:
+            await self._send(items)
+        finally:
+            self.inflight -= len(items)
 
     async def _send(self, items: list[_Pending]) -> None:
         if self.one_by_one:
@@ -333,13 +350,19 @@ class SlotRunner:
         backoff = 0.0
         try:
             while not self._stopping():
-                free = self.concurrency - len(running)
+                # a finished task holds its slot until its completion has landed: the service counts
+                # it as held until then, and caps a registered agent's claims at its capacity
+                free = self.concurrency - len(running) - self._done.outstanding
                 if max_tasks is not None:
-                    free = min(free, max_tasks - self.stats.handled)
-                    if free <= 0 and not running:
+                    left = max_tasks - self.stats.handled
+                    if left <= 0 and not running:
                         break
+                    free = min(free, left)
                 if free <= 0:
-                    await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                    if self._done.outstanding:
+                        await self._done.flush()
+                    else:
+                        await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
                     continue
                 try:
                     claims = await self._claim(free, idle=not running)
@@ -398,16 +421,22 @@ class SlotRunner:
     async def _one(self, fn: Callable[[Task], Any], claim: Claim) -> None:
         key, token = claim.task.key, claim.lease.token
         lease = self._beats.add(self.project, key, token, self._beat_factory(self.project, key, token))
+        # the consumer's span (issue 14), current in this job's context: tasks the handler creates
+        # (a thread from to_thread copies the context) continue the producer's trace
+        span = tracing.ProcessSpan(claim.task)
+        span.attach()
         try:
             if inspect.iscoroutinefunction(fn):
                 result = await fn(claim.task)
             else:
                 result = await asyncio.to_thread(fn, claim.task)
         except asyncio.CancelledError:
+            span.end("released")
             self._beats.remove(lease)
             await self._finish("released", lambda: self.client.release(self.project, key, token), key)
             raise
         except Exception as exc:
+            span.end(exc)
             self._beats.remove(lease)
             if lease.lost:
                 self.stats.lost += 1
@@ -418,6 +447,7 @@ class SlotRunner:
                 "failed", lambda: self.client.fail(self.project, key, token, error, retryable=retryable), key
             )
             return
+        span.end("lease lost" if lease.lost else None)
         self._beats.remove(lease)
         if lease.lost:
             self.stats.lost += 1

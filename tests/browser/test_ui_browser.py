@@ -11,7 +11,9 @@ import os
 import re
 import subprocess
 import sys
+import time
 
+import httpx
 import pytest
 from playwright.sync_api import Page, expect
 
@@ -172,6 +174,15 @@ def _token(server: Server, role: str) -> str:
     return str(json.loads(out.stdout)["token"])
 
 
+def _wait_until_auth_is_on(server: Server) -> None:
+    """A running server notices its first token at its next re-check (while auth is off it re-checks
+    every second, ``Authenticator(recheck_seconds=1.0)``): wait for that instead of racing it."""
+    deadline = time.monotonic() + 10
+    while httpx.get(f"{server.url}/v1/projects", timeout=5).status_code != 401:
+        assert time.monotonic() < deadline, "the server did not turn auth on after the first token"
+        time.sleep(0.1)
+
+
 def test_a_viewer_logs_in_and_finds_no_action_buttons(page: Page, fresh_server: Server) -> None:
     server = fresh_server
     with server.client() as c:
@@ -180,6 +191,7 @@ def test_a_viewer_logs_in_and_finds_no_action_buttons(page: Page, fresh_server: 
         fail_until_dead(c, "web", failed.key, "etl", ["boom"])
     viewer = _token(server, "viewer")
     admin = _token(server, "admin")
+    _wait_until_auth_is_on(server)
     page.goto(f"{server.url}/ui/p/web")
     expect(page).to_have_url(re.compile(r"/ui/login\?next="))
     page.locator("input[name=token]").fill(viewer)

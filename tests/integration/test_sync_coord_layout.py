@@ -151,6 +151,8 @@ async def _adopt_and_sync(svc: QueueService, tmp_path: Path) -> None:
     assert edited.requires == {"model": "sonnet"} and edited.assignee is None
 
     # claim + complete through the API -> file (the agent column shows the holder, then who did it)
+    # CR-02-05 requires model opus: only an agent with that label may take it (issue 13)
+    await svc.register_agent("checkout", {"id": "claude-7", "labels": {"model": "opus"}})
     claim = await svc.claim("checkout", "claude-7")
     assert claim is not None and claim.task.key == "CR-02-05"
     await sync_once(svc)
@@ -320,6 +322,7 @@ async def test_agent_column_shows_the_model_then_the_holder_then_the_model_again
     await sync_once(mem)
     text = path.read_text()
     assert (cell(text, "WEB-1", 3), cell(text, "WEB-2", 3)) == ("opus", "—")
+    await mem.register_agent("web", {"id": "claude-3", "labels": {"model": "opus", "gpu": "true"}})
     claim = await mem.claim("web", "claude-3")
     assert claim is not None and claim.task.key == "WEB-1"
     await sync_once(mem)

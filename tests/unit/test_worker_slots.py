@@ -155,3 +155,26 @@ async def test_rest_worker_completes_one_by_one_against_a_server_without_batch_c
         assert all(t.status is TaskStatus.DONE and t.result == t.title for t in tasks)
         assert worker.last_run is not None and worker.last_run.lost == 0
         await http.aclose()
+
+
+async def test_run_registers_its_concurrency_as_capacity(svc: QueueService) -> None:
+    # issue 13: "a worker registers its concurrency as its capacity"
+    await svc.create_tasks("web", [{"title": f"t{i}", "role": "dev"} for i in range(3)])
+    worker = local_worker(svc, "web", ["dev"], "w-cap", stop_when_idle=True, wait_seconds=0, concurrency=3)
+    assert await worker.run(lambda task: None) == 3
+    agents = {a.id: a for a in await svc.list_agents("web")}
+    assert agents["w-cap"].capacity == 3 and agents["w-cap"].roles == ["dev"]
+
+
+async def test_rest_worker_registers_its_capacity_over_rest() -> None:
+    backend = InMemoryBackend(config=FAST)
+    async with backend, running(create_app(settings(), backend=backend)) as app:
+        http = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=BASE)
+        async with AsyncClient(BASE, http_client=http) as client:
+            await client.create_project({"slug": "web", "key_prefix": "WEB"})
+            await client.create_tasks("web", [{"title": "t"}])
+            worker = client.worker("web", agent="w-rest", wait_seconds=0, stop_when_idle=True, concurrency=5)
+            assert await worker.run(lambda task: None) == 1
+            agents = {a.id: a for a in await client.list_agents("web")}
+        assert agents["w-rest"].capacity == 5
+        await http.aclose()
