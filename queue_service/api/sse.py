@@ -79,6 +79,10 @@ async def _replay(
             return
 
 
+#: how soon a follower re-reads the log once, in case its subscription registered after a change
+_SUBSCRIBE_GRACE_SECONDS = 0.5
+
+
 async def stream_events(
     service: QueueService,
     project: str,
@@ -124,14 +128,20 @@ async def stream_events(
         if cursor.last is not None:
             async for chunk in _replay(service, project, cursor):
                 yield chunk
+        # the sleep above lets an in-process subscription register, but a Valkey SUBSCRIBE takes
+        # round trips: a change committed before it lands is read from the log after a short grace
+        # instead of at the first keepalive
+        wait = min(keepalive_seconds, _SUBSCRIBE_GRACE_SECONDS)
         while True:
             try:
-                event = await asyncio.wait_for(queue.get(), keepalive_seconds)
+                event = await asyncio.wait_for(queue.get(), wait)
             except TimeoutError:
                 if cursor.last is not None:
                     async for chunk in _replay(service, project, cursor):
                         yield chunk
-                yield b": keepalive\n\n"
+                if wait == keepalive_seconds:
+                    yield b": keepalive\n\n"
+                wait = keepalive_seconds
                 continue
             if event is None:
                 return
